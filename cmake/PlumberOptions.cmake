@@ -1,0 +1,13 @@
+# Warnings and sanitizers, as interface targets that plumber's own targets link.
+add_library(plumber_warnings INTERFACE)
+target_compile_options(plumber_warnings INTERFACE -Wall -Wextra -Wpedantic
+  $<$<BOOL:${PLUMBER_WERROR}>:-Werror>)
+
+set(PLUMBER_SANITIZE "" CACHE STRING "Sanitizers: 'address;undefined' or 'thread' (empty: none)")
+add_library(plumber_sanitizers INTERFACE)
+if(PLUMBER_SANITIZE)
+  list(JOIN PLUMBER_SANITIZE "," _plumber_san)
+  target_compile_options(plumber_sanitizers INTERFACE -fsanitize=${_plumber_san} -fno-omit-frame-pointer
+    -fno-sanitize-recover=all)
+  target_link_options(plumber_sanitizers INTERFACE -fsanitize=${_plumber_san})
+endif()

@@ -1,0 +1,10 @@
+#pragma once
+#include "plumber/registry.hpp"
+
+namespace plumber {
+
+/// Registers the built-in coroutines and predicates of the design brief
+/// (Registry::with_builtins() calls this).
+void register_builtins(Registry& registry);
+
+}  // namespace plumber

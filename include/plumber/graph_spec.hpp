@@ -1,0 +1,80 @@
+#pragma once
+#include <chrono>
+#include <cstddef>
+#include <iosfwd>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "plumber/json.hpp"
+
+namespace plumber {
+
+class Registry;
+
+/// How a node with several predecessors combines their messages.
+enum class JoinPolicy {
+  merge,  // each input message is processed as it arrives
+  zip     // wait for the message with the same id from every predecessor; deliver
+          // one object keyed by predecessor id, in edge order
+};
+
+/// One node of a graph file, with every default resolved.
+struct NodeSpec {
+  std::string id;
+  std::string coroutine;
+  json params = json::object();  ///< declared defaults filled in
+  std::size_t concurrency = 1;
+  std::size_t threads = 0;
+  std::size_t procs = 0;
+  std::size_t batch_size = 1;
+  std::chrono::milliseconds batch_timeout{0};
+  std::size_t queue_size = 64;
+  JoinPolicy join = JoinPolicy::merge;
+  std::string when;  ///< predicate name, empty for none
+  std::size_t retries = 0;
+  std::optional<std::chrono::milliseconds> timeout;
+};
+
+/// One edge, as indices into GraphSpec::nodes.
+struct EdgeSpec {
+  std::size_t from = 0;
+  std::size_t to = 0;
+};
+
+struct GraphSettings {
+  std::size_t queue_size = 64;
+  std::size_t priorities = 1;
+};
+
+/// A parsed and validated graph file (format 1).
+struct GraphSpec {
+  std::string file;  ///< where it was loaded from, for messages
+  std::string name;
+  GraphSettings settings;
+  std::vector<NodeSpec> nodes;
+  std::vector<EdgeSpec> edges;
+  /// Node indices, every node after its predecessors (Boost.Graph topological sort).
+  std::vector<std::size_t> topological_order;
+  /// Per node, predecessor and successor indices in edge order.
+  std::vector<std::vector<std::size_t>> predecessors;
+  std::vector<std::vector<std::size_t>> successors;
+
+  /// Index of the node called `id`.
+  std::optional<std::size_t> find(std::string_view id) const;
+};
+
+/// Reads and validates a graph file; throws GraphError with every diagnostic.
+GraphSpec load_graph_file(const std::string& path, const Registry& registry);
+/// Parses and validates graph text; `file` only labels messages.
+GraphSpec parse_graph(std::string_view text, const Registry& registry,
+                      const std::string& file = "<graph>");
+/// Validates an already parsed document.
+GraphSpec graph_from_json(const json& document, const Registry& registry,
+                          const std::string& file = "<graph>");
+
+/// Writes the graph in Graphviz DOT (Boost.Graph's write_graphviz).
+void write_dot(std::ostream& out, const GraphSpec& graph);
+
+}  // namespace plumber

@@ -1,0 +1,50 @@
+#pragma once
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "plumber/json.hpp"
+
+namespace plumber {
+
+/// Immutable, reference-counted bytes attached to a message. Copying a Blob
+/// shares the bytes; fan-out never copies them.
+class Blob {
+ public:
+  Blob() = default;
+  /// Takes ownership of `bytes`.
+  explicit Blob(std::vector<std::byte> bytes);
+  /// Views bytes kept alive by `owner` (shared memory, a mapped file, ...).
+  Blob(std::shared_ptr<const void> owner, std::span<const std::byte> bytes)
+      : owner_(std::move(owner)), bytes_(bytes) {}
+
+  std::span<const std::byte> bytes() const noexcept { return bytes_; }
+  const std::byte* data() const noexcept { return bytes_.data(); }
+  std::size_t size() const noexcept { return bytes_.size(); }
+  /// How many Blobs share these bytes (for tests that prove nothing was copied).
+  long use_count() const noexcept { return owner_.use_count(); }
+
+ private:
+  std::shared_ptr<const void> owner_;
+  std::span<const std::byte> bytes_;
+};
+
+using Clock = std::chrono::steady_clock;
+
+/// What flows on an edge.
+struct Message {
+  /// Correlation id, assigned by the source and kept by every derived message.
+  std::uint64_t id = 0;
+  json value;
+  std::vector<Blob> blobs;
+  /// 0 is the lowest lane.
+  std::uint8_t priority = 0;
+  /// A step skips a message whose deadline has passed.
+  Clock::time_point deadline = Clock::time_point::max();
+};
+
+}  // namespace plumber

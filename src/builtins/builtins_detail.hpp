@@ -1,0 +1,9 @@
+#pragma once
+#include "plumber/registry.hpp"
+
+namespace plumber::detail {
+
+void register_builtin_sources(Registry& registry);
+void register_builtin_transforms(Registry& registry);
+
+}  // namespace plumber::detail

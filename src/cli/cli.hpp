@@ -1,0 +1,28 @@
+#pragma once
+#include <string>
+
+#include "plumber/registry.hpp"
+
+namespace plumber::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitRuntimeError = 1;  ///< a graph could not start (a file to read is missing)
+inline constexpr int kExitInvalid = 2;       ///< invalid graph or usage
+inline constexpr int kExitFailed = 3;        ///< some messages failed
+inline constexpr int kExitInterrupted = 130; ///< stopped by SIGINT/SIGTERM
+
+struct RunOptions {
+  std::string graph;
+  std::string input;  ///< empty: stdin
+  int threads = 1;
+  bool records = false;
+  bool stats = false;
+  bool progress = false;
+};
+
+/// `plumber ...`: parses the command line and runs the command.
+int main(int argc, char** argv);
+/// `plumber run`.
+int run_graph(const RunOptions& options, const Registry& registry);
+
+}  // namespace plumber::cli

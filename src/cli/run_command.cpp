@@ -1,0 +1,221 @@
+// `plumber run`: one graph, run to completion on an io_context.
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <spdlog/spdlog.h>
+
+#include "cli/cli.hpp"
+#include "plumber/all.hpp"
+
+namespace plumber::cli {
+namespace {
+
+namespace asio = boost::asio;
+
+void write_line(std::FILE* stream, const json& record) {
+  std::string line = record.dump(-1, ' ', false, json::error_handler_t::replace);
+  line += '\n';
+  std::fwrite(line.data(), 1, line.size(), stream);
+}
+
+json error_record(const OutputRecord& r) {
+  json record = json::object();
+  record["id"] = r.id;
+  record["node"] = std::string(r.node);
+  record["error"] = r.error;
+  return record;
+}
+
+/// What the reader thread shares with main: it may outlive the run when it is
+/// blocked reading a terminal.
+struct InputReader {
+  std::atomic<bool> finished{false};
+  std::atomic<std::uint64_t> malformed{0};
+};
+
+void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline* pipeline) {
+  std::ifstream file;
+  if (!path.empty()) file.open(path);
+  std::istream& in = path.empty() ? std::cin : file;
+  const std::string label = path.empty() ? "stdin" : path;
+  std::string line;
+  std::uint64_t number = 0;
+  try {
+    while (std::getline(in, line)) {
+      ++number;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      json value;
+      try {
+        value = json::parse(line);
+      } catch (const json::parse_error& e) {
+        std::string why = e.what();
+        if (auto end = why.find("] "); end != std::string::npos) why.erase(0, end + 2);
+        json record = json::object();
+        record["input"] = label + ":" + std::to_string(number);
+        record["error"] = "malformed JSON: " + why;
+        write_line(stderr, record);
+        reader->malformed.fetch_add(1);
+        continue;
+      }
+      pipeline->feed(std::move(value));
+    }
+  } catch (const std::exception& e) {
+    spdlog::debug("input reader stopped: {}", e.what());
+  }
+  pipeline->end_input();
+  reader->finished = true;
+}
+
+void print_stats(const Pipeline& pipeline, std::chrono::steady_clock::duration wall) {
+  const double seconds = std::chrono::duration<double>(wall).count();
+  std::fprintf(stderr, "%-14s %-12s %10s %10s %7s %7s %8s %10s\n", "node", "coroutine", "received",
+               "emitted", "errors", "skipped", "batches", "busy ms");
+  for (const auto& s : pipeline.stats()) {
+    std::fprintf(stderr, "%-14s %-12s %10llu %10llu %7llu %7llu %8llu %10.1f\n", s.node.c_str(),
+                 s.coroutine.c_str(), static_cast<unsigned long long>(s.received),
+                 static_cast<unsigned long long>(s.emitted), static_cast<unsigned long long>(s.errors),
+                 static_cast<unsigned long long>(s.skipped + s.expired),
+                 static_cast<unsigned long long>(s.batches), static_cast<double>(s.busy_ns) / 1e6);
+  }
+  const auto emitted = pipeline.emitted_messages();
+  std::fprintf(stderr, "%llu messages in %.3f s (%.0f msg/s)\n",
+               static_cast<unsigned long long>(emitted), seconds,
+               seconds > 0 ? static_cast<double>(emitted) / seconds : 0.0);
+}
+
+}  // namespace
+
+int run_graph(const RunOptions& options, const Registry& registry) {
+  GraphSpec graph;
+  try {
+    graph = load_graph_file(options.graph, registry);
+  } catch (const GraphError& e) {
+    for (const auto& d : e.diagnostics()) std::cerr << d.format(e.file()) << '\n';
+    return kExitInvalid;
+  }
+  const bool has_input = graph.find("input").has_value() ||
+                         std::any_of(graph.nodes.begin(), graph.nodes.end(),
+                                     [](const NodeSpec& n) { return n.coroutine == "input"; });
+  if (!options.input.empty() && !has_input) {
+    std::cerr << "plumber: " << options.graph
+              << ": --input feeds the `input` source, and this graph has none\n";
+    return kExitInvalid;
+  }
+
+  asio::io_context io(options.threads);
+  Pipeline pipeline =
+      Plumber(registry).build(graph, io.get_executor(), {.collect_timings = options.stats});
+
+  // Output: stdout fully buffered, flushed by a timer so streams stay live.
+  static char stdout_buffer[1 << 16];
+  std::setvbuf(stdout, stdout_buffer, _IOFBF, sizeof stdout_buffer);
+  std::atomic<std::uint64_t> failed{0};
+  std::atomic<std::uint64_t> cancelled{0};
+  pipeline.on_output([&, records = options.records](OutputRecord&& r) {
+    switch (r.kind) {
+      case OutputRecord::Kind::value:
+        if (records) {
+          json record = json::object();
+          record["id"] = r.id;
+          record["node"] = std::string(r.node);
+          record["value"] = std::move(r.value);
+          write_line(stdout, record);
+        } else {
+          write_line(stdout, r.value);
+        }
+        break;
+      case OutputRecord::Kind::error:
+        failed.fetch_add(1, std::memory_order_relaxed);
+        write_line(stderr, error_record(r));
+        break;
+      case OutputRecord::Kind::cancelled:
+        cancelled.fetch_add(1, std::memory_order_relaxed);
+        write_line(stderr, error_record(r));
+        break;
+    }
+  });
+
+  const bool show_progress =
+      (options.progress || ::isatty(STDERR_FILENO)) && pipeline.expected_messages().has_value();
+  asio::steady_timer ticker(io);
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  bool interrupted = false;
+
+  pipeline.on_done([&] {
+    ticker.cancel();
+    signals.cancel();
+  });
+  std::function<void()> tick = [&] {
+    std::fflush(stdout);
+    if (show_progress) {
+      const auto total = *pipeline.expected_messages();
+      const auto done = pipeline.emitted_messages();
+      std::fprintf(stderr, "\r%llu/%llu messages (%.0f%%)", static_cast<unsigned long long>(done),
+                   static_cast<unsigned long long>(total),
+                   total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
+      std::fflush(stderr);
+    }
+    ticker.expires_after(std::chrono::milliseconds(100));
+    ticker.async_wait([&](boost::system::error_code ec) {
+      if (!ec) tick();
+    });
+  };
+  std::function<void()> on_signal = [&] {
+    signals.async_wait([&](boost::system::error_code ec, int) {
+      if (ec) return;
+      // First signal: drain what is in flight. Second: cancel it.
+      pipeline.stop(interrupted ? false : true);
+      interrupted = true;
+      on_signal();
+    });
+  };
+  on_signal();
+
+  try {
+    pipeline.start();
+  } catch (const std::exception& e) {
+    std::cerr << "plumber: " << options.graph << ": " << e.what() << '\n';
+    return kExitRuntimeError;
+  }
+  tick();
+
+  auto reader = std::make_shared<InputReader>();
+  if (has_input) {
+    std::thread(read_input, reader, options.input, &pipeline).detach();
+  }
+
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (int i = 1; i < options.threads; ++i) threads.emplace_back([&] { io.run(); });
+  io.run();
+  for (auto& t : threads) t.join();
+  const auto wall = std::chrono::steady_clock::now() - started;
+
+  std::fflush(stdout);
+  if (show_progress) std::fputs("\n", stderr);
+  if (options.stats) print_stats(pipeline, wall);
+
+  int status = kExitOk;
+  if (failed.load() + reader->malformed.load() > 0) status = kExitFailed;
+  if (interrupted || cancelled.load() > 0) status = kExitInterrupted;
+  if (has_input && !reader->finished) {
+    // The reader is blocked on a terminal that will not close: leave without it.
+    std::fflush(nullptr);
+    std::_Exit(status);
+  }
+  return status;
+}
+
+}  // namespace plumber::cli

@@ -1,0 +1,521 @@
+#include "plumber/graph_spec.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <limits>
+#include <map>
+#include <regex>
+#include <sstream>
+#include <utility>
+
+#include "graph/graph_algorithms.hpp"
+#include "plumber/error.hpp"
+#include "plumber/registry.hpp"
+
+namespace plumber {
+namespace {
+
+constexpr std::int64_t kMaxCount = 1'000'000;
+
+std::string in_quotes(const std::string& text) { return "\"" + text + "\""; }
+
+std::string type_name(const json& value) {
+  if (value.is_number_integer()) return "integer";
+  if (value.is_number_float()) return "number";
+  return value.type_name();
+}
+
+std::string nearest_of(std::string_view name, std::initializer_list<std::string_view> choices) {
+  std::string best;
+  std::size_t best_distance = std::numeric_limits<std::size_t>::max();
+  for (std::string_view choice : choices) {
+    // Shared prefix or small edit distance is enough for a field-name hint.
+    std::size_t common = 0;
+    while (common < name.size() && common < choice.size() && name[common] == choice[common]) {
+      ++common;
+    }
+    const std::size_t distance = std::max(name.size(), choice.size()) - common;
+    if (distance < best_distance) {
+      best_distance = distance;
+      best = choice;
+    }
+  }
+  return best_distance <= std::max<std::size_t>(2, name.size() / 2) ? best : std::string{};
+}
+
+/// Collects diagnostics while a document is checked.
+class Checker {
+ public:
+  Checker(const Registry& registry, std::string file) : registry_(registry), file_(std::move(file)) {}
+
+  GraphSpec check(const json& document);
+
+ private:
+  void error(std::string code, std::string pointer, std::string message, std::string hint = {}) {
+    diagnostics_.push_back({std::move(code), std::move(pointer), std::move(message), std::move(hint)});
+  }
+
+  /// Reads an optional integer field in [low, high]; returns `fallback` when absent or wrong.
+  std::int64_t integer(const json& object, const std::string& pointer, const char* key,
+                       std::int64_t fallback, std::int64_t low, std::int64_t high) {
+    auto it = object.find(key);
+    if (it == object.end()) return fallback;
+    const std::string where = pointer + "/" + key;
+    if (!it->is_number_integer()) {
+      error("graph.wrong_type", where,
+            std::string(key) + " must be an integer, not " + type_name(*it));
+      return fallback;
+    }
+    const auto value = it->get<std::int64_t>();
+    if (value < low || value > high) {
+      error("graph.out_of_range", where,
+            std::string(key) + " must be between " + std::to_string(low) + " and " +
+                std::to_string(high) + ", not " + std::to_string(value));
+      return fallback;
+    }
+    return value;
+  }
+
+  std::optional<std::string> string(const json& object, const std::string& pointer,
+                                    const char* key, bool required) {
+    auto it = object.find(key);
+    if (it == object.end()) {
+      if (required) {
+        error("graph.missing_field", pointer, std::string("missing required field \"") + key + "\"");
+      }
+      return std::nullopt;
+    }
+    if (!it->is_string()) {
+      error("graph.wrong_type", pointer + "/" + key,
+            std::string(key) + " must be a string, not " + type_name(*it));
+      return std::nullopt;
+    }
+    return it->get<std::string>();
+  }
+
+  void unknown_fields(const json& object, const std::string& pointer,
+                      std::initializer_list<std::string_view> known) {
+    for (const auto& [key, value] : object.items()) {
+      if (std::find(known.begin(), known.end(), key) != known.end()) continue;
+      const std::string near = nearest_of(key, known);
+      error("graph.unknown_field", pointer + "/" + key, "unknown field " + in_quotes(key),
+            near.empty() ? "" : "did you mean " + in_quotes(near) + "?");
+    }
+  }
+
+  void check_settings(const json& document, GraphSpec& graph);
+  void check_node(const json& node, std::size_t index, GraphSpec& graph);
+  void check_params(const json& params, const std::string& pointer, const CoroutineInfo& info,
+                    NodeSpec& node);
+  void check_edges(const json& document, GraphSpec& graph, std::vector<std::string>& edge_pointers);
+  void check_structure(GraphSpec& graph, const std::vector<std::string>& edge_pointers);
+
+  const Registry& registry_;
+  std::string file_;
+  std::vector<Diagnostic> diagnostics_;
+  std::vector<const CoroutineInfo*> infos_;  // per node, null when unknown
+  bool nodes_ok_ = true;
+};
+
+GraphSpec Checker::check(const json& document) {
+  GraphSpec graph;
+  graph.file = file_;
+  if (!document.is_object()) {
+    error("graph.not_an_object", "", "a graph must be a JSON object, not " + type_name(document),
+          "see docs/graph-format.md");
+    throw GraphError(file_, std::move(diagnostics_));
+  }
+  unknown_fields(document, "", {"plumber", "name", "settings", "nodes", "edges", "description"});
+
+  auto format = document.find("plumber");
+  if (format == document.end()) {
+    error("graph.missing_field", "", "missing required field \"plumber\"",
+          "add \"plumber\": 1 (the format version)");
+  } else if (!format->is_number_integer() || format->get<std::int64_t>() != 1) {
+    error("graph.unsupported_format", "/plumber",
+          "unsupported format " + format->dump() + "; this version reads format 1");
+  }
+  if (auto name = string(document, "", "name", false)) {
+    graph.name = *name;
+  } else if (file_ != "<graph>") {
+    graph.name = std::filesystem::path(file_).stem().string();
+  } else {
+    graph.name = "graph";
+  }
+  if (auto description = document.find("description");
+      description != document.end() && !description->is_string()) {
+    error("graph.wrong_type", "/description", "description must be a string");
+  }
+  check_settings(document, graph);
+
+  auto nodes = document.find("nodes");
+  if (nodes == document.end()) {
+    error("graph.missing_field", "", "missing required field \"nodes\"");
+    throw GraphError(file_, std::move(diagnostics_));
+  }
+  if (!nodes->is_array() || nodes->empty()) {
+    error("graph.no_nodes", "/nodes", "nodes must be a non-empty array of node objects");
+    throw GraphError(file_, std::move(diagnostics_));
+  }
+  for (std::size_t i = 0; i < nodes->size(); ++i) check_node((*nodes)[i], i, graph);
+
+  std::vector<std::string> edge_pointers;
+  check_edges(document, graph, edge_pointers);
+  if (nodes_ok_) check_structure(graph, edge_pointers);
+  if (!diagnostics_.empty()) throw GraphError(file_, std::move(diagnostics_));
+  return graph;
+}
+
+void Checker::check_settings(const json& document, GraphSpec& graph) {
+  auto settings = document.find("settings");
+  if (settings == document.end()) return;
+  if (!settings->is_object()) {
+    error("graph.wrong_type", "/settings", "settings must be an object, not " + type_name(*settings));
+    return;
+  }
+  unknown_fields(*settings, "/settings", {"queue_size", "priorities"});
+  graph.settings.queue_size = static_cast<std::size_t>(
+      integer(*settings, "/settings", "queue_size", 64, 1, kMaxCount));
+  graph.settings.priorities =
+      static_cast<std::size_t>(integer(*settings, "/settings", "priorities", 1, 1, 16));
+  if (graph.settings.priorities > 1) {
+    error("graph.not_supported", "/settings/priorities",
+          "priority lanes are not supported yet by this version", "remove it or set it to 1");
+  }
+}
+
+void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) {
+  const std::string pointer = "/nodes/" + std::to_string(index);
+  NodeSpec spec;
+  spec.queue_size = graph.settings.queue_size;
+  const CoroutineInfo* info = nullptr;
+  if (!node.is_object()) {
+    error("graph.wrong_type", pointer, "a node must be an object, not " + type_name(node));
+    nodes_ok_ = false;
+    graph.nodes.push_back(std::move(spec));
+    infos_.push_back(nullptr);
+    return;
+  }
+  unknown_fields(node, pointer,
+                 {"id", "coroutine", "params", "concurrency", "threads", "procs", "batch_size",
+                  "batch_timeout_ms", "queue_size", "join", "when", "retries", "timeout_ms",
+                  "description"});
+
+  static const std::regex id_pattern("[A-Za-z_][A-Za-z0-9_.-]*");
+  if (auto id = string(node, pointer, "id", true)) {
+    if (!std::regex_match(*id, id_pattern)) {
+      error("graph.bad_id", pointer + "/id", "node id " + in_quotes(*id) + " is not a valid id",
+            "use letters, digits, '_', '.', '-', starting with a letter or '_'");
+    }
+    for (std::size_t j = 0; j < graph.nodes.size(); ++j) {
+      if (graph.nodes[j].id == *id) {
+        error("graph.duplicate_id", pointer + "/id", "duplicate node id " + in_quotes(*id),
+              "first defined at /nodes/" + std::to_string(j));
+      }
+    }
+    spec.id = *id;
+  } else {
+    nodes_ok_ = false;
+  }
+
+  if (auto coroutine = string(node, pointer, "coroutine", true)) {
+    spec.coroutine = *coroutine;
+    info = registry_.find(*coroutine);
+    if (!info) {
+      const std::string near = registry_.nearest(*coroutine);
+      error("graph.unknown_coroutine", pointer + "/coroutine",
+            "unknown coroutine " + in_quotes(*coroutine),
+            near.empty() ? "see `plumber list`" : "did you mean " + in_quotes(near) + "?");
+    }
+  }
+
+  spec.concurrency =
+      static_cast<std::size_t>(integer(node, pointer, "concurrency", 1, 1, 100'000));
+  spec.threads = static_cast<std::size_t>(integer(node, pointer, "threads", 0, 0, 256));
+  spec.procs = static_cast<std::size_t>(integer(node, pointer, "procs", 0, 0, 256));
+  // A thread pool is only useful with as many messages in flight as threads.
+  if (spec.threads > 0 && !node.contains("concurrency")) spec.concurrency = spec.threads;
+  spec.batch_size = static_cast<std::size_t>(integer(node, pointer, "batch_size", 1, 1, 100'000));
+  spec.batch_timeout =
+      std::chrono::milliseconds(integer(node, pointer, "batch_timeout_ms", 0, 0, 3'600'000));
+  spec.queue_size = static_cast<std::size_t>(
+      integer(node, pointer, "queue_size", static_cast<std::int64_t>(spec.queue_size), 1, kMaxCount));
+  spec.retries = static_cast<std::size_t>(integer(node, pointer, "retries", 0, 0, 1000));
+  if (node.contains("timeout_ms")) {
+    spec.timeout = std::chrono::milliseconds(integer(node, pointer, "timeout_ms", 1, 1, 86'400'000));
+  }
+  if (auto join = string(node, pointer, "join", false)) {
+    if (*join == "merge") {
+      spec.join = JoinPolicy::merge;
+    } else if (*join == "zip") {
+      spec.join = JoinPolicy::zip;
+    } else {
+      error("graph.bad_join", pointer + "/join", "join must be \"merge\" or \"zip\", not " + in_quotes(*join));
+    }
+  }
+  if (auto when = string(node, pointer, "when", false)) {
+    spec.when = *when;
+    if (!registry_.find_predicate(*when)) {
+      const std::string near = registry_.nearest_predicate(*when);
+      error("graph.unknown_predicate", pointer + "/when", "unknown predicate " + in_quotes(*when),
+            near.empty() ? "see `plumber list`" : "did you mean " + in_quotes(near) + "?");
+    }
+  }
+
+  if (info) {
+    if (spec.procs > 0 && !info->worker_capable) {
+      error("graph.not_worker_capable", pointer + "/procs",
+            "coroutine " + in_quotes(info->name) + " cannot run in a worker process",
+            "it holds in-process state; use \"threads\" instead");
+    } else if (spec.procs > 0) {
+      error("graph.not_supported", pointer + "/procs",
+            "worker processes are not supported yet by this version", "use \"threads\" for now");
+    }
+    if (info->kind == CoroutineKind::source) {
+      for (const char* key : {"join", "when", "batch_size", "batch_timeout_ms", "concurrency",
+                              "threads", "retries", "timeout_ms"}) {
+        if (node.contains(key)) {
+          error("graph.not_for_sources", pointer + "/" + key,
+                std::string(key) + " does not apply to source " + in_quotes(info->name));
+        }
+      }
+    }
+    auto params = node.find("params");
+    if (params != node.end() && !params->is_object()) {
+      error("graph.wrong_type", pointer + "/params", "params must be an object, not " + type_name(*params));
+    } else {
+      check_params(params == node.end() ? json::object() : *params, pointer + "/params", *info, spec);
+    }
+  }
+  infos_.push_back(info);
+  graph.nodes.push_back(std::move(spec));
+}
+
+bool has_type(const json& value, ParamType type) {
+  switch (type) {
+    case ParamType::any: return true;
+    case ParamType::boolean: return value.is_boolean();
+    case ParamType::integer: return value.is_number_integer();
+    case ParamType::number: return value.is_number();
+    case ParamType::string: return value.is_string();
+    case ParamType::array: return value.is_array();
+    case ParamType::object: return value.is_object();
+  }
+  return false;
+}
+
+void Checker::check_params(const json& params, const std::string& pointer,
+                           const CoroutineInfo& info, NodeSpec& node) {
+  node.params = json::object();
+  for (const auto& [key, value] : params.items()) {
+    auto declared = std::find_if(info.params.begin(), info.params.end(),
+                                 [&](const ParamSpec& p) { return p.name == key; });
+    if (declared == info.params.end()) {
+      std::string known;
+      for (const auto& p : info.params) known += (known.empty() ? "" : ", ") + p.name;
+      error("graph.unknown_param", pointer + "/" + key,
+            "coroutine " + in_quotes(info.name) + " has no param " + in_quotes(key),
+            known.empty() ? "it takes no params" : "it takes: " + known);
+      continue;
+    }
+    if (!has_type(value, declared->type)) {
+      error("graph.bad_param", pointer + "/" + key,
+            "param " + in_quotes(key) + " must be " + std::string(to_string(declared->type)) +
+                ", not " + type_name(value));
+      continue;
+    }
+    node.params[key] = value;
+  }
+  bool complete = true;
+  for (const ParamSpec& p : info.params) {
+    if (node.params.contains(p.name)) continue;
+    if (params.contains(p.name)) {
+      complete = false;  // present but wrong
+      continue;
+    }
+    if (p.required) {
+      complete = false;
+      error("graph.missing_param", pointer,
+            "coroutine " + in_quotes(info.name) + " needs param " + in_quotes(p.name),
+            p.description.empty() ? "" : p.name + ": " + p.description);
+    } else if (!p.default_value.is_null()) {
+      node.params[p.name] = p.default_value;
+    }
+  }
+  if (complete && info.check_params) {
+    try {
+      info.check_params(node.params);
+    } catch (const std::exception& e) {
+      error("graph.bad_param", pointer, e.what());
+    }
+  }
+}
+
+void Checker::check_edges(const json& document, GraphSpec& graph,
+                          std::vector<std::string>& edge_pointers) {
+  auto edges = document.find("edges");
+  if (edges == document.end()) return;
+  if (!edges->is_array()) {
+    error("graph.wrong_type", "/edges", "edges must be an array, not " + type_name(*edges));
+    return;
+  }
+  std::map<std::pair<std::size_t, std::size_t>, std::string> seen;
+  for (std::size_t i = 0; i < edges->size(); ++i) {
+    const json& edge = (*edges)[i];
+    const std::string pointer = "/edges/" + std::to_string(i);
+    if (!edge.is_object()) {
+      error("graph.wrong_type", pointer, "an edge must be an object {\"from\", \"to\"}, not " + type_name(edge));
+      continue;
+    }
+    unknown_fields(edge, pointer, {"from", "to"});
+    std::optional<std::size_t> ends[2];
+    const char* keys[2] = {"from", "to"};
+    for (int k = 0; k < 2; ++k) {
+      auto name = string(edge, pointer, keys[k], true);
+      if (!name) continue;
+      ends[k] = graph.find(*name);
+      if (!ends[k]) {
+        std::string near;
+        std::size_t best = std::numeric_limits<std::size_t>::max();
+        for (const auto& n : graph.nodes) {
+          std::size_t common = 0;
+          while (common < n.id.size() && common < name->size() && n.id[common] == (*name)[common]) ++common;
+          const std::size_t distance = std::max(n.id.size(), name->size()) - common;
+          if (distance < best) {
+            best = distance;
+            near = n.id;
+          }
+        }
+        error("graph.unknown_node", pointer + "/" + keys[k], "edge " + std::string(keys[k]) +
+              " names unknown node " + in_quotes(*name),
+              near.empty() || best > std::max<std::size_t>(2, name->size() / 2)
+                  ? "nodes are declared in /nodes"
+                  : "did you mean " + in_quotes(near) + "?");
+      }
+    }
+    if (!ends[0] || !ends[1]) continue;
+    auto [it, inserted] = seen.try_emplace({*ends[0], *ends[1]}, pointer);
+    if (!inserted) {
+      error("graph.duplicate_edge", pointer,
+            "duplicate edge " + in_quotes(graph.nodes[*ends[0]].id) + " -> " +
+                in_quotes(graph.nodes[*ends[1]].id),
+            "first at " + it->second);
+      continue;
+    }
+    graph.edges.push_back({*ends[0], *ends[1]});
+    edge_pointers.push_back(pointer);
+  }
+}
+
+void Checker::check_structure(GraphSpec& graph, const std::vector<std::string>& edge_pointers) {
+  const std::size_t n = graph.nodes.size();
+  graph.predecessors.assign(n, {});
+  graph.successors.assign(n, {});
+  for (const EdgeSpec& e : graph.edges) {
+    graph.successors[e.from].push_back(e.to);
+    graph.predecessors[e.to].push_back(e.from);
+  }
+
+  std::size_t inputs = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const NodeSpec& node = graph.nodes[i];
+    const CoroutineInfo* info = infos_[i];
+    const std::string pointer = "/nodes/" + std::to_string(i);
+    if (!info) continue;
+    if (node.coroutine == "input" && ++inputs == 2) {
+      error("graph.two_inputs", pointer, "a graph has at most one \"input\" node",
+            "it receives what the host feeds; fan out from it with edges instead");
+    }
+    const bool is_source = info->kind == CoroutineKind::source;
+    if (is_source && !graph.predecessors[i].empty()) {
+      for (std::size_t k = 0; k < graph.edges.size(); ++k) {
+        if (graph.edges[k].to != i) continue;
+        error("graph.source_with_input", edge_pointers[k] + "/to",
+              "source " + in_quotes(node.id) + " (" + node.coroutine + ") cannot have inputs",
+              "sources emit new messages; remove this edge");
+      }
+    }
+    if (!is_source && graph.predecessors[i].empty()) {
+      error("graph.no_input", pointer,
+            std::string(to_string(info->kind)) + " " + in_quotes(node.id) + " (" + node.coroutine +
+                ") has no input",
+            "add an edge to it, or use a source coroutine");
+    }
+    if (info->kind == CoroutineKind::sink && !graph.successors[i].empty()) {
+      for (std::size_t k = 0; k < graph.edges.size(); ++k) {
+        if (graph.edges[k].from != i) continue;
+        error("graph.sink_with_output", edge_pointers[k] + "/from",
+              "sink " + in_quotes(node.id) + " (" + node.coroutine + ") emits nothing downstream",
+              "remove this edge, or use a transform");
+      }
+    }
+  }
+
+  const auto cycles = detail::find_cycles(n, graph.edges);
+  for (const auto& cycle : cycles) {
+    std::string names;
+    for (std::size_t v : cycle) names += (names.empty() ? "" : ", ") + graph.nodes[v].id;
+    std::string pointer;
+    for (std::size_t k = 0; k < graph.edges.size() && pointer.empty(); ++k) {
+      const auto& e = graph.edges[k];
+      if (std::binary_search(cycle.begin(), cycle.end(), e.from) &&
+          std::binary_search(cycle.begin(), cycle.end(), e.to)) {
+        pointer = edge_pointers[k];
+      }
+    }
+    error("graph.cycle", pointer, "cycle through nodes " + names,
+          "pipelines are acyclic: remove one of the edges between these nodes");
+  }
+  if (cycles.empty()) graph.topological_order = detail::topological_order(n, graph.edges);
+}
+
+std::string parse_error_text(const json::parse_error& e) {
+  std::string text = e.what();
+  // Drop nlohmann's "[json.exception.parse_error.101] " prefix; keep line and column.
+  if (auto end = text.find("] "); text.starts_with("[json.exception") && end != std::string::npos) {
+    text.erase(0, end + 2);
+  }
+  return "malformed JSON: " + text;
+}
+
+}  // namespace
+
+std::optional<std::size_t> GraphSpec::find(std::string_view id) const {
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    if (nodes[i].id == id) return i;
+  }
+  return std::nullopt;
+}
+
+GraphSpec graph_from_json(const json& document, const Registry& registry, const std::string& file) {
+  return Checker(registry, file).check(document);
+}
+
+GraphSpec parse_graph(std::string_view text, const Registry& registry, const std::string& file) {
+  json document;
+  try {
+    document = json::parse(text.begin(), text.end());
+  } catch (const json::parse_error& e) {
+    throw GraphError(file, {{"graph.malformed_json", "", parse_error_text(e), ""}});
+  }
+  return graph_from_json(document, registry, file);
+}
+
+GraphSpec load_graph_file(const std::string& path, const Registry& registry) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw GraphError(path, {{"graph.unreadable", "", "is a directory, not a graph file", ""}});
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    throw GraphError(path, {{"graph.unreadable", "", "cannot open: " + std::string(std::strerror(errno)), ""}});
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_graph(text.str(), registry, path);
+}
+
+}  // namespace plumber

@@ -1,0 +1,336 @@
+#include "plumber/pipeline.hpp"
+
+#include <exception>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+#include <spdlog/spdlog.h>
+
+#include "plumber/error.hpp"
+#include "plumber/plumber.hpp"
+#include "plumber/registry.hpp"
+#include "runtime/pipeline_core.hpp"
+
+namespace plumber {
+namespace detail {
+
+PipelineCore::PipelineCore(GraphSpec graph, const asio::any_io_executor& executor,
+                           PipelineOptions options)
+    : graph_(std::move(graph)), options_(options), strand_(asio::make_strand(executor)) {}
+
+PipelineCore::~PipelineCore() = default;
+
+void PipelineCore::spawn(asio::awaitable<void> task) {
+  auto slot = signals_.emplace(signals_.end());
+  ++live_tasks_;
+  asio::co_spawn(strand_, std::move(task),
+                 asio::bind_cancellation_slot(
+                     slot->slot(), [self = shared_from_this(), slot](std::exception_ptr error) {
+                       self->signals_.erase(slot);
+                       if (error && !self->cancelled_) {
+                         // A bug, not a step failure (those become error records):
+                         // cancel everything rather than leave the graph hanging.
+                         try {
+                           std::rethrow_exception(error);
+                         } catch (const std::exception& e) {
+                           spdlog::error("pipeline {}: internal error: {}", self->graph_.name,
+                                         e.what());
+                         }
+                         self->cancel_all();
+                       }
+                       self->task_finished();
+                     }));
+}
+
+void PipelineCore::task_finished() {
+  if (--live_tasks_ != 0) return;
+  for (auto& feed : feeds) {
+    feed->ended = true;
+    feed->channel.close();
+  }
+  {
+    std::lock_guard lock(done_mutex_);
+    done_flag_.store(true, std::memory_order_release);
+  }
+  done_cv_.notify_all();
+  if (done_handler) done_handler();
+}
+
+void PipelineCore::wait() const {
+  std::unique_lock lock(done_mutex_);
+  done_cv_.wait(lock, [&] { return done_flag_.load(std::memory_order_acquire); });
+}
+
+void PipelineCore::output_value(std::string_view node, Message&& message) {
+  if (!output_handler) return;
+  OutputRecord record;
+  record.kind = OutputRecord::Kind::value;
+  record.id = message.id;
+  record.node = node;
+  record.value = std::move(message.value);
+  record.blobs = std::move(message.blobs);
+  output_handler(std::move(record));
+}
+
+void PipelineCore::output_error(std::string_view node, std::uint64_t id, std::string error) {
+  if (!output_handler) return;
+  OutputRecord record;
+  record.kind = OutputRecord::Kind::error;
+  record.id = id;
+  record.node = node;
+  record.error = std::move(error);
+  output_handler(std::move(record));
+}
+
+void PipelineCore::output_cancelled(std::string_view node, std::uint64_t id) {
+  if (!cancelled_ids_.insert(id).second || !output_handler) return;
+  OutputRecord record;
+  record.kind = OutputRecord::Kind::cancelled;
+  record.id = id;
+  record.node = node;
+  record.error = "cancelled";
+  output_handler(std::move(record));
+}
+
+void PipelineCore::start() {
+  if (started_) throw UsageError("Pipeline::start: the pipeline was already started");
+  started_ = true;
+  for (auto& processor : processors) {
+    try {
+      processor->on_start();
+    } catch (const std::exception& e) {
+      throw std::runtime_error("node \"" + processor->spec().id + "\": on_start failed: " +
+                               e.what());
+    }
+  }
+  asio::post(strand_, [self = shared_from_this()] {
+    self->start_blocking_readers();
+    for (std::size_t index : self->graph_.topological_order) {
+      self->spawn(self->processors[index]->run());
+    }
+  });
+}
+
+void PipelineCore::start_blocking_readers() {
+  for (auto& processor : processors) {
+    const auto& source = processor->source();
+    if (!source || !source->is_blocking()) continue;
+    auto feed = std::make_shared<FeedQueue>(strand_, processor->spec().queue_size);
+    feeds.push_back(feed);
+    processor->set_feed(feed);
+    // Detached: a read from a terminal cannot be interrupted, and must not keep
+    // the pipeline (or the process) from finishing. It owns what it touches.
+    std::thread([feed, source] {
+      try {
+        for (;;) {
+          FeedItem item;
+          try {
+            item.value = source->next();
+            item.end = !item.value;
+          } catch (const SourceItemError& e) {
+            item.error = e.what();
+          } catch (const std::exception& e) {
+            item.error = e.what();
+            item.end = true;
+          }
+          const bool last = item.end;
+          feed->channel.async_send(error_code{}, std::move(item), asio::use_future).get();
+          if (last || feed->ended) return;
+        }
+      } catch (const std::exception&) {
+        // The feed was closed: the pipeline stopped.
+      }
+    }).detach();
+  }
+}
+
+void PipelineCore::end_feeds() {
+  for (auto& feed : feeds) {
+    if (feed->ended.exchange(true)) continue;
+    asio::co_spawn(
+        strand_,
+        [feed]() -> asio::awaitable<void> {
+          co_await feed->channel.async_send(error_code{}, FeedItem{{}, {}, true},
+                                            asio::as_tuple(asio::use_awaitable));
+        },
+        asio::detached);
+  }
+}
+
+void PipelineCore::cancel_all() {
+  cancelled_ = true;
+  sources_stopping_ = true;
+  for (auto& feed : feeds) {
+    feed->ended = true;
+    // Values fed but not yet emitted never got an id: report them with a new one.
+    while (feed->channel.try_receive([&](error_code, FeedItem item) {
+      if (item.value) output_cancelled("input", next_id());
+    })) {
+    }
+    feed->channel.close();
+  }
+  for (auto& signal : signals_) signal.emit(asio::cancellation_type::terminal);
+}
+
+void PipelineCore::stop(bool graceful) {
+  asio::post(strand_, [self = shared_from_this(), graceful] {
+    if (!self->started_ || self->live_tasks_ == 0) return;
+    if (graceful) {
+      self->sources_stopping_ = true;
+      self->end_feeds();
+    } else {
+      self->cancel_all();
+    }
+  });
+}
+
+}  // namespace detail
+
+// --- Pipeline ----------------------------------------------------------------
+
+Pipeline::Pipeline(std::shared_ptr<detail::PipelineCore> core) : core_(std::move(core)) {}
+Pipeline::Pipeline(Pipeline&&) noexcept = default;
+Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
+
+Pipeline::~Pipeline() {
+  if (core_ && !core_->done()) core_->stop(false);
+}
+
+void Pipeline::on_output(OutputHandler handler) { core_->output_handler = std::move(handler); }
+void Pipeline::on_done(std::function<void()> handler) { core_->done_handler = std::move(handler); }
+void Pipeline::start() { core_->start(); }
+void Pipeline::stop(bool graceful) { core_->stop(graceful); }
+bool Pipeline::done() const noexcept { return core_->done(); }
+void Pipeline::wait() const { core_->wait(); }
+const GraphSpec& Pipeline::graph() const noexcept { return core_->graph(); }
+
+namespace {
+detail::FeedQueue& input_feed(detail::PipelineCore& core) {
+  if (!core.input_feed) {
+    throw UsageError("graph \"" + core.graph().name +
+                     "\" has no `input` node: nothing can be fed to it");
+  }
+  if (core.input_feed->ended) throw std::system_error(make_error_code(errc::input_closed));
+  return *core.input_feed;
+}
+}  // namespace
+
+void Pipeline::feed(json value) {
+  auto& feed = input_feed(*core_);
+  try {
+    feed.channel.async_send(detail::error_code{}, detail::FeedItem{std::move(value), {}, false},
+                            boost::asio::use_future)
+        .get();
+  } catch (const boost::system::system_error&) {
+    throw std::system_error(make_error_code(errc::pipeline_stopped));
+  }
+}
+
+boost::asio::awaitable<void> Pipeline::async_feed(json value) {
+  auto& feed = input_feed(*core_);
+  auto [ec] = co_await feed.channel.async_send(detail::error_code{},
+                                               detail::FeedItem{std::move(value), {}, false},
+                                               boost::asio::as_tuple(boost::asio::use_awaitable));
+  if (ec) throw std::system_error(make_error_code(errc::pipeline_stopped));
+}
+
+void Pipeline::end_input() {
+  if (!core_->input_feed) return;
+  auto feed = core_->input_feed;
+  if (feed->ended.exchange(true)) return;
+  boost::asio::co_spawn(
+      core_->strand(),
+      [feed]() -> boost::asio::awaitable<void> {
+        co_await feed->channel.async_send(detail::error_code{}, detail::FeedItem{{}, {}, true},
+                                          boost::asio::as_tuple(boost::asio::use_awaitable));
+      },
+      boost::asio::detached);
+}
+
+std::vector<ProcessorStats> Pipeline::stats() const {
+  std::vector<ProcessorStats> all;
+  for (std::size_t index : core_->graph().topological_order) {
+    all.push_back(core_->processors[index]->stats());
+  }
+  return all;
+}
+
+std::optional<std::uint64_t> Pipeline::expected_messages() const {
+  std::uint64_t total = 0;
+  for (const auto& processor : core_->processors) {
+    if (!processor->is_source()) continue;
+    auto hint = processor->source()->size_hint();
+    if (!hint || processor->spec().coroutine == "input") return std::nullopt;
+    total += *hint;
+  }
+  return total;
+}
+
+std::uint64_t Pipeline::emitted_messages() const noexcept {
+  std::uint64_t total = 0;
+  for (const auto& processor : core_->processors) {
+    if (processor->is_source()) total += processor->emitted();
+  }
+  return total;
+}
+
+// --- Plumber -----------------------------------------------------------------
+
+Pipeline Plumber::build(const GraphSpec& graph, boost::asio::any_io_executor executor,
+                        PipelineOptions options) const {
+  auto core = std::make_shared<detail::PipelineCore>(graph, executor, options);
+  const GraphSpec& spec = core->graph();
+  std::vector<Diagnostic> missing;
+  for (std::size_t i = 0; i < spec.nodes.size(); ++i) {
+    const NodeSpec& node = spec.nodes[i];
+    const CoroutineInfo* info = registry_.find(node.coroutine);
+    const PredicateInfo* when = node.when.empty() ? nullptr : registry_.find_predicate(node.when);
+    if (!info) {
+      missing.push_back({"graph.unknown_coroutine", "/nodes/" + std::to_string(i) + "/coroutine",
+                         "unknown coroutine \"" + node.coroutine + "\"", ""});
+      continue;
+    }
+    if (!node.when.empty() && !when) {
+      missing.push_back({"graph.unknown_predicate", "/nodes/" + std::to_string(i) + "/when",
+                         "unknown predicate \"" + node.when + "\"", ""});
+      continue;
+    }
+    core->processors.push_back(std::make_unique<detail::Processor>(*core, node, *info, when));
+  }
+  if (!missing.empty()) throw GraphError(spec.file, std::move(missing));
+
+  for (std::size_t i = 0; i < spec.nodes.size(); ++i) {
+    if (spec.nodes[i].coroutine != "input") continue;
+    core->input_feed = std::make_shared<detail::FeedQueue>(core->strand(), spec.nodes[i].queue_size);
+    core->feeds.push_back(core->input_feed);
+    core->processors[i]->set_feed(core->input_feed);
+  }
+  for (std::size_t to = 0; to < spec.nodes.size(); ++to) {
+    const auto& predecessors = spec.predecessors[to];
+    for (std::size_t port = 0; port < predecessors.size(); ++port) {
+      core->processors[predecessors[port]]->connect(*core->processors[to],
+                                                    static_cast<std::uint16_t>(port));
+    }
+  }
+  // A node feeds a zip when a zip is downstream of it: it must then announce the
+  // ids it drops, or the zip would wait for them forever.
+  std::vector<bool> feeds_zip(spec.nodes.size(), false);
+  for (auto it = spec.topological_order.rbegin(); it != spec.topological_order.rend(); ++it) {
+    for (std::size_t next : spec.successors[*it]) {
+      if (spec.nodes[next].join == JoinPolicy::zip || feeds_zip[next]) feeds_zip[*it] = true;
+    }
+    if (feeds_zip[*it]) core->processors[*it]->set_feeds_zip();
+  }
+  return Pipeline(std::move(core));
+}
+
+}  // namespace plumber

@@ -1,0 +1,98 @@
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <vector>
+
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
+
+#include "plumber/pipeline.hpp"
+#include "runtime/packet.hpp"
+#include "runtime/processor.hpp"
+
+namespace plumber::detail {
+
+/// One value entering the graph from another thread: a value to emit, an error
+/// to report, or the end of the stream.
+struct FeedItem {
+  std::optional<json> value;
+  std::string error;
+  bool end = false;
+};
+
+/// Values that enter the graph from another thread: what the host feeds the
+/// `input` source, or what a blocking reader (stdin) produces.
+class FeedQueue {
+ public:
+  using Channel = asio::experimental::concurrent_channel<void(error_code, FeedItem)>;
+  FeedQueue(const asio::any_io_executor& executor, std::size_t capacity)
+      : channel(executor, capacity) {}
+  Channel channel;
+  std::atomic<bool> ended{false};
+};
+
+/// The state a Pipeline shares with its processors and spawned coroutines.
+class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
+ public:
+  PipelineCore(GraphSpec graph, const asio::any_io_executor& executor, PipelineOptions options);
+  ~PipelineCore();
+
+  const GraphSpec& graph() const noexcept { return graph_; }
+  const PipelineOptions& options() const noexcept { return options_; }
+  const Strand& strand() const noexcept { return strand_; }
+
+  // --- strand only -----------------------------------------------------------
+  std::uint64_t next_id() noexcept { return ++last_id_; }
+  bool sources_stopping() const noexcept { return sources_stopping_; }
+  bool cancelled() const noexcept { return cancelled_; }
+  /// Spawns a coroutine that stop(false) cancels and that done() waits for.
+  void spawn(asio::awaitable<void> task);
+  void output_value(std::string_view node, Message&& message);
+  void output_error(std::string_view node, std::uint64_t id, std::string error);
+  /// Reports a cancelled message once, however many branches held it.
+  void output_cancelled(std::string_view node, std::uint64_t id);
+
+  // --- any thread ------------------------------------------------------------
+  void start();
+  void stop(bool graceful);
+  bool done() const noexcept { return done_flag_.load(std::memory_order_acquire); }
+  void wait() const;
+
+  std::vector<std::unique_ptr<Processor>> processors;  // indexed like graph().nodes
+  std::shared_ptr<FeedQueue> input_feed;               // when the graph has an `input` node
+  std::vector<std::shared_ptr<FeedQueue>> feeds;       // every feed, input_feed included
+  OutputHandler output_handler;
+  std::function<void()> done_handler;
+
+ private:
+  void task_finished();
+  void cancel_all();
+  void end_feeds();
+  void start_blocking_readers();
+
+  GraphSpec graph_;
+  PipelineOptions options_;
+  Strand strand_;
+  std::uint64_t last_id_ = 0;
+  bool sources_stopping_ = false;
+  bool cancelled_ = false;
+  bool started_ = false;
+  std::list<asio::cancellation_signal> signals_;
+  std::size_t live_tasks_ = 0;
+  std::unordered_set<std::uint64_t> cancelled_ids_;
+
+  mutable std::mutex done_mutex_;
+  mutable std::condition_variable done_cv_;
+  std::atomic<bool> done_flag_{false};
+};
+
+}  // namespace plumber::detail

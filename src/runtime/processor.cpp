@@ -1,0 +1,599 @@
+#include "runtime/processor.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <string>
+#include <system_error>
+#include <unordered_set>
+#include <utility>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "plumber/error.hpp"
+#include "runtime/pipeline_core.hpp"
+
+namespace plumber::detail {
+
+using asio::use_awaitable;
+
+namespace {
+
+std::uint64_t elapsed_ns(Clock::time_point since) {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since).count());
+}
+
+Packet dropped_packet(std::uint64_t id) {
+  Packet packet;
+  packet.kind = PacketKind::dropped;
+  packet.msg.id = id;
+  return packet;
+}
+
+std::string timeout_text(std::chrono::milliseconds limit) {
+  return "timed out after " + std::to_string(limit.count()) + " ms";
+}
+
+}  // namespace
+
+Processor::Processor(PipelineCore& core, const NodeSpec& spec, const CoroutineInfo& info,
+                     const PredicateInfo* when)
+    : core_(core), spec_(spec), coroutine_(info.name), when_(when) {
+  if (info.kind == CoroutineKind::source) {
+    source_ = info.make_source(spec_.params);
+    return;
+  }
+  transform_ = info.make_transform(spec_.params);
+  is_zip_ = spec_.join == JoinPolicy::zip;
+  input_.emplace(core_.strand(), spec_.queue_size);
+  batch_.reserve(spec_.batch_size);
+  if (spec_.batch_timeout.count() > 0) batch_timer_.emplace(core_.strand());
+  if (spec_.threads > 0) pool_.emplace(spec_.threads);
+  if (spec_.concurrency > 1) slots_.emplace(core_.strand(), spec_.concurrency);
+}
+
+Processor::~Processor() {
+  if (pool_) pool_->join();
+}
+
+void Processor::connect(Processor& successor, std::uint16_t port) {
+  successors_.push_back({&successor, port});
+  ++successor.inputs_;
+  if (successor.input_names_.size() <= port) successor.input_names_.resize(port + 1);
+  successor.input_names_[port] = spec_.id;
+}
+
+void Processor::on_start() {
+  if (source_) {
+    source_->on_start();
+  } else {
+    transform_->on_start();
+  }
+}
+
+bool Processor::stopping() const noexcept {
+  return core_.sources_stopping() || core_.cancelled();
+}
+
+ProcessorStats Processor::stats() const {
+  ProcessorStats s;
+  s.node = spec_.id;
+  s.coroutine = coroutine_;
+  s.received = received_.get();
+  s.emitted = emitted_.get();
+  s.errors = errors_.get();
+  s.skipped = skipped_.get();
+  s.expired = expired_.get();
+  s.retried = retried_.get();
+  s.batches = batches_.get();
+  s.busy_ns = busy_ns_.get();
+  s.queue_depth = queued_.get();
+  return s;
+}
+
+asio::awaitable<void> Processor::run() {
+  if (source_) {
+    co_await run_source();
+  } else {
+    co_await run_transform();
+  }
+}
+
+// --- sending -----------------------------------------------------------------
+
+bool Processor::try_send_all(Outbox& out) {
+  const bool cancelled = core_.cancelled();
+  for (; out.next_packet < out.packets.size(); ++out.next_packet, out.next_successor = 0) {
+    Packet& packet = out.packets[out.next_packet];
+    if (cancelled) {
+      if (packet.kind == PacketKind::data) core_.output_cancelled(spec_.id, packet.msg.id);
+      continue;
+    }
+    if (successors_.empty()) {  // a sink: what it emits is the pipeline's output
+      if (packet.kind == PacketKind::data) {
+        emitted_.add();
+        core_.output_value(spec_.id, std::move(packet.msg));
+      }
+      continue;
+    }
+    for (; out.next_successor < successors_.size(); ++out.next_successor) {
+      const Successor& to = successors_[out.next_successor];
+      const bool last = out.next_successor + 1 == successors_.size();
+      // Fan-out copies the value and shares the blobs; the last successor gets
+      // the original. try_send leaves its argument untouched when it fails.
+      Packet copy;
+      Packet& sent = last ? packet : (copy = packet);
+      sent.port = to.port;
+      if (!to.target->input_->try_send(error_code{}, std::move(sent))) return false;
+      to.target->queued_.add();
+    }
+    if (packet.kind == PacketKind::data) emitted_.add();
+  }
+  out.clear();
+  return true;
+}
+
+asio::awaitable<void> Processor::send_all(Outbox& out) {
+  while (!try_send_all(out)) {
+    Packet& packet = out.packets[out.next_packet];
+    const Successor& to = successors_[out.next_successor];
+    const bool last = out.next_successor + 1 == successors_.size();
+    Packet sent = last ? std::move(packet) : packet;
+    sent.port = to.port;
+    const auto id = sent.msg.id;
+    const bool is_data = sent.kind == PacketKind::data;
+    try {
+      co_await to.target->input_->async_send(error_code{}, std::move(sent), use_awaitable);
+    } catch (...) {
+      // Cancelled while waiting for room: this and every later packet is lost.
+      if (is_data) core_.output_cancelled(spec_.id, id);
+      ++out.next_packet;
+      out.next_successor = 0;
+      cancel_held(out, {});
+      throw;
+    }
+    to.target->queued_.add();
+    if (++out.next_successor == successors_.size()) {
+      if (is_data) emitted_.add();
+      ++out.next_packet;
+      out.next_successor = 0;
+    }
+  }
+}
+
+asio::awaitable<void> Processor::send_end() {
+  Outbox out;
+  out.packets.push_back(Packet{PacketKind::end, 0, {}});
+  if (!try_send_all(out)) co_await send_all(out);
+}
+
+// --- sources -----------------------------------------------------------------
+
+asio::awaitable<void> Processor::emit(json value) {
+  Outbox out;
+  Message message;
+  message.id = core_.next_id();
+  message.value = std::move(value);
+  out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
+  if (!try_send_all(out)) co_await send_all(out);
+}
+
+asio::awaitable<void> Processor::run_source() {
+  if (feed_) {
+    co_await run_feed_source();
+  } else if (source_->is_async()) {
+    try {
+      co_await source_->run(*this);
+    } catch (const std::exception& e) {
+      if (core_.cancelled()) throw;
+      errors_.add();
+      core_.output_error(spec_.id, core_.next_id(), e.what());
+    }
+  } else {
+    Outbox& out = outbox_;
+    while (!stopping()) {
+      std::optional<json> value;
+      try {
+        value = source_->next();
+      } catch (const SourceItemError& e) {
+        errors_.add();
+        core_.output_error(spec_.id, core_.next_id(), e.what());
+        continue;
+      } catch (const std::exception& e) {
+        errors_.add();
+        core_.output_error(spec_.id, core_.next_id(), e.what());
+        break;
+      }
+      if (!value) break;
+      Message message;
+      message.id = core_.next_id();
+      message.value = std::move(*value);
+      out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
+      if (!try_send_all(out)) co_await send_all(out);
+    }
+  }
+  co_await send_end();
+}
+
+asio::awaitable<void> Processor::run_feed_source() {
+  auto& channel = feed_->channel;
+  Outbox& out = outbox_;
+  for (;;) {
+    FeedItem item;
+    bool have = channel.try_receive([&](error_code, FeedItem i) { item = std::move(i); });
+    if (!have) {
+      auto [ec, i] = co_await channel.async_receive(asio::as_tuple(use_awaitable));
+      if (ec) break;  // the feed was closed by stop()
+      item = std::move(i);
+    }
+    if (!item.error.empty()) {
+      errors_.add();
+      core_.output_error(spec_.id, core_.next_id(), item.error);
+    }
+    if (item.end) break;
+    if (!item.value) continue;
+    Message message;
+    message.id = core_.next_id();
+    message.value = std::move(*item.value);
+    out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
+    if (!try_send_all(out)) co_await send_all(out);
+  }
+  // Anything fed after the end (or after stop) is refused, never left unread.
+  feed_->ended = true;
+  channel.close();
+}
+
+// --- transforms --------------------------------------------------------------
+
+bool Processor::try_take(Packet& packet) {
+  const bool got = input_->try_receive([&](error_code, Packet p) { packet = std::move(p); });
+  if (got) queued_.sub();
+  return got;
+}
+
+bool Processor::fast_path() const noexcept {
+  // A synchronous step on the strand runs one message at a time whatever its
+  // concurrency: only async steps and thread pools take the slower path.
+  return !transform_->is_async() && !pool_;
+}
+
+asio::awaitable<void> Processor::run_transform() {
+  Outbox& out = outbox_;
+  try {
+    for (;;) {
+      Packet packet;
+      if (!try_take(packet)) {
+        if (!batch_.empty() && spec_.batch_timeout.count() == 0) {
+          // Batch timeout 0: take what is queued, never wait for more.
+          co_await dispatch_batch();
+          if (!out.packets.empty() && !try_send_all(out)) co_await send_all(out);
+          continue;
+        }
+        packet = co_await input_->async_receive(use_awaitable);
+        queued_.sub();
+      }
+      switch (packet.kind) {
+        case PacketKind::data: {
+          received_.add();
+          if (is_zip_ && !zip_take(packet)) break;
+          if (packet.kind == PacketKind::dropped) {  // the zip lost one of its parts
+            if (feeds_zip_) out.packets.push_back(std::move(packet));
+            break;
+          }
+          Message& message = packet.msg;
+          if (message.deadline != Clock::time_point::max() && Clock::now() > message.deadline) {
+            expired_.add();
+            errors_.add();
+            core_.output_error(spec_.id, message.id, "deadline passed before the step ran");
+            if (feeds_zip_) out.packets.push_back(dropped_packet(message.id));
+            break;
+          }
+          if (when_ && !when_->test(message.value)) {
+            skipped_.add();
+            out.packets.push_back(std::move(packet));
+            break;
+          }
+          batch_.push_back(std::move(message));
+          if (batch_.size() < spec_.batch_size) {
+            if (batch_.size() == 1 && batch_timer_) arm_batch_timer();
+            break;
+          }
+          if (fast_path()) {  // the hot path: no coroutine frame per message
+            compute_sync(batch_, out);
+            batch_.clear();
+          } else {
+            co_await dispatch_batch();
+          }
+          break;
+        }
+        case PacketKind::dropped:
+          if (is_zip_) {
+            if (zip_take(packet) && feeds_zip_) out.packets.push_back(std::move(packet));
+          } else if (feeds_zip_) {
+            out.packets.push_back(std::move(packet));
+          }
+          break;
+        case PacketKind::flush:
+          if (packet.msg.id == batch_generation_ && !batch_.empty()) co_await dispatch_batch();
+          break;
+        case PacketKind::end:
+          if (++ends_seen_ < inputs_) break;
+          if (!batch_.empty()) co_await dispatch_batch();
+          co_await wait_units_idle();
+          if (batch_timer_) batch_timer_->cancel();
+          flush_zip_leftovers(out);
+          if (!try_send_all(out)) co_await send_all(out);
+          co_await send_end();
+          co_return;
+      }
+      if (!out.packets.empty() && !try_send_all(out)) co_await send_all(out);
+    }
+  } catch (...) {
+    if (!core_.cancelled()) throw;
+    cancel_held(out, batch_);
+    batch_.clear();
+    for (auto& [id, entry] : zip_) core_.output_cancelled(spec_.id, id);
+    zip_.clear();
+    drain_input_cancelled();
+  }
+}
+
+asio::awaitable<void> Processor::dispatch_batch() {
+  if (batch_timer_) batch_timer_->cancel();
+  if (fast_path()) {
+    compute_sync(batch_, outbox_);
+    batch_.clear();
+    co_return;
+  }
+  std::vector<Message> batch;
+  batch.swap(batch_);
+  batch_.reserve(spec_.batch_size);
+  if (!slots_) {
+    co_await run_unit(std::move(batch), false);
+    co_return;
+  }
+  co_await slots_->async_send(error_code{}, use_awaitable);  // wait for a free slot
+  core_.spawn(run_unit(std::move(batch), true));
+}
+
+asio::awaitable<void> Processor::wait_units_idle() {
+  if (!slots_) co_return;
+  // Taking every slot means every unit has finished.
+  for (std::size_t i = 0; i < spec_.concurrency; ++i) {
+    co_await slots_->async_send(error_code{}, use_awaitable);
+  }
+  for (std::size_t i = 0; i < spec_.concurrency; ++i) slots_->try_receive([](error_code) {});
+}
+
+void Processor::arm_batch_timer() {
+  ++batch_generation_;
+  batch_timer_->expires_after(spec_.batch_timeout);  // cancels the previous wait
+  core_.spawn(wait_batch_timer(batch_generation_));
+}
+
+asio::awaitable<void> Processor::wait_batch_timer(std::uint64_t generation) {
+  auto [ec] = co_await batch_timer_->async_wait(asio::as_tuple(use_awaitable));
+  if (ec || generation != batch_generation_ || batch_.empty()) co_return;
+  // The dispatcher is waiting in async_receive (or busy): a flush packet wakes it.
+  Packet flush{PacketKind::flush, 0, {}};
+  flush.msg.id = generation;
+  if (!input_->try_send(error_code{}, std::move(flush))) {
+    co_await input_->async_send(error_code{}, std::move(flush), use_awaitable);
+  }
+  queued_.add();
+}
+
+void Processor::collect_outputs(std::span<const Message> batch, std::vector<Message>& results,
+                                Outbox& out) {
+  if (feeds_zip_) {
+    // A zip downstream must learn which ids produced nothing here.
+    std::unordered_set<std::uint64_t> produced;
+    for (const Message& m : results) produced.insert(m.id);
+    for (const Message& m : batch) {
+      if (!produced.contains(m.id)) out.packets.push_back(dropped_packet(m.id));
+    }
+  }
+  for (Message& m : results) out.packets.push_back(Packet{PacketKind::data, 0, std::move(m)});
+  results.clear();
+}
+
+void Processor::fail_batch(std::span<const Message> batch, const std::string& error,
+                           Outbox& out) {
+  for (const Message& m : batch) {
+    errors_.add();
+    core_.output_error(spec_.id, m.id, error);
+    if (feeds_zip_) out.packets.push_back(dropped_packet(m.id));
+  }
+}
+
+void Processor::compute_sync(std::vector<Message>& batch, Outbox& out) {
+  const bool timed = core_.options().collect_timings || spec_.timeout.has_value();
+  std::vector<Message> backup;
+  for (std::size_t attempt = 0;; ++attempt) {
+    const bool can_retry = attempt < spec_.retries;
+    if (can_retry) backup = batch;  // the step may move from its inputs
+    results_.clear();
+    const auto started = timed ? Clock::now() : Clock::time_point{};
+    try {
+      batches_.add();
+      transform_->process(batch, results_);
+      if (timed) {
+        const auto ns = elapsed_ns(started);
+        busy_ns_.add(ns);
+        // A synchronous step cannot be interrupted: a late result is discarded.
+        if (spec_.timeout && std::chrono::nanoseconds(ns) > *spec_.timeout) {
+          throw std::system_error(make_error_code(errc::timed_out), timeout_text(*spec_.timeout));
+        }
+      }
+      collect_outputs(batch, results_, out);
+      return;
+    } catch (const std::exception& e) {
+      if (can_retry) {
+        retried_.add();
+        batch = std::move(backup);
+        continue;
+      }
+      fail_batch(batch, e.what(), out);
+      return;
+    }
+  }
+}
+
+asio::awaitable<void> Processor::compute_async(std::vector<Message>& batch, Outbox& out) {
+  using namespace asio::experimental::awaitable_operators;
+  std::vector<Message> results;
+  std::vector<Message> backup;
+  for (std::size_t attempt = 0;; ++attempt) {
+    const bool can_retry = attempt < spec_.retries;
+    if (can_retry) backup = batch;
+    results.clear();
+    const auto started = Clock::now();
+    std::string failure;
+    try {
+      batches_.add();
+      if (transform_->is_async()) {
+        if (spec_.timeout) {
+          asio::steady_timer timer(co_await asio::this_coro::executor, *spec_.timeout);
+          auto winner = co_await (transform_->process_async(batch, results) ||
+                                  timer.async_wait(use_awaitable));
+          if (winner.index() == 1) failure = timeout_text(*spec_.timeout);
+        } else {
+          co_await transform_->process_async(batch, results);
+        }
+      } else {
+        co_await asio::co_spawn(
+            pool_->get_executor(),
+            [&]() -> asio::awaitable<void> {
+              transform_->process(batch, results);
+              co_return;
+            },
+            use_awaitable);
+        if (spec_.timeout && Clock::now() - started > *spec_.timeout) {
+          failure = timeout_text(*spec_.timeout);
+        }
+      }
+      busy_ns_.add(elapsed_ns(started));
+    } catch (const std::exception& e) {
+      if (core_.cancelled()) throw;
+      failure = e.what();
+    }
+    if (failure.empty()) {
+      collect_outputs(batch, results, out);
+      co_return;
+    }
+    if (can_retry) {
+      retried_.add();
+      batch = std::move(backup);
+      continue;
+    }
+    fail_batch(batch, failure, out);
+    co_return;
+  }
+}
+
+asio::awaitable<void> Processor::run_unit(std::vector<Message> batch, bool release_slot) {
+  // Gives the concurrency slot back however the unit ends.
+  struct SlotRelease {
+    Processor* self;
+    ~SlotRelease() {
+      if (self) self->slots_->try_receive([](error_code) {});
+    }
+  } release{release_slot ? this : nullptr};
+  Outbox out;
+  try {
+    co_await compute_async(batch, out);
+    if (!try_send_all(out)) co_await send_all(out);
+  } catch (...) {
+    if (!core_.cancelled()) throw;
+    cancel_held(out, batch);
+  }
+}
+
+// --- zip -----------------------------------------------------------------------
+
+bool Processor::zip_take(Packet& packet) {
+  const std::uint64_t id = packet.msg.id;
+  auto [it, inserted] = zip_.try_emplace(id);
+  ZipEntry& entry = it->second;
+  if (inserted) entry.slots.resize(inputs_);
+  auto& slot = entry.slots[packet.port];
+  if (slot.empty()) ++entry.filled;
+  slot.push_back(std::move(packet));
+  if (entry.filled < inputs_) return false;
+
+  // Every predecessor delivered this id: combine the first of each slot.
+  bool dropped = false;
+  Message combined;
+  combined.id = id;
+  combined.value = json::object();
+  for (std::size_t port = 0; port < inputs_; ++port) {
+    Packet part = std::move(entry.slots[port].front());
+    entry.slots[port].pop_front();
+    if (entry.slots[port].empty()) --entry.filled;
+    if (part.kind != PacketKind::data) {
+      dropped = true;
+      continue;
+    }
+    combined.value[input_names_[port]] = std::move(part.msg.value);
+    for (Blob& blob : part.msg.blobs) combined.blobs.push_back(std::move(blob));
+    combined.priority = std::max(combined.priority, part.msg.priority);
+    combined.deadline = std::min(combined.deadline, part.msg.deadline);
+  }
+  if (entry.filled == 0) zip_.erase(it);
+  packet.port = 0;
+  if (dropped) {
+    packet.kind = PacketKind::dropped;
+    packet.msg = Message{};
+    packet.msg.id = id;
+  } else {
+    packet.kind = PacketKind::data;
+    packet.msg = std::move(combined);
+  }
+  return true;
+}
+
+void Processor::flush_zip_leftovers(Outbox& out) {
+  for (auto& [id, entry] : zip_) {
+    bool any_data = false;
+    std::string missing;
+    for (std::size_t port = 0; port < inputs_; ++port) {
+      for (const Packet& p : entry.slots[port]) any_data |= p.kind == PacketKind::data;
+      if (entry.slots[port].empty()) {
+        missing += (missing.empty() ? "" : ", ") + input_names_[port];
+      }
+    }
+    // Ids already reported upstream (dropped parts) need no second record.
+    if (any_data) {
+      errors_.add();
+      core_.output_error(spec_.id, id, "zip: no message with this id from " + missing);
+    }
+    if (feeds_zip_) out.packets.push_back(dropped_packet(id));
+  }
+  zip_.clear();
+}
+
+// --- cancellation --------------------------------------------------------------
+
+void Processor::cancel_held(Outbox& out, std::span<const Message> batch) {
+  for (const Message& m : batch) core_.output_cancelled(spec_.id, m.id);
+  for (std::size_t i = out.next_packet; i < out.packets.size(); ++i) {
+    if (out.packets[i].kind == PacketKind::data) {
+      core_.output_cancelled(spec_.id, out.packets[i].msg.id);
+    }
+  }
+  out.clear();
+}
+
+void Processor::drain_input_cancelled() {
+  Packet packet;
+  while (try_take(packet)) {
+    if (packet.kind == PacketKind::data) core_.output_cancelled(spec_.id, packet.msg.id);
+  }
+}
+
+}  // namespace plumber::detail
