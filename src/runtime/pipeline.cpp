@@ -159,7 +159,7 @@ void PipelineCore::end_feeds() {
     asio::co_spawn(
         strand_,
         [feed]() -> asio::awaitable<void> {
-          co_await feed->channel.async_send(error_code{}, FeedItem{{}, {}, true},
+          co_await feed->channel.async_send(error_code{}, FeedItem{std::nullopt, nullptr, true},
                                             asio::as_tuple(asio::use_awaitable));
         },
         asio::detached);
@@ -227,7 +227,7 @@ detail::FeedQueue& input_feed(detail::PipelineCore& core) {
 void Pipeline::feed(json value) {
   auto& feed = input_feed(*core_);
   try {
-    feed.channel.async_send(detail::error_code{}, detail::FeedItem{std::move(value), {}, false},
+    feed.channel.async_send(detail::error_code{}, detail::FeedItem{std::move(value), nullptr, false},
                             boost::asio::use_future)
         .get();
   } catch (const boost::system::system_error&) {
@@ -237,10 +237,10 @@ void Pipeline::feed(json value) {
 
 boost::asio::awaitable<void> Pipeline::async_feed(json value) {
   auto& feed = input_feed(*core_);
-  auto [ec] = co_await feed.channel.async_send(detail::error_code{},
-                                               detail::FeedItem{std::move(value), {}, false},
-                                               boost::asio::as_tuple(boost::asio::use_awaitable));
-  if (ec) throw std::system_error(make_error_code(errc::pipeline_stopped));
+  const std::tuple<detail::error_code> sent = co_await feed.channel.async_send(
+      detail::error_code{}, detail::FeedItem{std::move(value), nullptr, false},
+      boost::asio::as_tuple(boost::asio::use_awaitable));
+  if (std::get<0>(sent)) throw std::system_error(make_error_code(errc::pipeline_stopped));
 }
 
 void Pipeline::end_input() {
@@ -250,7 +250,7 @@ void Pipeline::end_input() {
   boost::asio::co_spawn(
       core_->strand(),
       [feed]() -> boost::asio::awaitable<void> {
-        co_await feed->channel.async_send(detail::error_code{}, detail::FeedItem{{}, {}, true},
+        co_await feed->channel.async_send(detail::error_code{}, detail::FeedItem{std::nullopt, nullptr, true},
                                           boost::asio::as_tuple(boost::asio::use_awaitable));
       },
       boost::asio::detached);

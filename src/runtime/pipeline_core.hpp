@@ -25,7 +25,10 @@ namespace plumber::detail {
 /// to report, or the end of the stream.
 struct FeedItem {
   std::optional<json> value;
-  std::string error;
+  /// A string, or null. Not std::string: g++ 12 relocates a co_await result
+  /// bitwise, which breaks a short string's inline buffer (json keeps its
+  /// strings on the heap).
+  json error;
   bool end = false;
 };
 

@@ -223,29 +223,42 @@ asio::awaitable<void> Processor::run_source() {
 asio::awaitable<void> Processor::run_feed_source() {
   auto& channel = feed_->channel;
   Outbox& out = outbox_;
-  for (;;) {
-    FeedItem item;
-    bool have = channel.try_receive([&](error_code, FeedItem i) { item = std::move(i); });
-    if (!have) {
-      auto [ec, i] = co_await channel.async_receive(asio::as_tuple(use_awaitable));
-      if (ec) break;  // the feed was closed by stop()
-      item = std::move(i);
+  bool open = true;
+  while (open) {
+    std::optional<FeedItem> item = take_feed_item();
+    if (!item) {
+      // No structured binding of a co_await result, and no `continue` past a
+      // live local: g++ 12 destroys such locals twice.
+      std::tuple<error_code, FeedItem> received =
+          co_await channel.async_receive(asio::as_tuple(use_awaitable));
+      if (!std::get<0>(received)) item = std::move(std::get<1>(received));
     }
-    if (!item.error.empty()) {
-      errors_.add();
-      core_.output_error(spec_.id, core_.next_id(), item.error);
-    }
-    if (item.end) break;
-    if (!item.value) continue;
-    Message message;
-    message.id = core_.next_id();
-    message.value = std::move(*item.value);
-    out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
-    if (!try_send_all(out)) co_await send_all(out);
+    open = item && accept_feed_item(std::move(*item), out);
+    if (!out.packets.empty() && !try_send_all(out)) co_await send_all(out);
   }
   // Anything fed after the end (or after stop) is refused, never left unread.
   feed_->ended = true;
   channel.close();
+}
+
+std::optional<FeedItem> Processor::take_feed_item() {
+  std::optional<FeedItem> item;
+  feed_->channel.try_receive([&](error_code, FeedItem i) { item = std::move(i); });
+  return item;
+}
+
+bool Processor::accept_feed_item(FeedItem&& item, Outbox& out) {
+  if (item.error.is_string()) {
+    errors_.add();
+    core_.output_error(spec_.id, core_.next_id(), item.error.get<std::string>());
+  }
+  if (item.value) {
+    Packet packet;
+    packet.msg.id = core_.next_id();
+    packet.msg.value = std::move(*item.value);
+    out.packets.push_back(std::move(packet));
+  }
+  return !item.end;
 }
 
 // --- transforms --------------------------------------------------------------
@@ -377,8 +390,9 @@ void Processor::arm_batch_timer() {
 }
 
 asio::awaitable<void> Processor::wait_batch_timer(std::uint64_t generation) {
-  auto [ec] = co_await batch_timer_->async_wait(asio::as_tuple(use_awaitable));
-  if (ec || generation != batch_generation_ || batch_.empty()) co_return;
+  const std::tuple<error_code> waited =
+      co_await batch_timer_->async_wait(asio::as_tuple(use_awaitable));
+  if (std::get<0>(waited) || generation != batch_generation_ || batch_.empty()) co_return;
   // The dispatcher is waiting in async_receive (or busy): a flush packet wakes it.
   Packet flush{PacketKind::flush, 0, {}};
   flush.msg.id = generation;

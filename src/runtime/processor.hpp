@@ -21,6 +21,7 @@ namespace plumber::detail {
 
 class PipelineCore;
 class FeedQueue;
+struct FeedItem;
 
 /// One node at run time: its input channel (bounded: the back pressure), its
 /// join policy, its concurrency, its batching, its fan-out.
@@ -78,6 +79,8 @@ class Processor final : public SourceContext {
   asio::awaitable<void> run_source();
   asio::awaitable<void> run_feed_source();
   asio::awaitable<void> run_transform();
+  std::optional<FeedItem> take_feed_item();
+  bool accept_feed_item(FeedItem&& item, Outbox& out);
 
   // Receiving
   bool try_take(Packet& packet);
