@@ -760,6 +760,34 @@ TEST_CASE("Processor.ConcurrencyBoundsMessagesInFlight") {
   CHECK(most == 3);
 }
 
+TEST_CASE("Processor.BackPressureBoundsTheQueue") {
+  // A slow step behind a queue of 4: the source can never run further ahead of
+  // the step than what the queue holds (plus the one message it is sending).
+  Harness h;
+  Pipeline* pipeline = nullptr;
+  std::int64_t most_ahead = 0;  // strand only
+  h.registry.add_async("observe", [&](json v, const json&) -> asio::awaitable<json> {
+    const auto ahead = static_cast<std::int64_t>(pipeline->emitted_messages()) - (v.get<std::int64_t>() + 1);
+    most_ahead = std::max(most_ahead, ahead);
+    co_await wait_for(1ms);  // the source runs meanwhile, until the queue is full
+    co_return v;
+  });
+  Pipeline& p = h.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 100}},
+      {"id": "obs", "coroutine": "observe", "queue_size": 4},
+      {"id": "out", "coroutine": "discard"}],
+    "edges": [{"from": "src", "to": "obs"}, {"from": "obs", "to": "out"}]})");
+  pipeline = &p;
+  h.run();
+  CHECK(p.stats()[1].received == 100);
+  INFO("the source ran " << most_ahead << " messages ahead of the step");
+  // The queue did fill up (the last message the source handed over may not be
+  // counted as emitted yet)...
+  CHECK(most_ahead >= 3);
+  // ... and held the source back: without back pressure it would run 99 ahead.
+  CHECK(most_ahead <= 5);
+}
+
 // --- feeding -----------------------------------------------------------------------------
 
 namespace {
