@@ -159,6 +159,7 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   });
   std::function<void()> tick = [&] {
     std::fflush(stdout);
+    if (pipeline.done()) return;  // a tick queued before on_done must not re-arm
     if (show_progress) {
       const auto total = *pipeline.expected_messages();
       const auto done = pipeline.emitted_messages();
@@ -174,7 +175,7 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   };
   std::function<void()> on_signal = [&] {
     signals.async_wait([&](boost::system::error_code ec, int) {
-      if (ec) return;
+      if (ec || pipeline.done()) return;
       // First signal: drain what is in flight. Second: cancel it.
       pipeline.stop(interrupted ? false : true);
       interrupted = true;

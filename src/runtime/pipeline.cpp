@@ -115,7 +115,8 @@ void PipelineCore::start() {
   asio::post(strand_, [self = shared_from_this()] {
     self->start_blocking_readers();
     for (std::size_t index : self->graph_.topological_order) {
-      self->spawn(self->processors[index]->run());
+      auto& processor = self->processors[index];
+      if (!processor->fused_in()) self->spawn(processor->run());
     }
   });
 }
@@ -329,6 +330,13 @@ Pipeline Plumber::build(const GraphSpec& graph, boost::asio::any_io_executor exe
       if (spec.nodes[next].join == JoinPolicy::zip || feeds_zip[next]) feeds_zip[*it] = true;
     }
     if (feeds_zip[*it]) core->processors[*it]->set_feeds_zip();
+  }
+  for (std::size_t from = 0; from < spec.nodes.size(); ++from) {
+    if (spec.successors[from].size() != 1) continue;
+    auto& successor = *core->processors[spec.successors[from][0]];
+    if (core->processors[from]->may_fuse() && successor.fusible()) {
+      core->processors[from]->fuse(successor);
+    }
   }
   return Pipeline(std::move(core));
 }

@@ -11,6 +11,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -27,6 +28,8 @@ std::uint64_t elapsed_ns(Clock::time_point since) {
   return static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since).count());
 }
+
+constexpr std::uint64_t kYieldEvery = 512;
 
 Packet dropped_packet(std::uint64_t id) {
   Packet packet;
@@ -114,6 +117,14 @@ bool Processor::try_send_all(Outbox& out) {
       if (packet.kind == PacketKind::data) core_.output_cancelled(spec_.id, packet.msg.id);
       continue;
     }
+    if (fused_) {
+      // The successor runs inline, once its own outputs have left.
+      Outbox& downstream = fused_->outbox_;
+      if (!downstream.packets.empty() && !fused_->try_send_all(downstream)) return false;
+      if (packet.kind == PacketKind::data) emitted_.add();
+      fused_->handle_inline(std::move(packet));
+      continue;
+    }
     if (successors_.empty()) {  // a sink: what it emits is the pipeline's output
       if (packet.kind == PacketKind::data) {
         emitted_.add();
@@ -135,11 +146,15 @@ bool Processor::try_send_all(Outbox& out) {
     if (packet.kind == PacketKind::data) emitted_.add();
   }
   out.clear();
-  return true;
+  return !fused_ || fused_->outbox_.packets.empty() || fused_->try_send_all(fused_->outbox_);
 }
 
 asio::awaitable<void> Processor::send_all(Outbox& out) {
   while (!try_send_all(out)) {
+    if (fused_ && !fused_->outbox_.packets.empty()) {  // blocked beyond the fused successor
+      co_await fused_->send_all(fused_->outbox_);
+      continue;
+    }
     Packet& packet = out.packets[out.next_packet];
     const Successor& to = successors_[out.next_successor];
     const bool last = out.next_successor + 1 == successors_.size();
@@ -196,7 +211,10 @@ asio::awaitable<void> Processor::run_source() {
     }
   } else {
     Outbox& out = outbox_;
-    while (!stopping()) {
+    for (std::uint64_t emitted = 1; !stopping(); ++emitted) {
+      // A source whose successors never fill (a fused chain) would otherwise
+      // hold the strand until it ends: let stop() and timers in now and then.
+      if (emitted % kYieldEvery == 0) co_await asio::post(core_.strand(), use_awaitable);
       std::optional<json> value;
       try {
         value = source_->next();
@@ -292,25 +310,8 @@ asio::awaitable<void> Processor::run_transform() {
       }
       switch (packet.kind) {
         case PacketKind::data: {
-          received_.add();
-          if (is_zip_ && !zip_take(packet)) break;
-          if (packet.kind == PacketKind::dropped) {  // the zip lost one of its parts
-            if (feeds_zip_) out.packets.push_back(std::move(packet));
-            break;
-          }
+          if (!accept_data(packet, out)) break;
           Message& message = packet.msg;
-          if (message.deadline != Clock::time_point::max() && Clock::now() > message.deadline) {
-            expired_.add();
-            errors_.add();
-            core_.output_error(spec_.id, message.id, "deadline passed before the step ran");
-            if (feeds_zip_) out.packets.push_back(dropped_packet(message.id));
-            break;
-          }
-          if (when_ && !when_->test(message.value)) {
-            skipped_.add();
-            out.packets.push_back(std::move(packet));
-            break;
-          }
           batch_.push_back(std::move(message));
           if (batch_.size() < spec_.batch_size) {
             if (batch_.size() == 1 && batch_timer_) arm_batch_timer();
@@ -353,6 +354,54 @@ asio::awaitable<void> Processor::run_transform() {
     for (auto& [id, entry] : zip_) core_.output_cancelled(spec_.id, id);
     zip_.clear();
     drain_input_cancelled();
+  }
+}
+
+bool Processor::accept_data(Packet& packet, Outbox& out) {
+  received_.add();
+  if (is_zip_ && !zip_take(packet)) return false;
+  if (packet.kind == PacketKind::dropped) {  // the zip lost one of its parts
+    if (feeds_zip_) out.packets.push_back(std::move(packet));
+    return false;
+  }
+  Message& message = packet.msg;
+  if (message.deadline != Clock::time_point::max() && Clock::now() > message.deadline) {
+    expired_.add();
+    errors_.add();
+    core_.output_error(spec_.id, message.id, "deadline passed before the step ran");
+    if (feeds_zip_) out.packets.push_back(dropped_packet(message.id));
+    return false;
+  }
+  if (when_ && !when_->test(message.value)) {
+    skipped_.add();
+    out.packets.push_back(std::move(packet));
+    return false;
+  }
+  return true;
+}
+
+bool Processor::fusible() const noexcept {
+  return fast_path() && spec_.batch_size == 1 && !is_zip_ && inputs_ == 1;
+}
+
+void Processor::fuse(Processor& successor) {
+  fused_ = &successor;
+  successor.fused_in_ = true;
+}
+
+void Processor::handle_inline(Packet&& packet) {
+  switch (packet.kind) {
+    case PacketKind::data:
+      if (accept_data(packet, outbox_)) compute_sync({&packet.msg, 1}, outbox_);
+      return;
+    case PacketKind::dropped:
+      if (feeds_zip_) outbox_.packets.push_back(std::move(packet));
+      return;
+    case PacketKind::end:  // the only predecessor ended: so does this node
+      outbox_.packets.push_back(std::move(packet));
+      return;
+    case PacketKind::flush:
+      return;
   }
 }
 
@@ -412,7 +461,7 @@ void Processor::collect_outputs(std::span<const Message> batch, std::vector<Mess
       if (!produced.contains(m.id)) out.packets.push_back(dropped_packet(m.id));
     }
   }
-  for (Message& m : results) out.packets.push_back(Packet{PacketKind::data, 0, std::move(m)});
+  for (Message& m : results) out.packets.emplace_back(PacketKind::data, std::uint16_t{0}, std::move(m));
   results.clear();
 }
 
@@ -425,12 +474,12 @@ void Processor::fail_batch(std::span<const Message> batch, const std::string& er
   }
 }
 
-void Processor::compute_sync(std::vector<Message>& batch, Outbox& out) {
+void Processor::compute_sync(std::span<Message> batch, Outbox& out) {
   const bool timed = core_.options().collect_timings || spec_.timeout.has_value();
   std::vector<Message> backup;
   for (std::size_t attempt = 0;; ++attempt) {
     const bool can_retry = attempt < spec_.retries;
-    if (can_retry) backup = batch;  // the step may move from its inputs
+    if (can_retry) backup.assign(batch.begin(), batch.end());  // the step may move from its inputs
     results_.clear();
     const auto started = timed ? Clock::now() : Clock::time_point{};
     try {
@@ -449,7 +498,7 @@ void Processor::compute_sync(std::vector<Message>& batch, Outbox& out) {
     } catch (const std::exception& e) {
       if (can_retry) {
         retried_.add();
-        batch = std::move(backup);
+        std::move(backup.begin(), backup.end(), batch.begin());
         continue;
       }
       fail_batch(batch, e.what(), out);

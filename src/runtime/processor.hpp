@@ -41,6 +41,17 @@ class Processor final : public SourceContext {
   /// For sources fed from outside (the `input` node, blocking readers).
   void set_feed(std::shared_ptr<FeedQueue> feed) { feed_ = std::move(feed); }
 
+  /// True when this node can run inline in its only predecessor's coroutine:
+  /// a synchronous step on the strand, one input, no batching, no zip.
+  bool fusible() const noexcept;
+  /// Runs `successor` inline instead of through its channel (operator fusion):
+  /// a chain of synchronous steps costs function calls, not channel hops.
+  void fuse(Processor& successor);
+  /// True when a predecessor runs this node: it has no coroutine of its own.
+  bool fused_in() const noexcept { return fused_in_; }
+  /// Whether this node may call a fused successor: it sends from one coroutine.
+  bool may_fuse() const noexcept { return successors_.size() == 1 && (source_ || fast_path()); }
+
   /// Runs the step's on_start hook.
   void on_start();
   /// The processor's life: returns when its inputs have ended and it drained.
@@ -89,7 +100,9 @@ class Processor final : public SourceContext {
 
   // Computing
   bool fast_path() const noexcept;
-  void compute_sync(std::vector<Message>& batch, Outbox& out);
+  bool accept_data(Packet& packet, Outbox& out);
+  void handle_inline(Packet&& packet);
+  void compute_sync(std::span<Message> batch, Outbox& out);
   asio::awaitable<void> compute_async(std::vector<Message>& batch, Outbox& out);
   asio::awaitable<void> dispatch_batch();
   asio::awaitable<void> run_unit(std::vector<Message> batch, bool release_slot);
@@ -122,6 +135,8 @@ class Processor final : public SourceContext {
   std::size_t ends_seen_ = 0;
   std::vector<Successor> successors_;
   bool feeds_zip_ = false;
+  Processor* fused_ = nullptr;  // the successor this node runs inline
+  bool fused_in_ = false;
   bool is_zip_ = false;
 
   std::vector<Message> batch_;
