@@ -157,17 +157,18 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     ticker.cancel();
     signals.cancel();
   });
+  auto print_progress = [&] {
+    const auto total = *pipeline.expected_messages();
+    const auto done = pipeline.emitted_messages();
+    std::fprintf(stderr, "\r%llu/%llu messages (%.0f%%)", static_cast<unsigned long long>(done),
+                 static_cast<unsigned long long>(total),
+                 total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
+    std::fflush(stderr);
+  };
   std::function<void()> tick = [&] {
     std::fflush(stdout);
     if (pipeline.done()) return;  // a tick queued before on_done must not re-arm
-    if (show_progress) {
-      const auto total = *pipeline.expected_messages();
-      const auto done = pipeline.emitted_messages();
-      std::fprintf(stderr, "\r%llu/%llu messages (%.0f%%)", static_cast<unsigned long long>(done),
-                   static_cast<unsigned long long>(total),
-                   total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
-      std::fflush(stderr);
-    }
+    if (show_progress) print_progress();
     ticker.expires_after(std::chrono::milliseconds(100));
     ticker.async_wait([&](boost::system::error_code ec) {
       if (!ec) tick();
@@ -205,7 +206,10 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   const auto wall = std::chrono::steady_clock::now() - started;
 
   std::fflush(stdout);
-  if (show_progress) std::fputs("\n", stderr);
+  if (show_progress) {
+    print_progress();  // the final count, however short the run
+    std::fputs("\n", stderr);
+  }
   if (options.stats) print_stats(pipeline, wall);
 
   int status = kExitOk;

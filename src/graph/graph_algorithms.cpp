@@ -56,23 +56,24 @@ std::vector<std::size_t> topological_order(std::size_t node_count,
 
 void write_dot(std::ostream& out, const GraphSpec& graph) {
   const auto g = detail::to_boost(graph.nodes.size(), graph.edges);
-  auto quote = [](const std::string& text) {
-    std::string quoted = "\"";
+  auto escape = [](const std::string& text) {
+    std::string escaped;
     for (char c : text) {
-      if (c == '"' || c == '\\') quoted += '\\';
-      quoted += c;
+      if (c == '"' || c == '\\') escaped += '\\';
+      escaped += c;
     }
-    return quoted + '"';
+    return escaped;
   };
+  auto quote = [&](const std::string& text) { return '"' + escape(text) + '"'; };
   auto node_writer = [&](std::ostream& os, std::size_t v) {
     const NodeSpec& node = graph.nodes[v];
-    std::string label = node.id + "\\n" + node.coroutine;
+    std::string label = escape(node.id) + "\\n" + escape(node.coroutine);
     if (node.join == JoinPolicy::zip) label += " (zip)";
     if (node.concurrency > 1) label += " x" + std::to_string(node.concurrency);
     if (node.batch_size > 1) label += " batch " + std::to_string(node.batch_size);
     const bool source = graph.predecessors[v].empty();
     const bool sink = graph.successors[v].empty();
-    os << "[label=" << quote(label) << ", shape=" << (source ? "invhouse" : sink ? "house" : "box")
+    os << "[label=\"" << label << "\", shape=" << (source ? "invhouse" : sink ? "house" : "box")
        << "]";
   };
   boost::write_graphviz(out, g, node_writer, boost::default_writer(),

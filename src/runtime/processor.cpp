@@ -490,7 +490,7 @@ void Processor::compute_sync(std::span<Message> batch, Outbox& out) {
         busy_ns_.add(ns);
         // A synchronous step cannot be interrupted: a late result is discarded.
         if (spec_.timeout && std::chrono::nanoseconds(ns) > *spec_.timeout) {
-          throw std::system_error(make_error_code(errc::timed_out), timeout_text(*spec_.timeout));
+          throw std::runtime_error(timeout_text(*spec_.timeout));
         }
       }
       collect_outputs(batch, results_, out);
