@@ -72,21 +72,24 @@ class LineSource final : public Source {
 class RangeSource final : public Source {
  public:
   RangeSource(std::int64_t start, std::int64_t stop, std::int64_t step)
-      : next_(start), stop_(stop), step_(step) {}
+      : next_(start), stop_(stop), step_(step), size_(count(start, stop, step)) {}
   std::optional<json> next() override {
     if (step_ > 0 ? next_ >= stop_ : next_ <= stop_) return std::nullopt;
     const std::int64_t value = next_;
     next_ += step_;
     return json(value);
   }
-  std::optional<std::uint64_t> size_hint() const override {
-    const std::int64_t span = step_ > 0 ? stop_ - next_ : next_ - stop_;
-    const std::int64_t step = step_ > 0 ? step_ : -step_;
-    return span <= 0 ? 0 : static_cast<std::uint64_t>((span + step - 1) / step);
-  }
+  std::optional<std::uint64_t> size_hint() const override { return size_; }
 
  private:
+  static std::uint64_t count(std::int64_t start, std::int64_t stop, std::int64_t step) {
+    const std::int64_t span = step > 0 ? stop - start : start - stop;
+    const std::int64_t stride = step > 0 ? step : -step;
+    return span <= 0 ? 0 : static_cast<std::uint64_t>((span + stride - 1) / stride);
+  }
+
   std::int64_t next_, stop_, step_;
+  std::uint64_t size_;
 };
 
 class ValuesSource final : public Source {

@@ -6,6 +6,9 @@
 #include <ostream>
 #include <string>
 
+// Boost.Graph's edge iterator trips g++ 12's -Wmaybe-uninitialized at -O2 (a
+// false positive inside boost::optional); it is not ours to fix.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <boost/graph/adjacency_list.hpp>
 #include <boost/graph/graphviz.hpp>
 #include <boost/graph/strong_components.hpp>
