@@ -182,10 +182,9 @@ TEST_CASE("Cli.RunProgress") {
   CHECK(result.err.ends_with("\n"));
 }
 
-// BUG: the --progress line is only redrawn every 100 ms and never once more at
-// the end, so a short run leaves "0/11 messages (0%)" on the terminal although
-// all 11 messages were processed.
-TEST_CASE("Cli.RunProgressEndsAtTotal" * doctest::skip()) {
+// The progress line is drawn once more at the end: a short run does not leave
+// "0/11 messages (0%)" behind.
+TEST_CASE("Cli.RunProgressEndsAtTotal") {
   const ProcessResult result = plumber_cli({"run", "--progress", kGraphs + "/fib.json"});
   REQUIRE(result.exit_code == 0);
   INFO(result.err);
@@ -211,6 +210,22 @@ TEST_CASE("Cli.MalformedInputLines") {
     REQUIRE(errors.size() == 1);
     CHECK(errors[0]["input"] == input + ":2");
   }
+}
+
+TEST_CASE("Cli.RunLinesFromStdinToPrint") {
+  // `lines` reads stdin off the event loop; `print` writes each value itself.
+  const ProcessResult result = plumber_cli({"run", kData + "/lines_stdin.json"}, kData + "/mixed.input");
+  CHECK(result.exit_code == 0);
+  CHECK(result.err.empty());
+  CHECK(split_lines(result.out) ==
+        std::vector<std::string>{R"("\"ALPHA\"")", R"("{OOPS")", R"("\"BETA\"")", R"("")", R"("\"GAMMA\"")"});
+}
+
+TEST_CASE("Cli.RunEmptyInput") {
+  const ProcessResult result = plumber_cli({"run", kGraphs + "/upper_input.json"});  // stdin: /dev/null
+  CHECK(result.exit_code == 0);
+  CHECK(result.out.empty());
+  CHECK(result.err.empty());
 }
 
 TEST_CASE("Cli.RunInvalidGraph") {

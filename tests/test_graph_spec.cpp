@@ -201,10 +201,8 @@ TEST_CASE("GraphSpec.WriteDot") {
   CHECK(text.find("1->2") != std::string::npos);
 }
 
-// BUG: write_dot escapes the \n line break of its node labels a second time:
-// the DOT text has label="numbers\\nrange", which Graphviz shows as a literal
-// backslash and 'n', instead of label="numbers\nrange" (two lines).
-TEST_CASE("GraphSpec.WriteDotLabelsBreakLines" * doctest::skip()) {
+// Node labels are "id\ncoroutine": a DOT line break, escaped once.
+TEST_CASE("GraphSpec.WriteDotLabelsBreakLines") {
   const GraphSpec graph = parse_graph(R"({"plumber": 1, "nodes": [
       {"id": "numbers", "coroutine": "range", "params": {"stop": 3}},
       {"id": "out", "coroutine": "identity"}],
