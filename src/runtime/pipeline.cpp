@@ -3,6 +3,7 @@
 #include <exception>
 #include <string>
 #include <system_error>
+#include <future>
 #include <thread>
 #include <utility>
 
@@ -27,7 +28,12 @@ PipelineCore::PipelineCore(GraphSpec graph, const asio::any_io_executor& executo
                            PipelineOptions options)
     : graph_(std::move(graph)), options_(options), strand_(asio::make_strand(executor)) {}
 
-PipelineCore::~PipelineCore() = default;
+PipelineCore::~PipelineCore() {
+  for (auto& link : reader_links_) {
+    std::lock_guard lock(link->mutex);
+    link->feed = nullptr;
+  }
+}
 
 void PipelineCore::spawn(asio::awaitable<void> task) {
   auto slot = signals_.emplace(signals_.end());
@@ -128,11 +134,16 @@ void PipelineCore::start_blocking_readers() {
     auto feed = std::make_shared<FeedQueue>(strand_, processor->spec().queue_size);
     feeds.push_back(feed);
     processor->set_feed(feed);
+    auto link = std::make_shared<ReaderLink>();
+    link->feed = feed.get();
+    reader_links_.push_back(link);
     // Detached: a read from a terminal cannot be interrupted, and must not keep
-    // the pipeline (or the process) from finishing. It owns what it touches.
-    std::thread([feed, source] {
+    // the pipeline (or the process) from finishing. It reaches the feed only
+    // through `link`, so it never outlives it nor destroys it: the channel must
+    // die on this side, before the io_context it belongs to.
+    std::thread([link, source] {
       try {
-        for (;;) {
+        for (bool last = false; !last;) {
           FeedItem item;
           try {
             item.value = source->next();
@@ -143,12 +154,17 @@ void PipelineCore::start_blocking_readers() {
             item.error = e.what();
             item.end = true;
           }
-          const bool last = item.end;
-          feed->channel.async_send(error_code{}, std::move(item), asio::use_future).get();
-          if (last || feed->ended) return;
+          last = item.end;
+          std::future<void> sent;
+          {
+            std::lock_guard lock(link->mutex);
+            if (!link->feed || link->feed->ended) return;
+            sent = link->feed->channel.async_send(error_code{}, std::move(item), asio::use_future);
+          }
+          sent.get();  // throws once the feed is closed or destroyed
         }
       } catch (const std::exception&) {
-        // The feed was closed: the pipeline stopped.
+        // The pipeline stopped.
       }
     }).detach();
   }

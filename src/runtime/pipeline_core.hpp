@@ -43,6 +43,13 @@ class FeedQueue {
   std::atomic<bool> ended{false};
 };
 
+/// How a blocking reader thread reaches its feed: cleared (under the mutex)
+/// when the pipeline goes away, so the thread never touches a dead channel.
+struct ReaderLink {
+  std::mutex mutex;
+  FeedQueue* feed = nullptr;
+};
+
 /// The state a Pipeline shares with its processors and spawned coroutines.
 class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
  public:
@@ -92,6 +99,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   std::list<asio::cancellation_signal> signals_;
   std::size_t live_tasks_ = 0;
   std::unordered_set<std::uint64_t> cancelled_ids_;
+  std::vector<std::shared_ptr<ReaderLink>> reader_links_;
 
   mutable std::mutex done_mutex_;
   mutable std::condition_variable done_cv_;
