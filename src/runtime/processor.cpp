@@ -583,36 +583,48 @@ bool Processor::zip_take(Packet& packet) {
   const std::uint64_t id = packet.msg.id;
   auto [it, inserted] = zip_.try_emplace(id);
   ZipEntry& entry = it->second;
-  if (inserted) entry.slots.resize(inputs_);
-  auto& slot = entry.slots[packet.port];
-  if (slot.empty()) ++entry.filled;
-  slot.push_back(std::move(packet));
-  if (entry.filled < inputs_) return false;
+  if (inserted) entry.parts.resize(inputs_);
+  auto& part = entry.parts[packet.port];
+  if (part) {
+    entry.later.push_back(std::move(packet));
+    return false;
+  }
+  part = std::move(packet);
+  if (++entry.filled < inputs_) return false;
 
-  // Every predecessor delivered this id: combine the first of each slot.
+  // Every predecessor delivered this id: combine one message of each.
   bool dropped = false;
   Message combined;
   combined.id = id;
   combined.value = json::object();
   for (std::size_t port = 0; port < inputs_; ++port) {
-    Packet part = std::move(entry.slots[port].front());
-    entry.slots[port].pop_front();
-    if (entry.slots[port].empty()) --entry.filled;
-    if (part.kind != PacketKind::data) {
+    Packet& p = *entry.parts[port];
+    if (p.kind != PacketKind::data) {
       dropped = true;
+    } else {
+      combined.value[input_names_[port]] = std::move(p.msg.value);
+      for (Blob& blob : p.msg.blobs) combined.blobs.push_back(std::move(blob));
+      combined.priority = std::max(combined.priority, p.msg.priority);
+      combined.deadline = std::min(combined.deadline, p.msg.deadline);
+    }
+    entry.parts[port].reset();
+  }
+  entry.filled = 0;
+  // Later messages with this id start the next combination, in arrival order.
+  for (auto later = entry.later.begin(); later != entry.later.end();) {
+    auto& slot = entry.parts[later->port];
+    if (slot) {
+      ++later;
       continue;
     }
-    combined.value[input_names_[port]] = std::move(part.msg.value);
-    for (Blob& blob : part.msg.blobs) combined.blobs.push_back(std::move(blob));
-    combined.priority = std::max(combined.priority, part.msg.priority);
-    combined.deadline = std::min(combined.deadline, part.msg.deadline);
+    slot = std::move(*later);
+    ++entry.filled;
+    later = entry.later.erase(later);
   }
-  if (entry.filled == 0) zip_.erase(it);
+  if (entry.filled == 0 && entry.later.empty()) zip_.erase(it);
   packet.port = 0;
   if (dropped) {
-    packet.kind = PacketKind::dropped;
-    packet.msg = Message{};
-    packet.msg.id = id;
+    packet = dropped_packet(id);
   } else {
     packet.kind = PacketKind::data;
     packet.msg = std::move(combined);
@@ -625,11 +637,14 @@ void Processor::flush_zip_leftovers(Outbox& out) {
     bool any_data = false;
     std::string missing;
     for (std::size_t port = 0; port < inputs_; ++port) {
-      for (const Packet& p : entry.slots[port]) any_data |= p.kind == PacketKind::data;
-      if (entry.slots[port].empty()) {
+      const auto& part = entry.parts[port];
+      if (part) {
+        any_data |= part->kind == PacketKind::data;
+      } else {
         missing += (missing.empty() ? "" : ", ") + input_names_[port];
       }
     }
+    for (const Packet& p : entry.later) any_data |= p.kind == PacketKind::data;
     // Ids already reported upstream (dropped parts) need no second record.
     if (any_data) {
       errors_.add();

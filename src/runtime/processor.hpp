@@ -1,7 +1,6 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -83,8 +82,9 @@ class Processor final : public SourceContext {
     }
   };
   struct ZipEntry {
-    std::vector<std::deque<Packet>> slots;  // one per predecessor port
-    std::size_t filled = 0;                 // slots that are not empty
+    std::vector<std::optional<Packet>> parts;  // the first message of this id, per port
+    std::vector<Packet> later;  // more messages with this id (a step emitting several)
+    std::size_t filled = 0;     // parts present
   };
 
   asio::awaitable<void> run_source();
