@@ -6,6 +6,12 @@
 // messages); the tests themselves never sleep to synchronise and never assert
 // on wall-clock time.
 #include <sys/resource.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <atomic>
@@ -1200,6 +1206,48 @@ TEST_CASE("Pipeline.SourceErrors") {
     CHECK(errors[0].node == "src");
     CHECK(errors[0].error == "sensor unplugged");
   }
+}
+
+// A blocking reader (a `lines`/`jsonl` source on stdin or a FIFO) runs on a
+// detached thread. Here the pipeline is stopped while the reader waits for a
+// line, the pipeline and the io_context are destroyed, and then a line
+// arrives: the reader must neither touch the destroyed io_context's channel
+// (ThreadSanitizer: heap-use-after-free in channel_service::base_destroy) nor
+// get stuck; it finishes and closes the FIFO.
+TEST_CASE("Pipeline.BlockingReaderOutlivesIoContext") {
+  const auto dir = std::filesystem::temp_directory_path() / ("plumber_fifo_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string fifo = (dir / "lines").string();
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  int writer = -1;
+  std::thread open_writer([&] { writer = ::open(fifo.c_str(), O_WRONLY); });  // waits for the reader
+  {
+    Harness h;
+    Pipeline& p = h.build(R"({"plumber": 1, "nodes": [
+        {"id": "src", "coroutine": "lines", "params": {"path": ")" + fifo + R"("}},
+        {"id": "up", "coroutine": "upper"}],
+      "edges": [{"from": "src", "to": "up"}]})");
+    p.on_output([&h, &p](OutputRecord&& r) {
+      h.records.push_back({r.kind, r.id, std::string(r.node), std::move(r.value), std::move(r.error), {}});
+      p.stop(true);  // the reader is now blocked waiting for the next line
+    });
+    p.start();  // opens the FIFO
+    open_writer.join();
+    REQUIRE(writer >= 0);
+    REQUIRE(::write(writer, "a\n", 2) == 2);
+    h.run_io();
+    CHECK(h.sorted_values_of("up") == std::vector<json>{"A"});
+  }  // the pipeline and the io_context are gone; the reader thread is not
+  const auto previous = ::signal(SIGPIPE, SIG_IGN);
+  const bool written = ::write(writer, "b\n", 2) == 2;  // wakes the reader up
+  ::signal(SIGPIPE, previous);
+  REQUIRE(written);
+  // The reader thread closes its end of the FIFO when it finishes.
+  pollfd closed{writer, 0, 0};
+  const bool reader_closed = ::poll(&closed, 1, 10'000) == 1 && (closed.revents & POLLERR);
+  CHECK(reader_closed);
+  ::close(writer);
+  std::filesystem::remove_all(dir);
 }
 
 // --- memory ----------------------------------------------------------------------------------
