@@ -27,9 +27,9 @@
 #include <utility>
 #include <vector>
 
-#include <boost/asio/io_context.hpp>
 #include <oneapi/tbb/flow_graph.h>
 #include <oneapi/tbb/task_arena.h>
+#include <boost/asio/io_context.hpp>
 
 #include "plumber/all.hpp"
 
@@ -66,8 +66,7 @@ struct ZipCheck {
   std::int64_t sum = 0;         // of the first part: proves every input came once
   void reset() { *this = ZipCheck{}; }
   bool complete() const {
-    return seen == static_cast<std::uint64_t>(kMessages) &&
-           sum == kMessages * (kMessages - 1) / 2;
+    return seen == static_cast<std::uint64_t>(kMessages) && sum == kMessages * (kMessages - 1) / 2;
   }
 };
 
@@ -75,7 +74,9 @@ double seconds_since(SteadyClock::time_point start) {
   return std::chrono::duration<double>(SteadyClock::now() - start).count();
 }
 
-[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
+[[noreturn]] void fail(const std::string& what) {
+  throw std::runtime_error(what);
+}
 
 // --- Plumber -----------------------------------------------------------------------
 
@@ -123,8 +124,8 @@ plumber::Registry make_registry() {
   for (bool variable : {false, true}) {
     plumber::CoroutineInfo negate;
     negate.name = variable ? "spin_negate" : "negate";
-    negate.description = variable ? "negates an integer after a cost that varies with it"
-                                  : "negates an integer";
+    negate.description =
+        variable ? "negates an integer after a cost that varies with it" : "negates an integer";
     negate.make_transform = [variable](const json&) {
       return std::make_unique<NegateStep>(variable);
     };
@@ -141,9 +142,11 @@ plumber::Registry make_registry() {
 
 std::string chain_graph(std::size_t queue_size) {
   return R"({ "plumber": 1, "name": "chain4",
-    "settings": { "queue_size": )" + std::to_string(queue_size) + R"( },
+    "settings": { "queue_size": )" +
+         std::to_string(queue_size) + R"( },
     "nodes": [
-      { "id": "src",  "coroutine": "range", "params": { "stop": )" + std::to_string(kMessages) + R"( } },
+      { "id": "src",  "coroutine": "range", "params": { "stop": )" +
+         std::to_string(kMessages) + R"( } },
       { "id": "h1",   "coroutine": "identity" },
       { "id": "h2",   "coroutine": "identity" },
       { "id": "h3",   "coroutine": "identity" },
@@ -156,11 +159,14 @@ std::string chain_graph(std::size_t queue_size) {
 /// `b_node` is spliced into the node list: the second branch's definition.
 std::string diamond_graph(std::size_t queue_size, const std::string& b_node) {
   return R"({ "plumber": 1, "name": "diamond",
-    "settings": { "queue_size": )" + std::to_string(queue_size) + R"( },
+    "settings": { "queue_size": )" +
+         std::to_string(queue_size) + R"( },
     "nodes": [
-      { "id": "src",  "coroutine": "range", "params": { "stop": )" + std::to_string(kMessages) + R"( } },
+      { "id": "src",  "coroutine": "range", "params": { "stop": )" +
+         std::to_string(kMessages) + R"( } },
       { "id": "a",    "coroutine": "identity" },
-      )" + b_node + R"(,
+      )" +
+         b_node + R"(,
       { "id": "zip",  "coroutine": "identity", "join": "zip" },
       { "id": "sink", "coroutine": "zip_check" } ],
     "edges": [
@@ -183,12 +189,13 @@ double run_plumber(const plumber::GraphSpec& graph, const plumber::Registry& reg
   pipeline.start();
   io.run();
   const double seconds = seconds_since(start);
-  if (!pipeline.done()) fail(graph.name + ": io_context ran out of work before the pipeline was done");
-  if (problems) fail(graph.name + ": " + std::to_string(problems) + " error records, first: " + first_problem);
+  if (!pipeline.done())
+    fail(graph.name + ": io_context ran out of work before the pipeline was done");
+  if (problems)
+    fail(graph.name + ": " + std::to_string(problems) + " error records, first: " + first_problem);
   const auto stats = pipeline.stats();
-  const auto sink = std::find_if(stats.begin(), stats.end(), [](const plumber::ProcessorStats& s) {
-    return s.node == "sink";
-  });
+  const auto sink = std::find_if(stats.begin(), stats.end(),
+                                 [](const plumber::ProcessorStats& s) { return s.node == "sink"; });
   if (sink == stats.end() || sink->received != static_cast<std::uint64_t>(kMessages)) {
     fail(graph.name + ": the sink did not receive every message");
   }
@@ -266,7 +273,8 @@ double run_tbb_diamond(TbbJoin policy, int threads, bool variable, ZipCheck& che
     flow::function_node<Item, Item> a(g, flow::serial, [](Item m) { return m; });
     flow::function_node<Item, Item> b(g, variable ? flow::unlimited : flow::serial,
                                       [variable](Item m) {
-                                        if (variable) variable_cost(static_cast<std::uint64_t>(m.value));
+                                        if (variable)
+                                          variable_cost(static_cast<std::uint64_t>(m.value));
                                         m.value = -m.value;
                                         return m;
                                       });
@@ -301,7 +309,8 @@ double run_tbb_diamond(TbbJoin policy, int threads, bool variable, ZipCheck& che
       wire_and_run(join);
     }
   });
-  if (check.seen != static_cast<std::uint64_t>(kMessages)) fail("tbb diamond: the sink missed tuples");
+  if (check.seen != static_cast<std::uint64_t>(kMessages))
+    fail("tbb diamond: the sink missed tuples");
   return rate;
 }
 
@@ -310,7 +319,9 @@ double run_tbb_diamond(TbbJoin policy, int threads, bool variable, ZipCheck& che
 struct Case {
   Case(std::string name_, std::function<double()> run_,
        std::function<std::uint64_t()> mispairs_ = {}, std::function<bool()> complete_ = {})
-      : name(std::move(name_)), run(std::move(run_)), mispairs(std::move(mispairs_)),
+      : name(std::move(name_)),
+        run(std::move(run_)),
+        mispairs(std::move(mispairs_)),
         complete(std::move(complete_)) {}
 
   std::string name;
@@ -411,15 +422,18 @@ int run() {
   const auto zip_spin_batched =
       plumber::parse_graph(diamond_graph(1024, spin_batched_b), registry, "zip-spin-batched");
 
-  std::printf("Plumber benchmark: %lld messages a run, median of %d runs after 1 warm-up run,\n"
-              "std::chrono::steady_clock, runs of the cases of a workload interleaved.\n",
-              static_cast<long long>(kMessages), g_runs);
-  std::printf("Payload: a Plumber message is plumber::Message (uint64 id, nlohmann::ordered_json\n"
-              "value holding the integer, blob vector, priority, deadline: %zu bytes);\n"
-              "oneTBB nodes pass struct Item { uint64 id; int64 value; } (%zu bytes).\n",
-              sizeof(plumber::Message), sizeof(Item));
-  std::printf("Plumber runs each graph on one asio::io_context run by one thread (the whole graph\n"
-              "on one strand); oneTBB runs in a task_arena of the stated number of threads.\n");
+  std::printf(
+      "Plumber benchmark: %lld messages a run, median of %d runs after 1 warm-up run,\n"
+      "std::chrono::steady_clock, runs of the cases of a workload interleaved.\n",
+      static_cast<long long>(kMessages), g_runs);
+  std::printf(
+      "Payload: a Plumber message is plumber::Message (uint64 id, nlohmann::ordered_json\n"
+      "value holding the integer, blob vector, priority, deadline: %zu bytes);\n"
+      "oneTBB nodes pass struct Item { uint64 id; int64 value; } (%zu bytes).\n",
+      sizeof(plumber::Message), sizeof(Item));
+  std::printf(
+      "Plumber runs each graph on one asio::io_context run by one thread (the whole graph\n"
+      "on one strand); oneTBB runs in a task_arena of the stated number of threads.\n");
   std::fflush(stdout);
 
   // a) chain -------------------------------------------------------------------
@@ -428,8 +442,7 @@ int run() {
        [&] { return run_plumber(chain64, registry); }},
       {"plumber  range->3x identity->discard, queue_size 1024",
        [&] { return run_plumber(chain1024, registry); }},
-      {"oneTBB   input_node->3x function_node->sink, 1 thread",
-       [] { return run_tbb_chain(); }},
+      {"oneTBB   input_node->3x function_node->sink, 1 thread", [] { return run_tbb_chain(); }},
   };
   measure("chain", chain);
 
@@ -446,34 +459,34 @@ int run() {
     };
   };
   std::vector<Case> zip = {
-      {"plumber  zip by id, queue_size 64, 1 thread",
-       plumber_run(zip64), plumber_mispairs, plumber_complete},
-      {"plumber  zip by id, queue_size 1024, 1 thread",
-       plumber_run(zip1024), plumber_mispairs, plumber_complete},
+      {"plumber  zip by id, queue_size 64, 1 thread", plumber_run(zip64), plumber_mispairs,
+       plumber_complete},
+      {"plumber  zip by id, queue_size 1024, 1 thread", plumber_run(zip1024), plumber_mispairs,
+       plumber_complete},
       {"oneTBB   join_node key_matching (by id), 1 thread",
-       [&] { return run_tbb_diamond(TbbJoin::key_matching, 1, false, tbb_check); },
-       tbb_mispairs, tbb_complete},
+       [&] { return run_tbb_diamond(TbbJoin::key_matching, 1, false, tbb_check); }, tbb_mispairs,
+       tbb_complete},
       {"oneTBB   join_node key_matching (by id), 2 threads",
-       [&] { return run_tbb_diamond(TbbJoin::key_matching, 2, false, tbb_check); },
-       tbb_mispairs, tbb_complete},
+       [&] { return run_tbb_diamond(TbbJoin::key_matching, 2, false, tbb_check); }, tbb_mispairs,
+       tbb_complete},
       {"oneTBB   join_node queueing, 1 thread",
-       [&] { return run_tbb_diamond(TbbJoin::queueing, 1, false, tbb_check); },
-       tbb_mispairs, tbb_complete},
+       [&] { return run_tbb_diamond(TbbJoin::queueing, 1, false, tbb_check); }, tbb_mispairs,
+       tbb_complete},
   };
   measure("zip  ", zip);
 
   // b') the same diamond, branch b with a variable cost and out-of-order completion.
   std::vector<Case> vzip = {
-      {"plumber  zip, b on a 2-thread pool (concurrency 8)",
-       plumber_run(zip_spin), plumber_mispairs, plumber_complete},
+      {"plumber  zip, b on a 2-thread pool (concurrency 8)", plumber_run(zip_spin),
+       plumber_mispairs, plumber_complete},
       {"plumber  zip, b on a 2-thread pool (concurrency 8, batch_size 64)",
        plumber_run(zip_spin_batched), plumber_mispairs, plumber_complete},
       {"oneTBB   key_matching, 2 threads, b unlimited",
-       [&] { return run_tbb_diamond(TbbJoin::key_matching, 2, true, tbb_check); },
-       tbb_mispairs, tbb_complete},
+       [&] { return run_tbb_diamond(TbbJoin::key_matching, 2, true, tbb_check); }, tbb_mispairs,
+       tbb_complete},
       {"oneTBB   queueing, 2 threads, b unlimited",
-       [&] { return run_tbb_diamond(TbbJoin::queueing, 2, true, tbb_check); },
-       tbb_mispairs, tbb_complete},
+       [&] { return run_tbb_diamond(TbbJoin::queueing, 2, true, tbb_check); }, tbb_mispairs,
+       tbb_complete},
   };
   measure("vzip ", vzip);
 
@@ -510,8 +523,8 @@ int run() {
     if (!zip[i].ran() || key_best == 0) continue;
     const std::string q = i == 0 ? " (queue_size 64)" : " (queue_size 1024)";
     const double r = zip[i].median() / key_best;
-    print_target("zip >= 3x oneTBB key_matching, its faster of 1|2 threads" + q,
-                 times(r), r >= 3.0);
+    print_target("zip >= 3x oneTBB key_matching, its faster of 1|2 threads" + q, times(r),
+                 r >= 3.0);
   }
   bool correct = true;
   bool any = false;
@@ -520,7 +533,8 @@ int run() {
     if (!c->ran()) continue;
     any = true;
     correct = correct && c->always_complete;
-    for (auto n : c->mispair_counts) plumber_bad += n;
+    for (auto n : c->mispair_counts)
+      plumber_bad += n;
   }
   if (any) {
     print_target("zip always correct (every run of every Plumber diamond)",
@@ -539,18 +553,20 @@ int main(int argc, char** argv) {
     } else if (arg == "--runs" && i + 1 < argc) {
       g_runs = std::max(1, std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr,
-                   "usage: plumber_bench [--only TEXT] [--runs N]\n"
-                   "  --only TEXT  run only the cases whose name contains TEXT (e.g. \"plumber  zip\")\n"
-                   "  --runs N     timed runs a case, after one warm-up (default %d)\n",
-                   kRuns);
+      std::fprintf(
+          stderr,
+          "usage: plumber_bench [--only TEXT] [--runs N]\n"
+          "  --only TEXT  run only the cases whose name contains TEXT (e.g. \"plumber  zip\")\n"
+          "  --runs N     timed runs a case, after one warm-up (default %d)\n",
+          kRuns);
       return 2;
     }
   }
   try {
     return run();
   } catch (const plumber::GraphError& e) {
-    for (const auto& d : e.diagnostics()) std::fprintf(stderr, "%s\n", d.format(e.file()).c_str());
+    for (const auto& d : e.diagnostics())
+      std::fprintf(stderr, "%s\n", d.format(e.file()).c_str());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "plumber_bench: %s\n", e.what());

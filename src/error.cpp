@@ -8,11 +8,16 @@ class Category final : public std::error_category {
   const char* name() const noexcept override { return "plumber"; }
   std::string message(int value) const override {
     switch (static_cast<errc>(value)) {
-      case errc::step_failed: return "step failed";
-      case errc::timed_out: return "timed out";
-      case errc::cancelled: return "cancelled";
-      case errc::pipeline_stopped: return "pipeline stopped";
-      case errc::input_closed: return "input already ended";
+      case errc::step_failed:
+        return "step failed";
+      case errc::timed_out:
+        return "timed out";
+      case errc::cancelled:
+        return "cancelled";
+      case errc::pipeline_stopped:
+        return "pipeline stopped";
+      case errc::input_closed:
+        return "input already ended";
     }
     return "unknown plumber error";
   }

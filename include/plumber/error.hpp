@@ -8,11 +8,11 @@ namespace plumber {
 
 /// Run-time error codes, reported as `std::error_code`s and in error records.
 enum class errc {
-  step_failed = 1,  // the step threw; the record carries its message
-  timed_out,        // timeout_ms, or the message's deadline, passed
-  cancelled,        // stop(false) cancelled the message
-  pipeline_stopped, // the pipeline no longer accepts input
-  input_closed,     // input was fed after end_input()
+  step_failed = 1,   // the step threw; the record carries its message
+  timed_out,         // timeout_ms, or the message's deadline, passed
+  cancelled,         // stop(false) cancelled the message
+  pipeline_stopped,  // the pipeline no longer accepts input
+  input_closed,      // input was fed after end_input()
 };
 
 const std::error_category& error_category() noexcept;

@@ -29,7 +29,7 @@ struct OutputRecord {
   std::string_view node;  ///< valid while the Pipeline lives
   json value;             ///< the value (kind == value)
   std::vector<Blob> blobs;
-  std::string error;      ///< what went wrong (kind == error or cancelled)
+  std::string error;  ///< what went wrong (kind == error or cancelled)
 };
 
 /// Called on the pipeline's strand for every output record, in the order produced.

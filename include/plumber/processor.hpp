@@ -10,14 +10,14 @@ namespace plumber {
 struct ProcessorStats {
   std::string node;
   std::string coroutine;
-  std::uint64_t received = 0;  ///< messages taken from the input (or emitted, for a source)
-  std::uint64_t emitted = 0;   ///< messages sent on, or output by a sink
-  std::uint64_t errors = 0;    ///< error records (step failures, timeouts)
-  std::uint64_t skipped = 0;   ///< passed on unchanged because `when` rejected them
-  std::uint64_t expired = 0;   ///< skipped because their deadline had passed
-  std::uint64_t retried = 0;   ///< attempts repeated after a failure
-  std::uint64_t batches = 0;   ///< calls of the step
-  std::uint64_t busy_ns = 0;   ///< time inside the step (only with collect_timings)
+  std::uint64_t received = 0;     ///< messages taken from the input (or emitted, for a source)
+  std::uint64_t emitted = 0;      ///< messages sent on, or output by a sink
+  std::uint64_t errors = 0;       ///< error records (step failures, timeouts)
+  std::uint64_t skipped = 0;      ///< passed on unchanged because `when` rejected them
+  std::uint64_t expired = 0;      ///< skipped because their deadline had passed
+  std::uint64_t retried = 0;      ///< attempts repeated after a failure
+  std::uint64_t batches = 0;      ///< calls of the step
+  std::uint64_t busy_ns = 0;      ///< time inside the step (only with collect_timings)
   std::uint64_t queue_depth = 0;  ///< messages waiting in the input channel
 };
 

@@ -149,9 +149,10 @@ class Registry {
       std::function<std::vector<json>(std::vector<json> values, const json& params)> function,
       CoroutineOptions options = {});
   /// An awaitable transform: `awaitable<json>(json value, const json& params)`.
-  void add_async(std::string name,
-                 std::function<boost::asio::awaitable<json>(json value, const json& params)> function,
-                 CoroutineOptions options = {});
+  void add_async(
+      std::string name,
+      std::function<boost::asio::awaitable<json>(json value, const json& params)> function,
+      CoroutineOptions options = {});
   /// A source that emits until done: the factory turns params into a generator
   /// that returns std::nullopt at the end.
   void add_generator(

@@ -121,7 +121,8 @@ class UuidSource final : public Source {
   boost::uuids::random_generator generate_;
 };
 
-CoroutineInfo source_info(std::string name, std::string description, std::vector<ParamSpec> params) {
+CoroutineInfo source_info(std::string name, std::string description,
+                          std::vector<ParamSpec> params) {
   CoroutineInfo info;
   info.name = std::move(name);
   info.kind = CoroutineKind::source;
@@ -133,7 +134,8 @@ CoroutineInfo source_info(std::string name, std::string description, std::vector
 }  // namespace
 
 void register_builtin_sources(Registry& registry) {
-  auto input = source_info("input", "emits the values the host feeds (stdin or --input under `plumber run`)", {});
+  auto input = source_info(
+      "input", "emits the values the host feeds (stdin or --input under `plumber run`)", {});
   input.make_source = [](const json&) { return std::make_unique<InputSource>(); };
   registry.add(std::move(input));
 
@@ -155,7 +157,8 @@ void register_builtin_sources(Registry& registry) {
                             {"stop", ParamType::integer, true, nullptr, "bound, not emitted"},
                             {"step", ParamType::integer, false, 1, "increment, not 0"}});
   range.check_params = [](const json& p) {
-    if (p.at("step").get<std::int64_t>() == 0) throw std::invalid_argument("range: step must not be 0");
+    if (p.at("step").get<std::int64_t>() == 0)
+      throw std::invalid_argument("range: step must not be 0");
   };
   range.make_source = [](const json& p) {
     return std::make_unique<RangeSource>(p.at("start").get<std::int64_t>(),
@@ -172,7 +175,8 @@ void register_builtin_sources(Registry& registry) {
   auto uuid = source_info("uuid", "emits `count` random UUID strings",
                           {{"count", ParamType::integer, true, nullptr, "how many"}});
   uuid.check_params = [](const json& p) {
-    if (p.at("count").get<std::int64_t>() < 0) throw std::invalid_argument("uuid: count must be >= 0");
+    if (p.at("count").get<std::int64_t>() < 0)
+      throw std::invalid_argument("uuid: count must be >= 0");
   };
   uuid.make_source = [](const json& p) {
     return std::make_unique<UuidSource>(p.at("count").get<std::uint64_t>());

@@ -63,13 +63,16 @@ void reverse_utf8(std::string& text) {
   auto it = text.begin();
   while (it != text.end()) {
     auto start = it;
-    while (it != text.end() && (static_cast<unsigned char>(*it) & 0xC0) == 0x80) ++it;
+    while (it != text.end() && (static_cast<unsigned char>(*it) & 0xC0) == 0x80)
+      ++it;
     if (it != text.end()) ++it;  // the lead byte closes the character
     std::reverse(start, it);
   }
 }
 
-std::int64_t fib(std::int64_t n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+std::int64_t fib(std::int64_t n) {
+  return n < 2 ? n : fib(n - 1) + fib(n - 2);
+}
 
 std::string sha256_hex(const void* data, std::size_t size) {
   // OpenSSL's libcrypto, as Boost 1.81 has no SHA-256.
@@ -87,9 +90,11 @@ std::string sha256_hex(const void* data, std::size_t size) {
   return text;
 }
 
-std::int64_t integer_value(const Message& m, const char* step, std::int64_t low, std::int64_t high) {
+std::int64_t integer_value(const Message& m, const char* step, std::int64_t low,
+                           std::int64_t high) {
   if (!m.value.is_number_integer()) {
-    throw std::invalid_argument(std::string(step) + " takes an integer, not " + m.value.type_name());
+    throw std::invalid_argument(std::string(step) + " takes an integer, not " +
+                                m.value.type_name());
   }
   const auto n = m.value.get<std::int64_t>();
   if (n < low || n > high) {
@@ -107,7 +112,8 @@ class SleepStep final : public Transform {
                                              std::vector<Message>& out) override {
     boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, delay_);
     co_await timer.async_wait(boost::asio::use_awaitable);
-    for (Message& m : batch) out.push_back(std::move(m));
+    for (Message& m : batch)
+      out.push_back(std::move(m));
   }
 
  private:
@@ -159,41 +165,44 @@ class SinkStep final : public Transform {
 
 void register_builtin_transforms(Registry& registry) {
   registry.add(in_place("identity", "passes each value on unchanged", true, [](Message&) {}));
-  registry.add(in_place("reverse", "reverses a string (by character) or an array", true,
-                        [](Message& m) {
-                          if (m.value.is_array()) {
-                            std::reverse(m.value.begin(), m.value.end());
-                          } else {
-                            reverse_utf8(string_value(m, "reverse"));
-                          }
-                        }));
+  registry.add(
+      in_place("reverse", "reverses a string (by character) or an array", true, [](Message& m) {
+        if (m.value.is_array()) {
+          std::reverse(m.value.begin(), m.value.end());
+        } else {
+          reverse_utf8(string_value(m, "reverse"));
+        }
+      }));
   registry.add(in_place("upper", "upper-cases a string (ASCII letters)", true, [](Message& m) {
-    for (char& c : string_value(m, "upper")) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    for (char& c : string_value(m, "upper"))
+      c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   }));
   registry.add(in_place("lower", "lower-cases a string (ASCII letters)", true, [](Message& m) {
-    for (char& c : string_value(m, "lower")) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (char& c : string_value(m, "lower"))
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }));
   registry.add(in_place("fib", "naive recursive Fibonacci of an integer (CPU-bound)", true,
                         [](Message& m) { m.value = fib(integer_value(m, "fib", 0, 92)); }));
-  registry.add(in_place("sum_squares", "sum of i*i for i below n (CPU-bound)", true, [](Message& m) {
-    const auto n = static_cast<std::uint64_t>(integer_value(m, "sum_squares", 0, 3'000'000));
-    std::uint64_t sum = 0;
-    for (std::uint64_t i = 0; i < n; ++i) sum += i * i;
-    m.value = sum;
-  }));
-  registry.add(in_place("sha256", "hex SHA-256 of a string value, or of the first blob", true,
-                        [](Message& m) {
-                          if (m.value.is_string()) {
-                            const auto& text = m.value.get_ref<const std::string&>();
-                            m.value = sha256_hex(text.data(), text.size());
-                          } else if (!m.blobs.empty()) {
-                            m.value = sha256_hex(m.blobs.front().data(), m.blobs.front().size());
-                          } else {
-                            throw std::invalid_argument(
-                                std::string("sha256 takes a string or a blob, not ") +
-                                m.value.type_name());
-                          }
-                        }));
+  registry.add(
+      in_place("sum_squares", "sum of i*i for i below n (CPU-bound)", true, [](Message& m) {
+        const auto n = static_cast<std::uint64_t>(integer_value(m, "sum_squares", 0, 3'000'000));
+        std::uint64_t sum = 0;
+        for (std::uint64_t i = 0; i < n; ++i)
+          sum += i * i;
+        m.value = sum;
+      }));
+  registry.add(in_place(
+      "sha256", "hex SHA-256 of a string value, or of the first blob", true, [](Message& m) {
+        if (m.value.is_string()) {
+          const auto& text = m.value.get_ref<const std::string&>();
+          m.value = sha256_hex(text.data(), text.size());
+        } else if (!m.blobs.empty()) {
+          m.value = sha256_hex(m.blobs.front().data(), m.blobs.front().size());
+        } else {
+          throw std::invalid_argument(std::string("sha256 takes a string or a blob, not ") +
+                                      m.value.type_name());
+        }
+      }));
 
   CoroutineInfo sleep;
   sleep.name = "sleep";
@@ -226,13 +235,18 @@ void register_builtin_transforms(Registry& registry) {
     registry.add(std::move(sink));
   }
 
-  registry.add_predicate({"is_string", "the value is a string", [](const json& v) { return v.is_string(); }});
-  registry.add_predicate({"is_number", "the value is a number", [](const json& v) { return v.is_number(); }});
-  registry.add_predicate({"is_object", "the value is an object", [](const json& v) { return v.is_object(); }});
-  registry.add_predicate({"is_even", "the value is an even integer",
-                          [](const json& v) { return v.is_number_integer() && v.get<std::int64_t>() % 2 == 0; }});
-  registry.add_predicate({"is_odd", "the value is an odd integer",
-                          [](const json& v) { return v.is_number_integer() && v.get<std::int64_t>() % 2 != 0; }});
+  registry.add_predicate(
+      {"is_string", "the value is a string", [](const json& v) { return v.is_string(); }});
+  registry.add_predicate(
+      {"is_number", "the value is a number", [](const json& v) { return v.is_number(); }});
+  registry.add_predicate(
+      {"is_object", "the value is an object", [](const json& v) { return v.is_object(); }});
+  registry.add_predicate({"is_even", "the value is an even integer", [](const json& v) {
+                            return v.is_number_integer() && v.get<std::int64_t>() % 2 == 0;
+                          }});
+  registry.add_predicate({"is_odd", "the value is an odd integer", [](const json& v) {
+                            return v.is_number_integer() && v.get<std::int64_t>() % 2 != 0;
+                          }});
 }
 
 }  // namespace detail

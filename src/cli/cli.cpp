@@ -4,9 +4,9 @@
 #include <iostream>
 #include <sstream>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "plumber/all.hpp"
 
@@ -14,7 +14,8 @@ namespace plumber::cli {
 namespace {
 
 void print_graph_error(const GraphError& e) {
-  for (const auto& d : e.diagnostics()) std::cerr << d.format(e.file()) << '\n';
+  for (const auto& d : e.diagnostics())
+    std::cerr << d.format(e.file()) << '\n';
 }
 
 int validate(const std::vector<std::string>& files, const Registry& registry) {
@@ -88,7 +89,8 @@ int list(bool as_json, const Registry& registry) {
       params += (params.empty() ? "" : ", ") + p.name + ": " + std::string(to_string(p.type));
       if (!p.required && !p.default_value.is_null()) params += " = " + p.default_value.dump();
     }
-    std::cout << "  " << info->name << std::string(info->name.size() < 12 ? 12 - info->name.size() : 1, ' ')
+    std::cout << "  " << info->name
+              << std::string(info->name.size() < 12 ? 12 - info->name.size() : 1, ' ')
               << to_string(info->kind) << (info->worker_capable ? ", worker" : "") << "  "
               << info->description;
     if (!params.empty()) std::cout << "  (" << params << ")";
@@ -96,7 +98,8 @@ int list(bool as_json, const Registry& registry) {
   }
   std::cout << "predicates (for \"when\"):\n";
   for (const PredicateInfo* info : registry.predicates()) {
-    std::cout << "  " << info->name << std::string(info->name.size() < 12 ? 12 - info->name.size() : 1, ' ')
+    std::cout << "  " << info->name
+              << std::string(info->name.size() < 12 ? 12 - info->name.size() : 1, ' ')
               << info->description << '\n';
   }
   return kExitOk;
@@ -161,7 +164,8 @@ int main(int argc, char** argv) {
 
   Registry registry = Registry::with_builtins();
   try {
-    for (const auto& plugin : plugins) load_plugin(plugin, registry);
+    for (const auto& plugin : plugins)
+      load_plugin(plugin, registry);
   } catch (const UsageError& e) {
     std::cerr << "plumber: " << e.what() << '\n';
     return kExitInvalid;

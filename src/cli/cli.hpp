@@ -6,10 +6,11 @@
 namespace plumber::cli {
 
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitRuntimeError = 1;  ///< a graph could not start (a file to read is missing)
-inline constexpr int kExitInvalid = 2;       ///< invalid graph or usage
-inline constexpr int kExitFailed = 3;        ///< some messages failed
-inline constexpr int kExitInterrupted = 130; ///< stopped by SIGINT/SIGTERM
+inline constexpr int kExitRuntimeError =
+    1;                                  ///< a graph could not start (a file to read is missing)
+inline constexpr int kExitInvalid = 2;  ///< invalid graph or usage
+inline constexpr int kExitFailed = 3;   ///< some messages failed
+inline constexpr int kExitInterrupted = 130;  ///< stopped by SIGINT/SIGTERM
 
 struct RunOptions {
   std::string graph;

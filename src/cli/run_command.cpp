@@ -11,10 +11,10 @@
 #include <thread>
 #include <vector>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <spdlog/spdlog.h>
 
 #include "cli/cli.hpp"
 #include "plumber/all.hpp"
@@ -85,7 +85,8 @@ void print_stats(const Pipeline& pipeline, std::chrono::steady_clock::duration w
   for (const auto& s : pipeline.stats()) {
     std::fprintf(stderr, "%-14s %-12s %10llu %10llu %7llu %7llu %8llu %10.1f\n", s.node.c_str(),
                  s.coroutine.c_str(), static_cast<unsigned long long>(s.received),
-                 static_cast<unsigned long long>(s.emitted), static_cast<unsigned long long>(s.errors),
+                 static_cast<unsigned long long>(s.emitted),
+                 static_cast<unsigned long long>(s.errors),
                  static_cast<unsigned long long>(s.skipped + s.expired),
                  static_cast<unsigned long long>(s.batches), static_cast<double>(s.busy_ns) / 1e6);
   }
@@ -102,7 +103,8 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   try {
     graph = load_graph_file(options.graph, registry);
   } catch (const GraphError& e) {
-    for (const auto& d : e.diagnostics()) std::cerr << d.format(e.file()) << '\n';
+    for (const auto& d : e.diagnostics())
+      std::cerr << d.format(e.file()) << '\n';
     return kExitInvalid;
   }
   const bool has_input = graph.find("input").has_value() ||
@@ -200,9 +202,11 @@ int run_graph(const RunOptions& options, const Registry& registry) {
 
   const auto started = std::chrono::steady_clock::now();
   std::vector<std::thread> threads;
-  for (int i = 1; i < options.threads; ++i) threads.emplace_back([&] { io.run(); });
+  for (int i = 1; i < options.threads; ++i)
+    threads.emplace_back([&] { io.run(); });
   io.run();
-  for (auto& t : threads) t.join();
+  for (auto& t : threads)
+    t.join();
   const auto wall = std::chrono::steady_clock::now() - started;
 
   std::fflush(stdout);

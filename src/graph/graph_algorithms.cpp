@@ -22,7 +22,8 @@ using BoostGraph = boost::adjacency_list<boost::vecS, boost::vecS, boost::direct
 
 BoostGraph to_boost(std::size_t node_count, const std::vector<EdgeSpec>& edges) {
   BoostGraph g(node_count);
-  for (const EdgeSpec& e : edges) boost::add_edge(e.from, e.to, g);
+  for (const EdgeSpec& e : edges)
+    boost::add_edge(e.from, e.to, g);
   return g;
 }
 
@@ -32,15 +33,20 @@ std::vector<std::vector<std::size_t>> find_cycles(std::size_t node_count,
                                                   const std::vector<EdgeSpec>& edges) {
   const BoostGraph g = to_boost(node_count, edges);
   std::vector<std::size_t> component(node_count);
-  const std::size_t count = node_count == 0 ? 0 : boost::strong_components(
-      g, boost::make_iterator_property_map(component.begin(), boost::get(boost::vertex_index, g)));
+  const std::size_t count =
+      node_count == 0
+          ? 0
+          : boost::strong_components(g, boost::make_iterator_property_map(
+                                            component.begin(), boost::get(boost::vertex_index, g)));
   std::vector<std::vector<std::size_t>> members(count);
-  for (std::size_t v = 0; v < node_count; ++v) members[component[v]].push_back(v);
+  for (std::size_t v = 0; v < node_count; ++v)
+    members[component[v]].push_back(v);
   std::vector<std::vector<std::size_t>> cycles;
   for (auto& group : members) {
-    const bool self_loop = group.size() == 1 && std::any_of(edges.begin(), edges.end(), [&](auto& e) {
-                             return e.from == group[0] && e.to == group[0];
-                           });
+    const bool self_loop =
+        group.size() == 1 && std::any_of(edges.begin(), edges.end(), [&](auto& e) {
+          return e.from == group[0] && e.to == group[0];
+        });
     if (group.size() > 1 || self_loop) cycles.push_back(group);
   }
   std::sort(cycles.begin(), cycles.end());
@@ -76,7 +82,10 @@ void write_dot(std::ostream& out, const GraphSpec& graph) {
     if (node.batch_size > 1) label += " batch " + std::to_string(node.batch_size);
     const bool source = graph.predecessors[v].empty();
     const bool sink = graph.successors[v].empty();
-    os << "[label=\"" << label << "\", shape=" << (source ? "invhouse" : sink ? "house" : "box")
+    os << "[label=\"" << label << "\", shape="
+       << (source ? "invhouse"
+           : sink ? "house"
+                  : "box")
        << "]";
   };
   boost::write_graphviz(out, g, node_writer, boost::default_writer(),

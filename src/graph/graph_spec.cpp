@@ -20,7 +20,9 @@ namespace {
 
 constexpr std::int64_t kMaxCount = 1'000'000;
 
-std::string in_quotes(const std::string& text) { return "\"" + text + "\""; }
+std::string in_quotes(const std::string& text) {
+  return "\"" + text + "\"";
+}
 
 std::string type_name(const json& value) {
   if (value.is_number_integer()) return "integer";
@@ -49,13 +51,15 @@ std::string nearest_of(std::string_view name, std::initializer_list<std::string_
 /// Collects diagnostics while a document is checked.
 class Checker {
  public:
-  Checker(const Registry& registry, std::string file) : registry_(registry), file_(std::move(file)) {}
+  Checker(const Registry& registry, std::string file)
+      : registry_(registry), file_(std::move(file)) {}
 
   GraphSpec check(const json& document);
 
  private:
   void error(std::string code, std::string pointer, std::string message, std::string hint = {}) {
-    diagnostics_.push_back({std::move(code), std::move(pointer), std::move(message), std::move(hint)});
+    diagnostics_.push_back(
+        {std::move(code), std::move(pointer), std::move(message), std::move(hint)});
   }
 
   /// Reads an optional integer field in [low, high]; returns `fallback` when absent or wrong.
@@ -79,12 +83,13 @@ class Checker {
     return value;
   }
 
-  std::optional<std::string> string(const json& object, const std::string& pointer,
-                                    const char* key, bool required) {
+  std::optional<std::string> string(const json& object, const std::string& pointer, const char* key,
+                                    bool required) {
     auto it = object.find(key);
     if (it == object.end()) {
       if (required) {
-        error("graph.missing_field", pointer, std::string("missing required field \"") + key + "\"");
+        error("graph.missing_field", pointer,
+              std::string("missing required field \"") + key + "\"");
       }
       return std::nullopt;
     }
@@ -160,7 +165,8 @@ GraphSpec Checker::check(const json& document) {
     error("graph.no_nodes", "/nodes", "nodes must be a non-empty array of node objects");
     throw GraphError(file_, std::move(diagnostics_));
   }
-  for (std::size_t i = 0; i < nodes->size(); ++i) check_node((*nodes)[i], i, graph);
+  for (std::size_t i = 0; i < nodes->size(); ++i)
+    check_node((*nodes)[i], i, graph);
 
   std::vector<std::string> edge_pointers;
   check_edges(document, graph, edge_pointers);
@@ -173,12 +179,13 @@ void Checker::check_settings(const json& document, GraphSpec& graph) {
   auto settings = document.find("settings");
   if (settings == document.end()) return;
   if (!settings->is_object()) {
-    error("graph.wrong_type", "/settings", "settings must be an object, not " + type_name(*settings));
+    error("graph.wrong_type", "/settings",
+          "settings must be an object, not " + type_name(*settings));
     return;
   }
   unknown_fields(*settings, "/settings", {"queue_size", "priorities"});
-  graph.settings.queue_size = static_cast<std::size_t>(
-      integer(*settings, "/settings", "queue_size", 64, 1, kMaxCount));
+  graph.settings.queue_size =
+      static_cast<std::size_t>(integer(*settings, "/settings", "queue_size", 64, 1, kMaxCount));
   graph.settings.priorities =
       static_cast<std::size_t>(integer(*settings, "/settings", "priorities", 1, 1, 16));
   if (graph.settings.priorities > 1) {
@@ -199,10 +206,10 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
     infos_.push_back(nullptr);
     return;
   }
-  unknown_fields(node, pointer,
-                 {"id", "coroutine", "params", "concurrency", "threads", "procs", "batch_size",
-                  "batch_timeout_ms", "queue_size", "join", "when", "retries", "timeout_ms",
-                  "description"});
+  unknown_fields(
+      node, pointer,
+      {"id", "coroutine", "params", "concurrency", "threads", "procs", "batch_size",
+       "batch_timeout_ms", "queue_size", "join", "when", "retries", "timeout_ms", "description"});
 
   static const std::regex id_pattern("[A-Za-z_][A-Za-z0-9_.-]*");
   if (auto id = string(node, pointer, "id", true)) {
@@ -232,8 +239,7 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
     }
   }
 
-  spec.concurrency =
-      static_cast<std::size_t>(integer(node, pointer, "concurrency", 1, 1, 100'000));
+  spec.concurrency = static_cast<std::size_t>(integer(node, pointer, "concurrency", 1, 1, 100'000));
   spec.threads = static_cast<std::size_t>(integer(node, pointer, "threads", 0, 0, 256));
   spec.procs = static_cast<std::size_t>(integer(node, pointer, "procs", 0, 0, 256));
   // A thread pool is only useful with as many messages in flight as threads.
@@ -241,11 +247,12 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
   spec.batch_size = static_cast<std::size_t>(integer(node, pointer, "batch_size", 1, 1, 100'000));
   spec.batch_timeout =
       std::chrono::milliseconds(integer(node, pointer, "batch_timeout_ms", 0, 0, 3'600'000));
-  spec.queue_size = static_cast<std::size_t>(
-      integer(node, pointer, "queue_size", static_cast<std::int64_t>(spec.queue_size), 1, kMaxCount));
+  spec.queue_size = static_cast<std::size_t>(integer(
+      node, pointer, "queue_size", static_cast<std::int64_t>(spec.queue_size), 1, kMaxCount));
   spec.retries = static_cast<std::size_t>(integer(node, pointer, "retries", 0, 0, 1000));
   if (node.contains("timeout_ms")) {
-    spec.timeout = std::chrono::milliseconds(integer(node, pointer, "timeout_ms", 1, 1, 86'400'000));
+    spec.timeout =
+        std::chrono::milliseconds(integer(node, pointer, "timeout_ms", 1, 1, 86'400'000));
   }
   if (auto join = string(node, pointer, "join", false)) {
     if (*join == "merge") {
@@ -253,7 +260,8 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
     } else if (*join == "zip") {
       spec.join = JoinPolicy::zip;
     } else {
-      error("graph.bad_join", pointer + "/join", "join must be \"merge\" or \"zip\", not " + in_quotes(*join));
+      error("graph.bad_join", pointer + "/join",
+            "join must be \"merge\" or \"zip\", not " + in_quotes(*join));
     }
   }
   if (auto when = string(node, pointer, "when", false)) {
@@ -285,9 +293,11 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
     }
     auto params = node.find("params");
     if (params != node.end() && !params->is_object()) {
-      error("graph.wrong_type", pointer + "/params", "params must be an object, not " + type_name(*params));
+      error("graph.wrong_type", pointer + "/params",
+            "params must be an object, not " + type_name(*params));
     } else {
-      check_params(params == node.end() ? json::object() : *params, pointer + "/params", *info, spec);
+      check_params(params == node.end() ? json::object() : *params, pointer + "/params", *info,
+                   spec);
     }
   }
   infos_.push_back(info);
@@ -296,13 +306,20 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
 
 bool has_type(const json& value, ParamType type) {
   switch (type) {
-    case ParamType::any: return true;
-    case ParamType::boolean: return value.is_boolean();
-    case ParamType::integer: return value.is_number_integer();
-    case ParamType::number: return value.is_number();
-    case ParamType::string: return value.is_string();
-    case ParamType::array: return value.is_array();
-    case ParamType::object: return value.is_object();
+    case ParamType::any:
+      return true;
+    case ParamType::boolean:
+      return value.is_boolean();
+    case ParamType::integer:
+      return value.is_number_integer();
+    case ParamType::number:
+      return value.is_number();
+    case ParamType::string:
+      return value.is_string();
+    case ParamType::array:
+      return value.is_array();
+    case ParamType::object:
+      return value.is_object();
   }
   return false;
 }
@@ -315,7 +332,8 @@ void Checker::check_params(const json& params, const std::string& pointer,
                                  [&](const ParamSpec& p) { return p.name == key; });
     if (declared == info.params.end()) {
       std::string known;
-      for (const auto& p : info.params) known += (known.empty() ? "" : ", ") + p.name;
+      for (const auto& p : info.params)
+        known += (known.empty() ? "" : ", ") + p.name;
       error("graph.unknown_param", pointer + "/" + key,
             "coroutine " + in_quotes(info.name) + " has no param " + in_quotes(key),
             known.empty() ? "it takes no params" : "it takes: " + known);
@@ -367,7 +385,8 @@ void Checker::check_edges(const json& document, GraphSpec& graph,
     const json& edge = (*edges)[i];
     const std::string pointer = "/edges/" + std::to_string(i);
     if (!edge.is_object()) {
-      error("graph.wrong_type", pointer, "an edge must be an object {\"from\", \"to\"}, not " + type_name(edge));
+      error("graph.wrong_type", pointer,
+            "an edge must be an object {\"from\", \"to\"}, not " + type_name(edge));
       continue;
     }
     unknown_fields(edge, pointer, {"from", "to"});
@@ -382,15 +401,16 @@ void Checker::check_edges(const json& document, GraphSpec& graph,
         std::size_t best = std::numeric_limits<std::size_t>::max();
         for (const auto& n : graph.nodes) {
           std::size_t common = 0;
-          while (common < n.id.size() && common < name->size() && n.id[common] == (*name)[common]) ++common;
+          while (common < n.id.size() && common < name->size() && n.id[common] == (*name)[common])
+            ++common;
           const std::size_t distance = std::max(n.id.size(), name->size()) - common;
           if (distance < best) {
             best = distance;
             near = n.id;
           }
         }
-        error("graph.unknown_node", pointer + "/" + keys[k], "edge " + std::string(keys[k]) +
-              " names unknown node " + in_quotes(*name),
+        error("graph.unknown_node", pointer + "/" + keys[k],
+              "edge " + std::string(keys[k]) + " names unknown node " + in_quotes(*name),
               near.empty() || best > std::max<std::size_t>(2, name->size() / 2)
                   ? "nodes are declared in /nodes"
                   : "did you mean " + in_quotes(near) + "?");
@@ -457,7 +477,8 @@ void Checker::check_structure(GraphSpec& graph, const std::vector<std::string>& 
   const auto cycles = detail::find_cycles(n, graph.edges);
   for (const auto& cycle : cycles) {
     std::string names;
-    for (std::size_t v : cycle) names += (names.empty() ? "" : ", ") + graph.nodes[v].id;
+    for (std::size_t v : cycle)
+      names += (names.empty() ? "" : ", ") + graph.nodes[v].id;
     std::string pointer;
     for (std::size_t k = 0; k < graph.edges.size() && pointer.empty(); ++k) {
       const auto& e = graph.edges[k];
@@ -511,7 +532,8 @@ GraphSpec load_graph_file(const std::string& path, const Registry& registry) {
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    throw GraphError(path, {{"graph.unreadable", "", "cannot open: " + std::string(std::strerror(errno)), ""}});
+    throw GraphError(
+        path, {{"graph.unreadable", "", "cannot open: " + std::string(std::strerror(errno)), ""}});
   }
   std::ostringstream text;
   text << in.rdbuf();

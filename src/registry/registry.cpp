@@ -10,22 +10,32 @@ namespace plumber {
 
 std::string_view to_string(CoroutineKind kind) noexcept {
   switch (kind) {
-    case CoroutineKind::source: return "source";
-    case CoroutineKind::transform: return "transform";
-    case CoroutineKind::sink: return "sink";
+    case CoroutineKind::source:
+      return "source";
+    case CoroutineKind::transform:
+      return "transform";
+    case CoroutineKind::sink:
+      return "sink";
   }
   return "?";
 }
 
 std::string_view to_string(ParamType type) noexcept {
   switch (type) {
-    case ParamType::any: return "any";
-    case ParamType::boolean: return "boolean";
-    case ParamType::integer: return "integer";
-    case ParamType::number: return "number";
-    case ParamType::string: return "string";
-    case ParamType::array: return "array";
-    case ParamType::object: return "object";
+    case ParamType::any:
+      return "any";
+    case ParamType::boolean:
+      return "boolean";
+    case ParamType::integer:
+      return "integer";
+    case ParamType::number:
+      return "number";
+    case ParamType::string:
+      return "string";
+    case ParamType::array:
+      return "array";
+    case ParamType::object:
+      return "object";
   }
   return "?";
 }
@@ -78,7 +88,8 @@ class BatchFunctionStep final : public Transform {
   void process(std::span<Message> batch, std::vector<Message>& out) override {
     std::vector<json> values;
     values.reserve(batch.size());
-    for (Message& m : batch) values.push_back(std::move(m.value));
+    for (Message& m : batch)
+      values.push_back(std::move(m.value));
     std::vector<json> results = function_(std::move(values), params_);
     if (results.size() != batch.size()) {
       throw std::runtime_error("batch function returned " + std::to_string(results.size()) +
@@ -151,7 +162,8 @@ CoroutineInfo info_from(std::string name, CoroutineOptions& options) {
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
   for (std::size_t i = 1; i <= a.size(); ++i) {
     std::size_t diagonal = row[0];
     row[0] = i;
@@ -282,17 +294,21 @@ const PredicateInfo* Registry::find_predicate(std::string_view name) const {
 
 std::vector<const CoroutineInfo*> Registry::coroutines() const {
   std::vector<const CoroutineInfo*> all;
-  for (const auto& [name, info] : coroutines_) all.push_back(&info);
+  for (const auto& [name, info] : coroutines_)
+    all.push_back(&info);
   return all;
 }
 
 std::vector<const PredicateInfo*> Registry::predicates() const {
   std::vector<const PredicateInfo*> all;
-  for (const auto& [name, info] : predicates_) all.push_back(&info);
+  for (const auto& [name, info] : predicates_)
+    all.push_back(&info);
   return all;
 }
 
-std::string Registry::nearest(std::string_view name) const { return nearest_key(coroutines_, name); }
+std::string Registry::nearest(std::string_view name) const {
+  return nearest_key(coroutines_, name);
+}
 
 std::string Registry::nearest_predicate(std::string_view name) const {
   return nearest_key(predicates_, name);

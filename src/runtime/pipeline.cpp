@@ -1,12 +1,13 @@
 #include "plumber/pipeline.hpp"
 
 #include <exception>
+#include <future>
 #include <string>
 #include <system_error>
-#include <future>
 #include <thread>
 #include <utility>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -14,7 +15,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
-#include <spdlog/spdlog.h>
 
 #include "plumber/error.hpp"
 #include "plumber/plumber.hpp"
@@ -114,8 +114,8 @@ void PipelineCore::start() {
     try {
       processor->on_start();
     } catch (const std::exception& e) {
-      throw std::runtime_error("node \"" + processor->spec().id + "\": on_start failed: " +
-                               e.what());
+      throw std::runtime_error("node \"" + processor->spec().id +
+                               "\": on_start failed: " + e.what());
     }
   }
   asio::post(strand_, [self = shared_from_this()] {
@@ -195,7 +195,8 @@ void PipelineCore::cancel_all() {
     }
     feed->channel.close();
   }
-  for (auto& signal : signals_) signal.emit(asio::cancellation_type::terminal);
+  for (auto& signal : signals_)
+    signal.emit(asio::cancellation_type::terminal);
 }
 
 void PipelineCore::stop(bool graceful) {
@@ -222,13 +223,27 @@ Pipeline::~Pipeline() {
   if (core_ && !core_->done()) core_->stop(false);
 }
 
-void Pipeline::on_output(OutputHandler handler) { core_->output_handler = std::move(handler); }
-void Pipeline::on_done(std::function<void()> handler) { core_->done_handler = std::move(handler); }
-void Pipeline::start() { core_->start(); }
-void Pipeline::stop(bool graceful) { core_->stop(graceful); }
-bool Pipeline::done() const noexcept { return core_->done(); }
-void Pipeline::wait() const { core_->wait(); }
-const GraphSpec& Pipeline::graph() const noexcept { return core_->graph(); }
+void Pipeline::on_output(OutputHandler handler) {
+  core_->output_handler = std::move(handler);
+}
+void Pipeline::on_done(std::function<void()> handler) {
+  core_->done_handler = std::move(handler);
+}
+void Pipeline::start() {
+  core_->start();
+}
+void Pipeline::stop(bool graceful) {
+  core_->stop(graceful);
+}
+bool Pipeline::done() const noexcept {
+  return core_->done();
+}
+void Pipeline::wait() const {
+  core_->wait();
+}
+const GraphSpec& Pipeline::graph() const noexcept {
+  return core_->graph();
+}
 
 namespace {
 detail::FeedQueue& input_feed(detail::PipelineCore& core) {
@@ -244,8 +259,9 @@ detail::FeedQueue& input_feed(detail::PipelineCore& core) {
 void Pipeline::feed(json value) {
   auto& feed = input_feed(*core_);
   try {
-    feed.channel.async_send(detail::error_code{}, detail::FeedItem{std::move(value), nullptr, false},
-                            boost::asio::use_future)
+    feed.channel
+        .async_send(detail::error_code{}, detail::FeedItem{std::move(value), nullptr, false},
+                    boost::asio::use_future)
         .get();
   } catch (const boost::system::system_error&) {
     throw std::system_error(make_error_code(errc::pipeline_stopped));
@@ -267,7 +283,8 @@ void Pipeline::end_input() {
   boost::asio::co_spawn(
       core_->strand(),
       [feed]() -> boost::asio::awaitable<void> {
-        co_await feed->channel.async_send(detail::error_code{}, detail::FeedItem{std::nullopt, nullptr, true},
+        co_await feed->channel.async_send(detail::error_code{},
+                                          detail::FeedItem{std::nullopt, nullptr, true},
                                           boost::asio::as_tuple(boost::asio::use_awaitable));
       },
       boost::asio::detached);
@@ -327,7 +344,8 @@ Pipeline Plumber::build(const GraphSpec& graph, boost::asio::any_io_executor exe
 
   for (std::size_t i = 0; i < spec.nodes.size(); ++i) {
     if (spec.nodes[i].coroutine != "input") continue;
-    core->input_feed = std::make_shared<detail::FeedQueue>(core->strand(), spec.nodes[i].queue_size);
+    core->input_feed =
+        std::make_shared<detail::FeedQueue>(core->strand(), spec.nodes[i].queue_size);
     core->feeds.push_back(core->input_feed);
     core->processors[i]->set_feed(core->input_feed);
   }

@@ -351,7 +351,8 @@ asio::awaitable<void> Processor::run_transform() {
     if (!core_.cancelled()) throw;
     cancel_held(out, batch_);
     batch_.clear();
-    for (auto& [id, entry] : zip_) core_.output_cancelled(spec_.id, id);
+    for (auto& [id, entry] : zip_)
+      core_.output_cancelled(spec_.id, id);
     zip_.clear();
     drain_input_cancelled();
   }
@@ -429,7 +430,8 @@ asio::awaitable<void> Processor::wait_units_idle() {
   for (std::size_t i = 0; i < spec_.concurrency; ++i) {
     co_await slots_->async_send(error_code{}, use_awaitable);
   }
-  for (std::size_t i = 0; i < spec_.concurrency; ++i) slots_->try_receive([](error_code) {});
+  for (std::size_t i = 0; i < spec_.concurrency; ++i)
+    slots_->try_receive([](error_code) {});
 }
 
 void Processor::arm_batch_timer() {
@@ -456,17 +458,18 @@ void Processor::collect_outputs(std::span<const Message> batch, std::vector<Mess
   if (feeds_zip_) {
     // A zip downstream must learn which ids produced nothing here.
     std::unordered_set<std::uint64_t> produced;
-    for (const Message& m : results) produced.insert(m.id);
+    for (const Message& m : results)
+      produced.insert(m.id);
     for (const Message& m : batch) {
       if (!produced.contains(m.id)) out.packets.push_back(dropped_packet(m.id));
     }
   }
-  for (Message& m : results) out.packets.emplace_back(PacketKind::data, std::uint16_t{0}, std::move(m));
+  for (Message& m : results)
+    out.packets.emplace_back(PacketKind::data, std::uint16_t{0}, std::move(m));
   results.clear();
 }
 
-void Processor::fail_batch(std::span<const Message> batch, const std::string& error,
-                           Outbox& out) {
+void Processor::fail_batch(std::span<const Message> batch, const std::string& error, Outbox& out) {
   for (const Message& m : batch) {
     errors_.add();
     core_.output_error(spec_.id, m.id, error);
@@ -603,7 +606,8 @@ bool Processor::zip_take(Packet& packet) {
       dropped = true;
     } else {
       combined.value[input_names_[port]] = std::move(p.msg.value);
-      for (Blob& blob : p.msg.blobs) combined.blobs.push_back(std::move(blob));
+      for (Blob& blob : p.msg.blobs)
+        combined.blobs.push_back(std::move(blob));
       combined.priority = std::max(combined.priority, p.msg.priority);
       combined.deadline = std::min(combined.deadline, p.msg.deadline);
     }
@@ -644,7 +648,8 @@ void Processor::flush_zip_leftovers(Outbox& out) {
         missing += (missing.empty() ? "" : ", ") + input_names_[port];
       }
     }
-    for (const Packet& p : entry.later) any_data |= p.kind == PacketKind::data;
+    for (const Packet& p : entry.later)
+      any_data |= p.kind == PacketKind::data;
     // Ids already reported upstream (dropped parts) need no second record.
     if (any_data) {
       errors_.add();
@@ -658,7 +663,8 @@ void Processor::flush_zip_leftovers(Outbox& out) {
 // --- cancellation --------------------------------------------------------------
 
 void Processor::cancel_held(Outbox& out, std::span<const Message> batch) {
-  for (const Message& m : batch) core_.output_cancelled(spec_.id, m.id);
+  for (const Message& m : batch)
+    core_.output_cancelled(spec_.id, m.id);
   for (std::size_t i = out.next_packet; i < out.packets.size(); ++i) {
     if (out.packets[i].kind == PacketKind::data) {
       core_.output_cancelled(spec_.id, out.packets[i].msg.id);

@@ -130,7 +130,7 @@ class Processor final : public SourceContext {
   std::shared_ptr<FeedQueue> feed_;
 
   std::optional<PacketChannel> input_;
-  std::size_t inputs_ = 0;  // predecessor edges
+  std::size_t inputs_ = 0;                // predecessor edges
   std::vector<std::string> input_names_;  // predecessor id by port
   std::size_t ends_seen_ = 0;
   std::vector<Successor> successors_;
@@ -149,8 +149,7 @@ class Processor final : public SourceContext {
   /// Concurrency slots: a unit takes one by sending, gives it back by receiving.
   std::optional<asio::experimental::channel<void(error_code)>> slots_;
 
-  Counter received_, emitted_, errors_, skipped_, expired_, retried_, batches_, busy_ns_,
-      queued_;
+  Counter received_, emitted_, errors_, skipped_, expired_, retried_, batches_, busy_ns_, queued_;
 };
 
 }  // namespace plumber::detail
