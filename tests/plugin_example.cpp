@@ -16,7 +16,8 @@ PLUMBER_PLUGIN(registry) {
       [](const plumber::json& value, const plumber::json& params) {
         if (!value.is_string()) throw std::invalid_argument("shout takes a string");
         std::string text = value.get<std::string>();
-        for (char& c : text) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        for (char& c : text)
+          c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
         return plumber::json(text + params.at("suffix").get<std::string>());
       },
       std::move(options));

@@ -48,7 +48,8 @@ ProcessResult run_process(const std::vector<std::string>& args, const std::strin
   posix_spawn_file_actions_adddup2(&actions, err_write.fd, 2);
 
   std::vector<char*> argv;
-  for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+  for (const auto& arg : args)
+    argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
   pid_t pid = 0;
   const int spawned = ::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);

@@ -28,7 +28,8 @@ const std::string kSource = PLUMBER_SOURCE_DIR;
 const std::string kGraphs = kSource + "/graphs";
 const std::string kData = kSource + "/tests/data";
 
-ProcessResult plumber_cli(std::vector<std::string> args, const std::string& stdin_path = "/dev/null") {
+ProcessResult plumber_cli(std::vector<std::string> args,
+                          const std::string& stdin_path = "/dev/null") {
   args.insert(args.begin(), PLUMBER_EXE);
   return plumber::test::run_process(args, stdin_path);
 }
@@ -85,7 +86,8 @@ void check_examples(const std::vector<std::string>& extra) {
 
     std::vector<std::string> args{"run", graph.string()};
     args.insert(args.end(), extra.begin(), extra.end());
-    const ProcessResult result = plumber_cli(args, fs::exists(input) ? input.string() : "/dev/null");
+    const ProcessResult result =
+        plumber_cli(args, fs::exists(input) ? input.string() : "/dev/null");
     INFO("stderr: " << result.err);
     // Merge order may vary: compare as sorted lines.
     CHECK(sorted_lines(result.out) == sorted_lines(read_file(expected.string())));
@@ -108,13 +110,17 @@ void check_examples(const std::vector<std::string>& extra) {
 
 // --- run ----------------------------------------------------------------------------
 
-TEST_CASE("Cli.RunExamples") { check_examples({}); }
+TEST_CASE("Cli.RunExamples") {
+  check_examples({});
+}
 
-TEST_CASE("Cli.RunExamplesOnTwoThreads") { check_examples({"--threads", "2"}); }
+TEST_CASE("Cli.RunExamplesOnTwoThreads") {
+  check_examples({"--threads", "2"});
+}
 
 TEST_CASE("Cli.RunInputFromFile") {
-  const ProcessResult result =
-      plumber_cli({"run", kGraphs + "/upper_input.json", "--input", kGraphs + "/upper_input.input"});
+  const ProcessResult result = plumber_cli(
+      {"run", kGraphs + "/upper_input.json", "--input", kGraphs + "/upper_input.input"});
   CHECK(result.exit_code == 3);
   CHECK(sorted_lines(result.out) == sorted_lines(read_file(kGraphs + "/upper_input.expected")));
   CHECK(json_lines(result.err).size() == 1);
@@ -129,7 +135,8 @@ TEST_CASE("Cli.RunRecords") {
   for (const json& record : records) {
     INFO(record.dump());
     std::vector<std::string> keys;
-    for (const auto& item : record.items()) keys.push_back(item.key());
+    for (const auto& item : record.items())
+      keys.push_back(item.key());
     std::sort(keys.begin(), keys.end());
     CHECK(keys == std::vector<std::string>{"id", "node", "value"});
     CHECK(record["node"] == "out");
@@ -151,14 +158,16 @@ TEST_CASE("Cli.RunStats") {
   REQUIRE(lines.size() == 5);  // header, three nodes, summary
   std::istringstream header(lines[0]);
   std::vector<std::string> columns;
-  for (std::string word; header >> word;) columns.push_back(word);
-  CHECK(columns == std::vector<std::string>{"node", "coroutine", "received", "emitted", "errors", "skipped",
-                                            "batches", "busy", "ms"});
+  for (std::string word; header >> word;)
+    columns.push_back(word);
+  CHECK(columns == std::vector<std::string>{"node", "coroutine", "received", "emitted", "errors",
+                                            "skipped", "batches", "busy", "ms"});
   std::map<std::string, std::vector<std::string>> rows;
   for (std::size_t i = 1; i <= 3; ++i) {
     std::istringstream row(lines[i]);
     std::vector<std::string> cells;
-    for (std::string word; row >> word;) cells.push_back(word);
+    for (std::string word; row >> word;)
+      cells.push_back(word);
     REQUIRE(cells.size() == 8);
     rows[cells[0]] = cells;
   }
@@ -195,19 +204,24 @@ TEST_CASE("Cli.RunProgressEndsAtTotal") {
 
 TEST_CASE("Cli.MalformedInputLines") {
   SUBCASE("on stdin") {
-    const ProcessResult result = plumber_cli({"run", kGraphs + "/upper_input.json"}, kData + "/mixed.input");
+    const ProcessResult result =
+        plumber_cli({"run", kGraphs + "/upper_input.json"}, kData + "/mixed.input");
     CHECK(result.exit_code == 3);
-    CHECK(sorted_lines(result.out) == std::vector<std::string>{"\"ALPHA\"", "\"BETA\"", "\"GAMMA\""});
+    CHECK(sorted_lines(result.out) ==
+          std::vector<std::string>{"\"ALPHA\"", "\"BETA\"", "\"GAMMA\""});
     const auto errors = json_lines(result.err);
     REQUIRE(errors.size() == 1);
     CHECK(errors[0]["input"] == "stdin:2");
-    CHECK(errors[0]["error"].get<std::string>().starts_with("malformed JSON: parse error at line 1, column "));
+    CHECK(errors[0]["error"].get<std::string>().starts_with(
+        "malformed JSON: parse error at line 1, column "));
   }
   SUBCASE("from --input") {
     const std::string input = kData + "/mixed.input";
-    const ProcessResult result = plumber_cli({"run", kGraphs + "/upper_input.json", "--input", input});
+    const ProcessResult result =
+        plumber_cli({"run", kGraphs + "/upper_input.json", "--input", input});
     CHECK(result.exit_code == 3);
-    CHECK(sorted_lines(result.out) == std::vector<std::string>{"\"ALPHA\"", "\"BETA\"", "\"GAMMA\""});
+    CHECK(sorted_lines(result.out) ==
+          std::vector<std::string>{"\"ALPHA\"", "\"BETA\"", "\"GAMMA\""});
     const auto errors = json_lines(result.err);
     REQUIRE(errors.size() == 1);
     CHECK(errors[0]["input"] == input + ":2");
@@ -229,8 +243,9 @@ TEST_CASE("Cli.RunLinesFileToPrint") {
   fs::remove_all(dir);
   CHECK(result.exit_code == 0);
   CHECK(result.err.empty());
-  CHECK(split_lines(result.out) ==
-        std::vector<std::string>{R"("\"ALPHA\"")", R"("{OOPS")", R"("\"BETA\"")", R"("")", R"("\"GAMMA\"")"});
+  CHECK(split_lines(result.out) == std::vector<std::string>{R"("\"ALPHA\"")", R"("{OOPS")",
+                                                            R"("\"BETA\"")", R"("")",
+                                                            R"("\"GAMMA\"")"});
 }
 
 // Under ThreadSanitizer this once ended with "heap-use-after-free" in
@@ -238,15 +253,18 @@ TEST_CASE("Cli.RunLinesFileToPrint") {
 // channel after the io_context (see Pipeline.BlockingReaderOutlivesIoContext).
 TEST_CASE("Cli.RunLinesFromStdinToPrint") {
   // `lines` reads stdin off the event loop; `print` writes each value itself.
-  const ProcessResult result = plumber_cli({"run", kData + "/lines_stdin.json"}, kData + "/mixed.input");
+  const ProcessResult result =
+      plumber_cli({"run", kData + "/lines_stdin.json"}, kData + "/mixed.input");
   CHECK(result.exit_code == 0);
   CHECK(result.err.empty());
-  CHECK(split_lines(result.out) ==
-        std::vector<std::string>{R"("\"ALPHA\"")", R"("{OOPS")", R"("\"BETA\"")", R"("")", R"("\"GAMMA\"")"});
+  CHECK(split_lines(result.out) == std::vector<std::string>{R"("\"ALPHA\"")", R"("{OOPS")",
+                                                            R"("\"BETA\"")", R"("")",
+                                                            R"("\"GAMMA\"")"});
 }
 
 TEST_CASE("Cli.RunEmptyInput") {
-  const ProcessResult result = plumber_cli({"run", kGraphs + "/upper_input.json"});  // stdin: /dev/null
+  const ProcessResult result =
+      plumber_cli({"run", kGraphs + "/upper_input.json"});  // stdin: /dev/null
   CHECK(result.exit_code == 0);
   CHECK(result.out.empty());
   CHECK(result.err.empty());
@@ -257,8 +275,10 @@ TEST_CASE("Cli.RunInvalidGraph") {
   const ProcessResult result = plumber_cli({"run", file});
   CHECK(result.exit_code == 2);
   CHECK(result.out.empty());
-  CHECK(split_lines(result.err) ==
-        std::vector<std::string>{file + ": /nodes/1/coroutine: unknown coroutine \"revers\" (did you mean \"reverse\"?)"});
+  CHECK(
+      split_lines(result.err) ==
+      std::vector<std::string>{
+          file + ": /nodes/1/coroutine: unknown coroutine \"revers\" (did you mean \"reverse\"?)"});
 }
 
 TEST_CASE("Cli.MissingGraphFile") {
@@ -266,7 +286,8 @@ TEST_CASE("Cli.MissingGraphFile") {
   const ProcessResult result = plumber_cli({"run", file});
   CHECK(result.exit_code == 2);
   CHECK(result.out.empty());
-  CHECK(split_lines(result.err) == std::vector<std::string>{file + ": /: cannot open: No such file or directory"});
+  CHECK(split_lines(result.err) ==
+        std::vector<std::string>{file + ": /: cannot open: No such file or directory"});
   CHECK(plumber_cli({"validate", file}).exit_code == 2);
   CHECK(plumber_cli({"dot", file}).exit_code == 2);
 }
@@ -276,7 +297,8 @@ TEST_CASE("Cli.RunInputWithoutInputNode") {
       plumber_cli({"run", kGraphs + "/fib.json", "--input", kGraphs + "/upper_input.input"});
   CHECK(result.exit_code == 2);
   CHECK(result.out.empty());
-  CHECK(result.err == "plumber: " + kGraphs + "/fib.json: --input feeds the `input` source, and this graph has none\n");
+  CHECK(result.err == "plumber: " + kGraphs +
+                          "/fib.json: --input feeds the `input` source, and this graph has none\n");
 }
 
 TEST_CASE("Cli.RunStartFailure") {
@@ -285,23 +307,26 @@ TEST_CASE("Cli.RunStartFailure") {
   const ProcessResult result = plumber_cli({"run", file});
   CHECK(result.exit_code == 1);
   CHECK(result.out.empty());
-  CHECK(result.err == "plumber: " + file +
-                          ": node \"src\": on_start failed: cannot open /nonexistent/plumber-test/input.txt: No "
-                          "such file or directory\n");
+  CHECK(result.err ==
+        "plumber: " + file +
+            ": node \"src\": on_start failed: cannot open /nonexistent/plumber-test/input.txt: No "
+            "such file or directory\n");
 }
 
 // --- validate, dot, list ------------------------------------------------------------------
 
 TEST_CASE("Cli.ValidateGoodGraphs") {
   std::vector<std::string> args{"validate"};
-  for (const auto& graph : example_graphs()) args.push_back(graph.string());
+  for (const auto& graph : example_graphs())
+    args.push_back(graph.string());
   const ProcessResult result = plumber_cli(args);
   CHECK(result.exit_code == 0);
   CHECK(result.err.empty());
   const auto lines = split_lines(result.out);
   REQUIRE(lines.size() == args.size() - 1);
   CHECK(lines[0] == kGraphs + "/batching.json: ok (3 nodes, 2 edges)");
-  for (std::size_t i = 0; i < lines.size(); ++i) CHECK(lines[i].starts_with(args[i + 1] + ": ok ("));
+  for (std::size_t i = 0; i < lines.size(); ++i)
+    CHECK(lines[i].starts_with(args[i + 1] + ": ok ("));
 }
 
 TEST_CASE("Cli.ValidateBrokenGraphs") {
@@ -311,23 +336,28 @@ TEST_CASE("Cli.ValidateBrokenGraphs") {
     const ProcessResult result = plumber_cli({"validate", file});
     CHECK(result.exit_code == 2);
     CHECK(split_lines(result.err) ==
-          Lines{file + ": /nodes/1/coroutine: unknown coroutine \"revers\" (did you mean \"reverse\"?)"});
+          Lines{file +
+                ": /nodes/1/coroutine: unknown coroutine \"revers\" (did you mean \"reverse\"?)"});
   }
   SUBCASE("cycle") {
     const std::string file = kData + "/bad_cycle.json";
     const ProcessResult result = plumber_cli({"validate", file});
     CHECK(result.exit_code == 2);
-    CHECK(split_lines(result.err) ==
-          Lines{file + ": /edges/1: cycle through nodes a, b (pipelines are acyclic: remove one of the edges "
-                       "between these nodes)"});
+    CHECK(
+        split_lines(result.err) ==
+        Lines{
+            file +
+            ": /edges/1: cycle through nodes a, b (pipelines are acyclic: remove one of the edges "
+            "between these nodes)"});
   }
   SUBCASE("malformed JSON") {
     const std::string file = kData + "/bad_malformed.json";
     const ProcessResult result = plumber_cli({"validate", file});
     CHECK(result.exit_code == 2);
     CHECK(split_lines(result.err) ==
-          Lines{file + ": /: malformed JSON: parse error at line 4, column 29: syntax error while parsing "
-                       "object - unexpected string literal; expected '}'"});
+          Lines{file +
+                ": /: malformed JSON: parse error at line 4, column 29: syntax error while parsing "
+                "object - unexpected string literal; expected '}'"});
   }
   SUBCASE("several problems, every one reported") {
     const std::string file = kData + "/bad_several.json";
@@ -337,13 +367,18 @@ TEST_CASE("Cli.ValidateBrokenGraphs") {
           Lines{file + ": /nodes/0/params: range: step must not be 0",
                 file + ": /nodes/1/concurrency: concurrency must be between 1 and 100000, not 0",
                 file + ": /nodes/2/id: duplicate node id \"up\" (first defined at /nodes/1)",
-                file + ": /edges/2/to: edge to names unknown node \"nowhere\" (nodes are declared in /nodes)",
-                file + ": /edges/1/to: source \"src\" (range) cannot have inputs (sources emit new messages; "
+                file + ": /edges/2/to: edge to names unknown node \"nowhere\" (nodes are declared "
+                       "in /nodes)",
+                file + ": /edges/1/to: source \"src\" (range) cannot have inputs (sources emit new "
+                       "messages; "
                        "remove this edge)",
-                file + ": /nodes/2: sink \"up\" (print) has no input (add an edge to it, or use a source coroutine)",
-                file + ": /nodes/3: sink \"sink\" (discard) has no input (add an edge to it, or use a source "
+                file + ": /nodes/2: sink \"up\" (print) has no input (add an edge to it, or use a "
+                       "source coroutine)",
+                file + ": /nodes/3: sink \"sink\" (discard) has no input (add an edge to it, or "
+                       "use a source "
                        "coroutine)",
-                file + ": /edges/1/from: sink \"sink\" (discard) emits nothing downstream (remove this edge, or "
+                file + ": /edges/1/from: sink \"sink\" (discard) emits nothing downstream (remove "
+                       "this edge, or "
                        "use a transform)"});
   }
   SUBCASE("good and bad together") {
@@ -368,7 +403,8 @@ TEST_CASE("Cli.Dot") {
     CHECK(dot.find(std::string("[label=\"") + id) != std::string::npos);
   }
   std::size_t edges = 0;
-  for (const auto& line : split_lines(dot)) edges += line.find("->") != std::string::npos;
+  for (const auto& line : split_lines(dot))
+    edges += line.find("->") != std::string::npos;
   CHECK(edges == 5);
   CHECK(dot.find('}') != std::string::npos);
 
@@ -380,10 +416,14 @@ TEST_CASE("Cli.Dot") {
 
 namespace {
 const std::map<std::string, std::string> kBuiltins = {
-    {"input", "source"},       {"lines", "source"},       {"jsonl", "source"},    {"range", "source"},
-    {"values", "source"},      {"uuid", "source"},        {"identity", "transform"}, {"reverse", "transform"},
-    {"upper", "transform"},    {"lower", "transform"},    {"sleep", "transform"}, {"fib", "transform"},
-    {"sum_squares", "transform"}, {"sha256", "transform"}, {"concat", "transform"}, {"print", "sink"},
+    {"input", "source"},          {"lines", "source"},
+    {"jsonl", "source"},          {"range", "source"},
+    {"values", "source"},         {"uuid", "source"},
+    {"identity", "transform"},    {"reverse", "transform"},
+    {"upper", "transform"},       {"lower", "transform"},
+    {"sleep", "transform"},       {"fib", "transform"},
+    {"sum_squares", "transform"}, {"sha256", "transform"},
+    {"concat", "transform"},      {"print", "sink"},
     {"discard", "sink"}};
 }
 
@@ -401,7 +441,8 @@ TEST_CASE("Cli.List") {
     REQUIRE(line != lines.end());
     CHECK(line->find(kind) != std::string::npos);
   }
-  const auto range = std::find_if(lines.begin(), lines.end(), [](const std::string& l) { return l.starts_with("  range "); });
+  const auto range = std::find_if(lines.begin(), lines.end(),
+                                  [](const std::string& l) { return l.starts_with("  range "); });
   REQUIRE(range != lines.end());
   CHECK(range->find("(start: integer = 0, stop: integer, step: integer = 1)") != std::string::npos);
   CHECK(std::find(lines.begin(), lines.end(), "predicates (for \"when\"):") != lines.end());
@@ -414,7 +455,8 @@ TEST_CASE("Cli.ListJson") {
   REQUIRE_NOTHROW(listing = json::parse(result.out));
   REQUIRE(listing["coroutines"].is_array());
   std::map<std::string, json> by_name;
-  for (const json& c : listing["coroutines"]) by_name[c["name"].get<std::string>()] = c;
+  for (const json& c : listing["coroutines"])
+    by_name[c["name"].get<std::string>()] = c;
   CHECK(by_name.size() == kBuiltins.size());
   for (const auto& [name, kind] : kBuiltins) {
     INFO(name);
@@ -433,15 +475,18 @@ TEST_CASE("Cli.ListJson") {
   CHECK(by_name["fib"]["worker_capable"] == true);
   CHECK(by_name["sleep"]["worker_capable"] == false);
   std::set<std::string> predicates;
-  for (const json& p : listing["predicates"]) predicates.insert(p["name"].get<std::string>());
-  CHECK(predicates == std::set<std::string>{"is_even", "is_number", "is_object", "is_odd", "is_string"});
+  for (const json& p : listing["predicates"])
+    predicates.insert(p["name"].get<std::string>());
+  CHECK(predicates ==
+        std::set<std::string>{"is_even", "is_number", "is_object", "is_odd", "is_string"});
 }
 
 // --- plugins ----------------------------------------------------------------------------
 
 TEST_CASE("Cli.Plugin") {
   SUBCASE("adds coroutines to run and list") {
-    const ProcessResult result = plumber_cli({"run", kData + "/plugin_shout.json", "--plugin", PLUMBER_TEST_PLUGIN});
+    const ProcessResult result =
+        plumber_cli({"run", kData + "/plugin_shout.json", "--plugin", PLUMBER_TEST_PLUGIN});
     INFO(result.err);
     CHECK(result.exit_code == 0);
     CHECK(sorted_lines(result.out) == std::vector<std::string>{"\"PLUMBER?\"", "\"hi\"", "7"});
@@ -449,7 +494,8 @@ TEST_CASE("Cli.Plugin") {
     REQUIRE(list.exit_code == 0);
     const json listing = json::parse(list.out);
     bool found = false;
-    for (const json& c : listing["coroutines"]) found |= c["name"] == "shout";
+    for (const json& c : listing["coroutines"])
+      found |= c["name"] == "shout";
     CHECK(found);
   }
   SUBCASE("without the plugin the graph is invalid") {
@@ -457,8 +503,9 @@ TEST_CASE("Cli.Plugin") {
     const ProcessResult result = plumber_cli({"validate", file});
     CHECK(result.exit_code == 2);
     CHECK(split_lines(result.err) ==
-          std::vector<std::string>{file + ": /nodes/1/coroutine: unknown coroutine \"shout\" (see `plumber list`)",
-                                   file + ": /nodes/1/when: unknown predicate \"is_long\" (see `plumber list`)"});
+          std::vector<std::string>{
+              file + ": /nodes/1/coroutine: unknown coroutine \"shout\" (see `plumber list`)",
+              file + ": /nodes/1/when: unknown predicate \"is_long\" (see `plumber list`)"});
   }
   SUBCASE("a missing library") {
     const ProcessResult result = plumber_cli({"list", "--plugin", "/nonexistent.so"});
@@ -480,21 +527,22 @@ TEST_CASE("Cli.Plugin") {
 TEST_CASE("Cli.UsageErrors") {
   const std::string graph = kGraphs + "/fib.json";
   const std::vector<std::vector<std::string>> misuses = {
-      {},                                        // no command
-      {"frobnicate"},                            // unknown command
-      {"run"},                                   // no graph
-      {"run", graph, "--threads", "0"},          // out of range
-      {"run", graph, "--threads", "many"},       // not a number
-      {"run", graph, "--bogus"},                 // unknown option
+      {},                                   // no command
+      {"frobnicate"},                       // unknown command
+      {"run"},                              // no graph
+      {"run", graph, "--threads", "0"},     // out of range
+      {"run", graph, "--threads", "many"},  // not a number
+      {"run", graph, "--bogus"},            // unknown option
       {"run", graph, "--input", "/nonexistent/input.jsonl"},
-      {"validate"},                              // no files
+      {"validate"},  // no files
       {"dot"},
-      {"dot", graph, graph},                     // one graph only
+      {"dot", graph, graph},  // one graph only
       {"list", "--jsn"},
   };
   for (const auto& args : misuses) {
     std::string joined;
-    for (const auto& a : args) joined += " " + a;
+    for (const auto& a : args)
+      joined += " " + a;
     INFO("plumber" << joined);
     const ProcessResult result = plumber_cli(args);
     CHECK(result.exit_code == 2);

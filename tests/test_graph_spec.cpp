@@ -24,13 +24,15 @@ const Registry& builtins() {
 }
 
 /// The diagnostics of a graph that must not load, each as Diagnostic::format("g.json").
-std::vector<std::string> diagnostics_of(std::string_view text, const Registry& registry = builtins()) {
+std::vector<std::string> diagnostics_of(std::string_view text,
+                                        const Registry& registry = builtins()) {
   try {
     (void)parse_graph(text, registry, "g.json");
   } catch (const GraphError& e) {
     CHECK(e.file() == "g.json");
     std::vector<std::string> lines;
-    for (const Diagnostic& d : e.diagnostics()) lines.push_back(d.format(e.file()));
+    for (const Diagnostic& d : e.diagnostics())
+      lines.push_back(d.format(e.file()));
     return lines;
   }
   FAIL("the graph loaded, but it should have been rejected:\n" << text);
@@ -43,7 +45,8 @@ std::vector<std::string> codes_of(std::string_view text) {
     (void)parse_graph(text, builtins(), "g.json");
   } catch (const GraphError& e) {
     std::vector<std::string> codes;
-    for (const Diagnostic& d : e.diagnostics()) codes.push_back(d.code);
+    for (const Diagnostic& d : e.diagnostics())
+      codes.push_back(d.code);
     return codes;
   }
   FAIL("the graph loaded, but it should have been rejected:\n" << text);
@@ -54,7 +57,8 @@ std::vector<std::string> codes_of(std::string_view text) {
 std::string chain_with(const std::string& node_json) {
   return R"({"plumber": 1, "nodes": [
     {"id": "src", "coroutine": "range", "params": {"stop": 3}},
-    )" + node_json + R"(,
+    )" + node_json +
+         R"(,
     {"id": "out", "coroutine": "identity"}],
   "edges": [{"from": "src", "to": "mid"}, {"from": "mid", "to": "out"}]})";
 }
@@ -83,7 +87,8 @@ TEST_CASE("GraphSpec.LoadsExampleWithDefaults") {
       { "from": "rev", "to": "out" },
       { "from": "up",  "to": "out" }
     ]
-  })", builtins(), "strings.json");
+  })",
+                                      builtins(), "strings.json");
 
   CHECK(graph.file == "strings.json");
   CHECK(graph.name == "strings");
@@ -136,9 +141,9 @@ TEST_CASE("GraphSpec.LoadsExampleWithDefaults") {
 }
 
 TEST_CASE("GraphSpec.ThreadsKeepExplicitConcurrency") {
-  const GraphSpec graph =
-      parse_graph(chain_with(R"({"id": "mid", "coroutine": "fib", "threads": 4, "concurrency": 2})"),
-                  builtins());
+  const GraphSpec graph = parse_graph(
+      chain_with(R"({"id": "mid", "coroutine": "fib", "threads": 4, "concurrency": 2})"),
+      builtins());
   CHECK(graph.nodes[1].threads == 4);
   CHECK(graph.nodes[1].concurrency == 2);
 }
@@ -267,18 +272,23 @@ TEST_CASE("GraphSpec.NotAnObject") {
 }
 
 TEST_CASE("GraphSpec.FormatVersion") {
-  CHECK(diagnostics_of(R"({"nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})") ==
-        Lines{R"(g.json: /: missing required field "plumber" (add "plumber": 1 (the format version)))"});
-  CHECK(diagnostics_of(
-            R"({"plumber": 2, "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})") ==
-        Lines{"g.json: /plumber: unsupported format 2; this version reads format 1"});
-  CHECK(diagnostics_of(
-            R"({"plumber": "1", "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})") ==
-        Lines{R"(g.json: /plumber: unsupported format "1"; this version reads format 1)"});
+  CHECK(
+      diagnostics_of(R"({"nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})") ==
+      Lines{
+          R"(g.json: /: missing required field "plumber" (add "plumber": 1 (the format version)))"});
+  CHECK(
+      diagnostics_of(
+          R"({"plumber": 2, "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})") ==
+      Lines{"g.json: /plumber: unsupported format 2; this version reads format 1"});
+  CHECK(
+      diagnostics_of(
+          R"({"plumber": "1", "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})") ==
+      Lines{R"(g.json: /plumber: unsupported format "1"; this version reads format 1)"});
 }
 
 TEST_CASE("GraphSpec.MissingOrEmptyNodes") {
-  CHECK(diagnostics_of(R"({"plumber": 1})") == Lines{R"(g.json: /: missing required field "nodes")"});
+  CHECK(diagnostics_of(R"({"plumber": 1})") ==
+        Lines{R"(g.json: /: missing required field "nodes")"});
   CHECK(diagnostics_of(R"({"plumber": 1, "nodes": []})") ==
         Lines{"g.json: /nodes: nodes must be a non-empty array of node objects"});
   CHECK(diagnostics_of(R"({"plumber": 1, "nodes": {"a": 1}})") ==
@@ -286,8 +296,10 @@ TEST_CASE("GraphSpec.MissingOrEmptyNodes") {
 }
 
 TEST_CASE("GraphSpec.UnknownFieldsWithHints") {
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity", "concurency": 2})")) ==
-        Lines{R"(g.json: /nodes/1/concurency: unknown field "concurency" (did you mean "concurrency"?))"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity", "concurency": 2})")) ==
+      Lines{
+          R"(g.json: /nodes/1/concurency: unknown field "concurency" (did you mean "concurrency"?))"});
   CHECK(diagnostics_of(R"({"plumber": 1, "nodez": [],
                            "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})") ==
         Lines{R"(g.json: /nodez: unknown field "nodez" (did you mean "nodes"?))"});
@@ -301,10 +313,12 @@ TEST_CASE("GraphSpec.UnknownFieldsWithHints") {
 // --- field types and ranges ---------------------------------------------------------
 
 TEST_CASE("GraphSpec.WrongFieldTypes") {
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity", "concurrency": "4"})")) ==
-        Lines{"g.json: /nodes/1/concurrency: concurrency must be an integer, not string"});
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity", "batch_size": 2.5})")) ==
-        Lines{"g.json: /nodes/1/batch_size: batch_size must be an integer, not number"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity", "concurrency": "4"})")) ==
+      Lines{"g.json: /nodes/1/concurrency: concurrency must be an integer, not string"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity", "batch_size": 2.5})")) ==
+      Lines{"g.json: /nodes/1/batch_size: batch_size must be an integer, not number"});
   CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity", "retries": true})")) ==
         Lines{"g.json: /nodes/1/retries: retries must be an integer, not boolean"});
   CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": 7})")) ==
@@ -320,7 +334,8 @@ TEST_CASE("GraphSpec.WrongFieldTypes") {
               "g.json: /edges: edges must be an array, not object"});
   CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [5]})") ==
         Lines{"g.json: /nodes/0: a node must be an object, not integer"});
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}],
+  CHECK(diagnostics_of(
+            R"({"plumber": 1, "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}],
                            "edges": ["a->b"]})") ==
         Lines{R"(g.json: /edges/0: an edge must be an object {"from", "to"}, not string)"});
 }
@@ -358,37 +373,47 @@ TEST_CASE("GraphSpec.PrioritiesNotSupported") {
 // --- ids ------------------------------------------------------------------------
 
 TEST_CASE("GraphSpec.BadAndMissingIds") {
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity"},
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity"},
                                      {"id": "9lives", "coroutine": "discard"})")) ==
-        Lines{R"(g.json: /nodes/2/id: node id "9lives" is not a valid id (use letters, digits, '_', '.', '-', starting with a letter or '_'))",
-              R"(g.json: /nodes/2: sink "9lives" (discard) has no input (add an edge to it, or use a source coroutine))"});
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [{"coroutine": "range", "params": {"stop": 1}}]})") ==
+      Lines{
+          R"(g.json: /nodes/2/id: node id "9lives" is not a valid id (use letters, digits, '_', '.', '-', starting with a letter or '_'))",
+          R"(g.json: /nodes/2: sink "9lives" (discard) has no input (add an edge to it, or use a source coroutine))"});
+  CHECK(diagnostics_of(
+            R"({"plumber": 1, "nodes": [{"coroutine": "range", "params": {"stop": 1}}]})") ==
         Lines{R"(g.json: /nodes/0: missing required field "id")"});
   CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [{"id": "a"}]})") ==
         Lines{R"(g.json: /nodes/0: missing required field "coroutine")"});
 }
 
 TEST_CASE("GraphSpec.DuplicateIds") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
+  CHECK(
+      diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "a", "coroutine": "range", "params": {"stop": 1}},
       {"id": "b", "coroutine": "identity"},
       {"id": "a", "coroutine": "identity"}],
     "edges": [{"from": "a", "to": "b"}]})") ==
-        Lines{R"(g.json: /nodes/2/id: duplicate node id "a" (first defined at /nodes/0))",
-              // Edges name the first "a", so the second one has no input.
-              R"(g.json: /nodes/2: transform "a" (identity) has no input (add an edge to it, or use a source coroutine))"});
+      Lines{
+          R"(g.json: /nodes/2/id: duplicate node id "a" (first defined at /nodes/0))",
+          // Edges name the first "a", so the second one has no input.
+          R"(g.json: /nodes/2: transform "a" (identity) has no input (add an edge to it, or use a source coroutine))"});
 }
 
 // --- coroutines and predicates ---------------------------------------------------
 
 TEST_CASE("GraphSpec.UnknownCoroutineHint") {
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "revers"})")) ==
-        Lines{R"(g.json: /nodes/1/coroutine: unknown coroutine "revers" (did you mean "reverse"?))"});
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "idnetity"})")) ==
-        Lines{R"(g.json: /nodes/1/coroutine: unknown coroutine "idnetity" (did you mean "identity"?))"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "revers"})")) ==
+      Lines{R"(g.json: /nodes/1/coroutine: unknown coroutine "revers" (did you mean "reverse"?))"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "idnetity"})")) ==
+      Lines{
+          R"(g.json: /nodes/1/coroutine: unknown coroutine "idnetity" (did you mean "identity"?))"});
   // Nothing close: a pointer to `plumber list` instead.
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "transmogrify"})")) ==
-        Lines{R"(g.json: /nodes/1/coroutine: unknown coroutine "transmogrify" (see `plumber list`))"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "transmogrify"})")) ==
+      Lines{
+          R"(g.json: /nodes/1/coroutine: unknown coroutine "transmogrify" (see `plumber list`))"});
   CHECK(codes_of(chain_with(R"({"id": "mid", "coroutine": "revers"})")) ==
         Lines{"graph.unknown_coroutine"});
 }
@@ -401,13 +426,15 @@ TEST_CASE("GraphSpec.UnknownPredicateHint") {
 // --- edges and structure --------------------------------------------------------------
 
 TEST_CASE("GraphSpec.EdgesToUnknownNodes") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
+  CHECK(
+      diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "src", "coroutine": "range", "params": {"stop": 1}},
       {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "src", "to": "out"}, {"from": "src", "to": "ouy"},
               {"from": "nowhere_at_all", "to": "out"}]})") ==
-        Lines{R"(g.json: /edges/1/to: edge to names unknown node "ouy" (did you mean "out"?))",
-              R"(g.json: /edges/2/from: edge from names unknown node "nowhere_at_all" (nodes are declared in /nodes))"});
+      Lines{
+          R"(g.json: /edges/1/to: edge to names unknown node "ouy" (did you mean "out"?))",
+          R"(g.json: /edges/2/from: edge from names unknown node "nowhere_at_all" (nodes are declared in /nodes))"});
   CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "src", "coroutine": "range", "params": {"stop": 1}},
       {"id": "out", "coroutine": "identity"}],
@@ -453,35 +480,43 @@ TEST_CASE("GraphSpec.CycleNamesItsNodes") {
 }
 
 TEST_CASE("GraphSpec.SourceWithInput") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
+  CHECK(
+      diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "a", "coroutine": "range", "params": {"stop": 1}},
       {"id": "b", "coroutine": "values", "params": {"values": [1]}}],
     "edges": [{"from": "a", "to": "b"}]})") ==
-        Lines{R"(g.json: /edges/0/to: source "b" (values) cannot have inputs (sources emit new messages; remove this edge))"});
+      Lines{
+          R"(g.json: /edges/0/to: source "b" (values) cannot have inputs (sources emit new messages; remove this edge))"});
 }
 
 TEST_CASE("GraphSpec.NonSourceWithoutInput") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
+  CHECK(
+      diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "a", "coroutine": "range", "params": {"stop": 1}},
       {"id": "up", "coroutine": "upper"}]})") ==
-        Lines{R"(g.json: /nodes/1: transform "up" (upper) has no input (add an edge to it, or use a source coroutine))"});
+      Lines{
+          R"(g.json: /nodes/1: transform "up" (upper) has no input (add an edge to it, or use a source coroutine))"});
 }
 
 TEST_CASE("GraphSpec.SinkWithOutput") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
+  CHECK(
+      diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "a", "coroutine": "range", "params": {"stop": 1}},
       {"id": "p", "coroutine": "print"},
       {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "a", "to": "p"}, {"from": "p", "to": "out"}]})") ==
-        Lines{R"(g.json: /edges/1/from: sink "p" (print) emits nothing downstream (remove this edge, or use a transform))"});
+      Lines{
+          R"(g.json: /edges/1/from: sink "p" (print) emits nothing downstream (remove this edge, or use a transform))"});
 }
 
 TEST_CASE("GraphSpec.TwoInputNodes") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
+  CHECK(
+      diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "a", "coroutine": "input"}, {"id": "b", "coroutine": "input"},
       {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "a", "to": "out"}, {"from": "b", "to": "out"}]})") ==
-        Lines{R"(g.json: /nodes/1: a graph has at most one "input" node (it receives what the host feeds; fan out from it with edges instead))"});
+      Lines{
+          R"(g.json: /nodes/1: a graph has at most one "input" node (it receives what the host feeds; fan out from it with edges instead))"});
 }
 
 TEST_CASE("GraphSpec.SourceOnlyFieldsRejected") {
@@ -496,16 +531,22 @@ TEST_CASE("GraphSpec.SourceOnlyFieldsRejected") {
 // --- params ---------------------------------------------------------------------
 
 TEST_CASE("GraphSpec.UnknownParam") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
+  CHECK(
+      diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "a", "coroutine": "range", "params": {"stop": 3, "stpe": 1}}]})") ==
-        Lines{R"(g.json: /nodes/0/params/stpe: coroutine "range" has no param "stpe" (it takes: start, stop, step))"});
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity", "params": {"x": 1}})")) ==
-        Lines{R"(g.json: /nodes/1/params/x: coroutine "identity" has no param "x" (it takes no params))"});
+      Lines{
+          R"(g.json: /nodes/0/params/stpe: coroutine "range" has no param "stpe" (it takes: start, stop, step))"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "identity", "params": {"x": 1}})")) ==
+      Lines{
+          R"(g.json: /nodes/1/params/x: coroutine "identity" has no param "x" (it takes no params))"});
 }
 
 TEST_CASE("GraphSpec.MissingRequiredParam") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [{"id": "a", "coroutine": "range"}]})") ==
-        Lines{R"(g.json: /nodes/0/params: coroutine "range" needs param "stop" (stop: bound, not emitted))"});
+  CHECK(
+      diagnostics_of(R"({"plumber": 1, "nodes": [{"id": "a", "coroutine": "range"}]})") ==
+      Lines{
+          R"(g.json: /nodes/0/params: coroutine "range" needs param "stop" (stop: bound, not emitted))"});
   CHECK(codes_of(R"({"plumber": 1, "nodes": [{"id": "a", "coroutine": "values"}]})") ==
         Lines{"graph.missing_param"});
 }
@@ -523,10 +564,13 @@ TEST_CASE("GraphSpec.CheckParams") {
   CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "a", "coroutine": "range", "params": {"stop": 3, "step": 0}}]})") ==
         Lines{"g.json: /nodes/0/params: range: step must not be 0"});
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "sleep", "params": {"ms": -5}})")) ==
-        Lines{"g.json: /nodes/1/params: sleep: ms must be >= 0"});
-  CHECK(codes_of(R"({"plumber": 1, "nodes": [{"id": "a", "coroutine": "uuid", "params": {"count": -1}}]})") ==
-        Lines{"graph.bad_param"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "sleep", "params": {"ms": -5}})")) ==
+      Lines{"g.json: /nodes/1/params: sleep: ms must be >= 0"});
+  CHECK(
+      codes_of(
+          R"({"plumber": 1, "nodes": [{"id": "a", "coroutine": "uuid", "params": {"count": -1}}]})") ==
+      Lines{"graph.bad_param"});
   // check_params only runs on params that have the declared types.
   CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
       {"id": "a", "coroutine": "range", "params": {"stop": 3, "step": "0"}}]})") ==
@@ -537,11 +581,15 @@ TEST_CASE("GraphSpec.CheckParams") {
 
 TEST_CASE("GraphSpec.ProcsRejected") {
   // A coroutine that holds in-process state can never run in a worker.
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "sleep", "procs": 2})")) ==
-        Lines{R"(g.json: /nodes/1/procs: coroutine "sleep" cannot run in a worker process (it holds in-process state; use "threads" instead))"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "sleep", "procs": 2})")) ==
+      Lines{
+          R"(g.json: /nodes/1/procs: coroutine "sleep" cannot run in a worker process (it holds in-process state; use "threads" instead))"});
   // Worker processes do not exist yet in this version.
-  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "fib", "procs": 2})")) ==
-        Lines{R"(g.json: /nodes/1/procs: worker processes are not supported yet by this version (use "threads" for now))"});
+  CHECK(
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "fib", "procs": 2})")) ==
+      Lines{
+          R"(g.json: /nodes/1/procs: worker processes are not supported yet by this version (use "threads" for now))"});
   CHECK(codes_of(chain_with(R"({"id": "mid", "coroutine": "sleep", "procs": 1})")) ==
         Lines{"graph.not_worker_capable"});
 }
@@ -555,15 +603,17 @@ TEST_CASE("GraphSpec.CollectsEveryDiagnostic") {
       {"id": "src", "coroutine": "upper", "when": "is_evn"},
       {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "src", "to": "rev"}, {"from": "rev", "to": "outt"}]})");
-  CHECK(lines ==
-        Lines{R"(g.json: /nodes/0/params/step: param "step" must be integer, not string)",
-              R"(g.json: /nodes/1/coroutine: unknown coroutine "revers" (did you mean "reverse"?))",
-              "g.json: /nodes/1/concurrency: concurrency must be between 1 and 100000, not 0",
-              R"(g.json: /nodes/2/id: duplicate node id "src" (first defined at /nodes/0))",
-              R"(g.json: /nodes/2/when: unknown predicate "is_evn" (did you mean "is_even"?))",
-              R"(g.json: /edges/1/to: edge to names unknown node "outt" (did you mean "out"?))",
-              R"(g.json: /nodes/2: transform "src" (upper) has no input (add an edge to it, or use a source coroutine))",
-              R"(g.json: /nodes/3: transform "out" (identity) has no input (add an edge to it, or use a source coroutine))"});
+  CHECK(
+      lines ==
+      Lines{
+          R"(g.json: /nodes/0/params/step: param "step" must be integer, not string)",
+          R"(g.json: /nodes/1/coroutine: unknown coroutine "revers" (did you mean "reverse"?))",
+          "g.json: /nodes/1/concurrency: concurrency must be between 1 and 100000, not 0",
+          R"(g.json: /nodes/2/id: duplicate node id "src" (first defined at /nodes/0))",
+          R"(g.json: /nodes/2/when: unknown predicate "is_evn" (did you mean "is_even"?))",
+          R"(g.json: /edges/1/to: edge to names unknown node "outt" (did you mean "out"?))",
+          R"(g.json: /nodes/2: transform "src" (upper) has no input (add an edge to it, or use a source coroutine))",
+          R"(g.json: /nodes/3: transform "out" (identity) has no input (add an edge to it, or use a source coroutine))"});
 }
 
 // --- files -----------------------------------------------------------------------------
@@ -587,14 +637,16 @@ TEST_CASE("GraphSpec.LoadGraphFile") {
     FAIL("expected a GraphError");
   } catch (const GraphError& e) {
     REQUIRE(e.diagnostics().size() == 1);
-    CHECK(e.diagnostics()[0].format(e.file()) == missing + ": /: cannot open: No such file or directory");
+    CHECK(e.diagnostics()[0].format(e.file()) ==
+          missing + ": /: cannot open: No such file or directory");
   }
   try {
     (void)load_graph_file(dir.string(), builtins());
     FAIL("expected a GraphError");
   } catch (const GraphError& e) {
     REQUIRE(e.diagnostics().size() == 1);
-    CHECK(e.diagnostics()[0].format(e.file()) == dir.string() + ": /: is a directory, not a graph file");
+    CHECK(e.diagnostics()[0].format(e.file()) ==
+          dir.string() + ": /: is a directory, not a graph file");
   }
   std::filesystem::remove_all(dir);
 }

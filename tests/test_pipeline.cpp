@@ -5,9 +5,9 @@
 // Steps may wait on timers (that is what makes branches slow and reorder
 // messages); the tests themselves never sleep to synchronise and never assert
 // on wall-clock time.
-#include <sys/resource.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -33,13 +33,13 @@
 #include <thread>
 #include <vector>
 
+#include <doctest/doctest.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <doctest/doctest.h>
 
 #include "plumber/all.hpp"
 #include "test_support.hpp"
@@ -89,9 +89,11 @@ class Harness {
 
   void run_io(int threads = 1) {
     std::vector<std::thread> extra;
-    for (int i = 1; i < threads; ++i) extra.emplace_back([this] { io.run(); });
+    for (int i = 1; i < threads; ++i)
+      extra.emplace_back([this] { io.run(); });
     io.run();
-    for (auto& t : extra) t.join();
+    for (auto& t : extra)
+      t.join();
     REQUIRE(pipeline_->done());
   }
 
@@ -133,14 +135,16 @@ class Harness {
 };
 
 std::vector<json> sorted(std::vector<json> values) {
-  std::sort(values.begin(), values.end(), [](const json& a, const json& b) { return a.dump() < b.dump(); });
+  std::sort(values.begin(), values.end(),
+            [](const json& a, const json& b) { return a.dump() < b.dump(); });
   return values;
 }
 
 /// `[0, 1, ..., n-1]` as JSON text.
 std::string range_array(int n) {
   json values = json::array();
-  for (int i = 0; i < n; ++i) values.push_back(i);
+  for (int i = 0; i < n; ++i)
+    values.push_back(i);
   return values.dump();
 }
 
@@ -177,7 +181,8 @@ class NoModel final : public Transform {
  public:
   void on_start() override { throw std::runtime_error("model file missing"); }
   void process(std::span<Message> batch, std::vector<Message>& out) override {
-    for (Message& m : batch) out.push_back(std::move(m));
+    for (Message& m : batch)
+      out.push_back(std::move(m));
   }
 };
 
@@ -209,14 +214,17 @@ struct ReorderingSteps {
       finished.push_back(n);
       co_return json("s" + std::to_string(n));
     });
-    registry.add_function("tag", [](const json& v) { return json("f" + std::to_string(v.get<int>())); });
+    registry.add_function("tag",
+                          [](const json& v) { return json("f" + std::to_string(v.get<int>())); });
   }
 
   /// src -> slow (jitter) and fast (tag) -> pair (zip); src -> echo (id -> input).
   static std::string graph() {
     return R"({"plumber": 1, "nodes": [
-        {"id": "src", "coroutine": "values", "params": {"values": )" + range_array(kCount) + R"(}},
-        {"id": "slow", "coroutine": "jitter", "concurrency": )" + std::to_string(kCount) + R"(},
+        {"id": "src", "coroutine": "values", "params": {"values": )" +
+           range_array(kCount) + R"(}},
+        {"id": "slow", "coroutine": "jitter", "concurrency": )" +
+           std::to_string(kCount) + R"(},
         {"id": "fast", "coroutine": "tag"},
         {"id": "pair", "coroutine": "identity", "join": "zip"},
         {"id": "echo", "coroutine": "identity"}],
@@ -269,7 +277,8 @@ TEST_CASE("Pipeline.RunsChain") {
   REQUIRE(h.records.size() == 3);
   CHECK(h.sorted_values_of("out") == sorted({"PLUMBER", "ASIO", "ZIP"}));
   std::set<std::uint64_t> ids;
-  for (const Record& r : h.records) ids.insert(r.id);
+  for (const Record& r : h.records)
+    ids.insert(r.id);
   CHECK(ids.size() == 3);
 }
 
@@ -295,7 +304,8 @@ TEST_CASE("Pipeline.FanOutToEverySuccessor") {
     REQUIRE(up.contains(id));
     REQUIRE(rev.contains(id));
     std::string upper = value.get<std::string>();
-    for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    for (char& c : upper)
+      c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     CHECK(up.at(id) == upper);
     CHECK(rev.at(id) == value);  // one letter
   }
@@ -313,7 +323,8 @@ TEST_CASE("Pipeline.FanOutSharesBlobs") {
   h.run();
   REQUIRE(h.records.size() == 4);
   std::map<std::uint64_t, std::vector<const Record*>> by_id;
-  for (const Record& r : h.records) by_id[r.id].push_back(&r);
+  for (const Record& r : h.records)
+    by_id[r.id].push_back(&r);
   REQUIRE(by_id.size() == 2);
   for (const auto& [id, pair] : by_id) {
     INFO("id " << id);
@@ -343,7 +354,8 @@ TEST_CASE("Pipeline.MergeFromTwoBranches") {
   CHECK(h.sorted_values_of("m") == sorted({101, 102, 103, -1, -2, -3}));
   // Each id arrives once from each branch.
   std::map<std::uint64_t, std::vector<int>> parts;
-  for (const Record& r : h.values()) parts[r.id].push_back(r.value.get<int>());
+  for (const Record& r : h.values())
+    parts[r.id].push_back(r.value.get<int>());
   REQUIRE(parts.size() == 3);
   for (auto& [id, values] : parts) {
     std::sort(values.begin(), values.end());
@@ -382,7 +394,8 @@ TEST_CASE("Processor.ZipForgetsFailedIds") {
     return v;
   });
   h.build(R"({"plumber": 1, "nodes": [
-      {"id": "src", "coroutine": "values", "params": {"values": )" + range_array(10) + R"(}},
+      {"id": "src", "coroutine": "values", "params": {"values": )" +
+          range_array(10) + R"(}},
       {"id": "picky", "coroutine": "picky"},
       {"id": "plain", "coroutine": "identity"},
       {"id": "pair", "coroutine": "identity", "join": "zip"}],
@@ -390,8 +403,9 @@ TEST_CASE("Processor.ZipForgetsFailedIds") {
               {"from": "picky", "to": "pair"}, {"from": "plain", "to": "pair"}]})");
   h.run();
   std::vector<json> expected;
-  for (int n = 0; n < 10; n += 2) expected.push_back(json::parse(R"({"picky": )" + std::to_string(n) +
-                                                                 R"(, "plain": )" + std::to_string(n) + "}"));
+  for (int n = 0; n < 10; n += 2)
+    expected.push_back(json::parse(R"({"picky": )" + std::to_string(n) + R"(, "plain": )" +
+                                   std::to_string(n) + "}"));
   CHECK(h.sorted_values_of("pair") == sorted(expected));
   const auto errors = h.errors();
   REQUIRE(errors.size() == 5);  // one per odd input, from the failing step; none from the zip
@@ -407,7 +421,8 @@ TEST_CASE("Processor.ZipForgetsDroppedIds") {
   Harness h;
   add_step<EvensOnly>(h.registry, "evens_only");
   h.build(R"({"plumber": 1, "nodes": [
-      {"id": "src", "coroutine": "values", "params": {"values": )" + range_array(10) + R"(}},
+      {"id": "src", "coroutine": "values", "params": {"values": )" +
+          range_array(10) + R"(}},
       {"id": "evens", "coroutine": "evens_only"},
       {"id": "all", "coroutine": "identity"},
       {"id": "pair", "coroutine": "identity", "join": "zip"}],
@@ -458,8 +473,10 @@ void add_trickle(Registry& registry) {
 
 std::string batch_graph(const std::string& source, const std::string& batching) {
   return R"({"plumber": 1, "nodes": [
-      )" + source + R"(,
-      {"id": "b", "coroutine": "record_batch", )" + batching + R"(},
+      )" +
+         source + R"(,
+      {"id": "b", "coroutine": "record_batch", )" +
+         batching + R"(},
       {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "src", "to": "b"}, {"from": "b", "to": "out"}]})";
 }
@@ -527,11 +544,13 @@ TEST_CASE("Processor.BatchTimeoutFlushesPartialBatch") {
   });
   BatchRecorder recorder;
   recorder.add_to(h.registry);
-  h.registry.add_async_source("wait_for_batch", [&](SourceContext& context, const json&) -> asio::awaitable<void> {
-    co_await context.emit(json(1));
-    for (int waited = 0; !first_batch_done && waited < 10'000; ++waited) co_await wait_for(1ms);
-    co_await context.emit(json(2));
-  });
+  h.registry.add_async_source("wait_for_batch",
+                              [&](SourceContext& context, const json&) -> asio::awaitable<void> {
+                                co_await context.emit(json(1));
+                                for (int waited = 0; !first_batch_done && waited < 10'000; ++waited)
+                                  co_await wait_for(1ms);
+                                co_await context.emit(json(2));
+                              });
   h.build(R"({"plumber": 1, "nodes": [
       {"id": "src", "coroutine": "wait_for_batch"},
       {"id": "b", "coroutine": "record_batch", "batch_size": 2, "batch_timeout_ms": 10},
@@ -576,7 +595,8 @@ TEST_CASE("Processor.RetriesFailedMessages") {
   auto graph = [](int retries, const char* coroutine, int concurrency) {
     return R"({"plumber": 1, "nodes": [
         {"id": "src", "coroutine": "values", "params": {"values": [1, 2, 3]}},
-        {"id": "f", "coroutine": ")" + std::string(coroutine) + R"(", "retries": )" + std::to_string(retries) +
+        {"id": "f", "coroutine": ")" +
+           std::string(coroutine) + R"(", "retries": )" + std::to_string(retries) +
            R"(, "concurrency": )" + std::to_string(concurrency) + R"(},
         {"id": "out", "coroutine": "identity"}],
       "edges": [{"from": "src", "to": "f"}, {"from": "f", "to": "out"}]})";
@@ -733,7 +753,8 @@ TEST_CASE("Processor.ThreadsRunStepOnAnotherThread") {
     "edges": [{"from": "src", "to": "w"}, {"from": "w", "to": "out"}]})");
   h.run();  // the io_context runs on this thread only
   std::vector<json> expected;
-  for (int i = 0; i < 20; ++i) expected.push_back(2 * i);
+  for (int i = 0; i < 20; ++i)
+    expected.push_back(2 * i);
   CHECK(h.sorted_values_of("out") == sorted(expected));
   REQUIRE_FALSE(step_threads.empty());
   CHECK(step_threads.size() <= 2);
@@ -766,7 +787,8 @@ TEST_CASE("Processor.BackPressureBoundsTheQueue") {
   Pipeline* pipeline = nullptr;
   std::int64_t most_ahead = 0;  // strand only
   h.registry.add_async("observe", [&](json v, const json&) -> asio::awaitable<json> {
-    const auto ahead = static_cast<std::int64_t>(pipeline->emitted_messages()) - (v.get<std::int64_t>() + 1);
+    const auto ahead =
+        static_cast<std::int64_t>(pipeline->emitted_messages()) - (v.get<std::int64_t>() + 1);
     most_ahead = std::max(most_ahead, ahead);
     co_await wait_for(1ms);  // the source runs meanwhile, until the queue is full
     co_return v;
@@ -802,10 +824,12 @@ TEST_CASE("Pipeline.FeedFromAnotherThread") {
   Pipeline& p = h.build(kInputGraph);
   p.start();
   std::vector<json> expected;
-  for (int i = 0; i < 100; ++i) expected.push_back("V" + std::to_string(i));
+  for (int i = 0; i < 100; ++i)
+    expected.push_back("V" + std::to_string(i));
   // Small queues: the feeder is held back while the graph catches up.
   std::thread feeder([&p] {
-    for (int i = 0; i < 100; ++i) p.feed(json("v" + std::to_string(i)));
+    for (int i = 0; i < 100; ++i)
+      p.feed(json("v" + std::to_string(i)));
     p.end_input();
   });
   h.run_io();
@@ -857,16 +881,20 @@ TEST_CASE("Pipeline.AsyncFeed" * doctest::skip()) {
   Harness h;
   Pipeline& p = h.build(kInputGraph);
   p.start();
-  asio::co_spawn(h.io, [&p]() -> asio::awaitable<void> {
-    for (int i = 0; i < 10; ++i) {
-      json value("w" + std::to_string(i));
-      co_await p.async_feed(std::move(value));
-    }
-    p.end_input();
-  }, asio::detached);
+  asio::co_spawn(
+      h.io,
+      [&p]() -> asio::awaitable<void> {
+        for (int i = 0; i < 10; ++i) {
+          json value("w" + std::to_string(i));
+          co_await p.async_feed(std::move(value));
+        }
+        p.end_input();
+      },
+      asio::detached);
   h.run_io();
   std::vector<json> expected;
-  for (int i = 0; i < 10; ++i) expected.push_back("W" + std::to_string(i));
+  for (int i = 0; i < 10; ++i)
+    expected.push_back("W" + std::to_string(i));
   CHECK(h.sorted_values_of("out") == sorted(expected));
 }
 
@@ -882,7 +910,8 @@ TEST_CASE("Pipeline.StopGracefulDrains") {
       "edges": [{"from": "src", "to": "nap"}, {"from": "nap", "to": "out"}]})");
     p.on_output([&h, &p](OutputRecord&& r) {
       if (h.records.empty()) p.stop(true);
-      h.records.push_back({r.kind, r.id, std::string(r.node), std::move(r.value), std::move(r.error), {}});
+      h.records.push_back(
+          {r.kind, r.id, std::string(r.node), std::move(r.value), std::move(r.error), {}});
     });
     h.run();
     CHECK(h.errors().empty());
@@ -898,13 +927,15 @@ TEST_CASE("Pipeline.StopGracefulDrains") {
     Pipeline& p = h.build(kInputGraph);
     p.start();
     std::thread feeder([&p] {
-      for (int i = 0; i < 10; ++i) p.feed(json("g" + std::to_string(i)));
+      for (int i = 0; i < 10; ++i)
+        p.feed(json("g" + std::to_string(i)));
       p.stop(true);
     });
     h.run_io();
     feeder.join();
     std::vector<json> expected;
-    for (int i = 0; i < 10; ++i) expected.push_back("G" + std::to_string(i));
+    for (int i = 0; i < 10; ++i)
+      expected.push_back("G" + std::to_string(i));
     CHECK(h.sorted_values_of("out") == sorted(expected));
     CHECK(h.cancelled().empty());
     CHECK_THROWS_AS(p.feed(json("late")), std::system_error);
@@ -936,13 +967,15 @@ void check_stop_now(int concurrency) {
   });
   Pipeline& p = h.build(R"({"plumber": 1, "nodes": [
       {"id": "in", "coroutine": "input"},
-      {"id": "gate", "coroutine": "gate", "concurrency": )" + std::to_string(concurrency) + R"(},
+      {"id": "gate", "coroutine": "gate", "concurrency": )" +
+                        std::to_string(concurrency) + R"(},
       {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "in", "to": "gate"}, {"from": "gate", "to": "out"}]})");
   p.start();
   constexpr int kFed = 20;
   std::thread feeder([&] {
-    for (int i = 0; i < kFed; ++i) p.feed(json(i));  // fits in the input queue (64)
+    for (int i = 0; i < kFed; ++i)
+      p.feed(json(i));  // fits in the input queue (64)
     std::unique_lock lock(mutex);
     changed.wait(lock, [&] { return stalled == concurrency; });
     lock.unlock();
@@ -975,7 +1008,9 @@ void check_stop_now(int concurrency) {
 
 }  // namespace
 
-TEST_CASE("Pipeline.StopNowReportsEveryMessageOnce") { check_stop_now(1); }
+TEST_CASE("Pipeline.StopNowReportsEveryMessageOnce") {
+  check_stop_now(1);
+}
 
 // BUG: stop(false) loses the message that a step with concurrency > 1 holds
 // while it waits for a free concurrency slot. Processor::dispatch_batch swaps
@@ -983,7 +1018,9 @@ TEST_CASE("Pipeline.StopNowReportsEveryMessageOnce") { check_stop_now(1); }
 // wait is cancelled the message is neither in batch_ (cancel_held) nor in a
 // unit: with concurrency 4 and 4 stalled messages, 19 of 20 fed messages are
 // reported and the one after the 4th stalled one (id 9, value 8) is missing.
-TEST_CASE("Pipeline.StopNowReportsMessageWaitingForSlot" * doctest::skip()) { check_stop_now(4); }
+TEST_CASE("Pipeline.StopNowReportsMessageWaitingForSlot" * doctest::skip()) {
+  check_stop_now(4);
+}
 
 TEST_CASE("Pipeline.DestructorCancelsWhatRuns") {
   // Destroying a running Pipeline stops it as stop(false); with the executor
@@ -1035,7 +1072,8 @@ TEST_CASE("Pipeline.MultiThreadedIoContext") {
   }
   SUBCASE("fan-out, merge, batches and a thread pool") {
     Harness h;
-    h.registry.add_function("square", [](const json& v) { return json(v.get<int>() * v.get<int>()); });
+    h.registry.add_function("square",
+                            [](const json& v) { return json(v.get<int>() * v.get<int>()); });
     BatchRecorder recorder;
     recorder.add_to(h.registry);
     h.build(R"({"plumber": 1, "nodes": [
@@ -1089,8 +1127,9 @@ TEST_CASE("Pipeline.OnStartFailureNamesNode") {
       {"id": "src", "coroutine": "lines", "params": {"path": "/nonexistent/plumber/input.txt"}},
       {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "src", "to": "out"}]})");
-  CHECK_THROWS_WITH(q.start(), "node \"src\": on_start failed: cannot open /nonexistent/plumber/input.txt: "
-                               "No such file or directory");
+  CHECK_THROWS_WITH(q.start(),
+                    "node \"src\": on_start failed: cannot open /nonexistent/plumber/input.txt: "
+                    "No such file or directory");
 }
 
 TEST_CASE("Pipeline.BuildRejectsGraphTheRegistryLacks") {
@@ -1108,7 +1147,8 @@ TEST_CASE("Pipeline.BuildRejectsGraphTheRegistryLacks") {
     FAIL("expected a GraphError");
   } catch (const GraphError& e) {
     REQUIRE(e.diagnostics().size() == 1);
-    CHECK(e.diagnostics()[0].format(e.file()) == "ext.json: /nodes/1/coroutine: unknown coroutine \"extra\"");
+    CHECK(e.diagnostics()[0].format(e.file()) ==
+          "ext.json: /nodes/1/coroutine: unknown coroutine \"extra\"");
   }
 }
 
@@ -1170,14 +1210,16 @@ TEST_CASE("Pipeline.SourceStatsCountReceived" * doctest::skip()) {
 
 TEST_CASE("Pipeline.SourceErrors") {
   SUBCASE("a malformed line is an error record; the source goes on") {
-    const auto path = (std::filesystem::temp_directory_path() / "plumber_test_source_errors.jsonl").string();
+    const auto path =
+        (std::filesystem::temp_directory_path() / "plumber_test_source_errors.jsonl").string();
     {
       std::ofstream out(path);
       out << "1\n{bad\n3\n";
     }
     Harness h;
     h.build(R"({"plumber": 1, "nodes": [
-        {"id": "src", "coroutine": "jsonl", "params": {"path": ")" + path + R"("}},
+        {"id": "src", "coroutine": "jsonl", "params": {"path": ")" +
+            path + R"("}},
         {"id": "out", "coroutine": "identity"}],
       "edges": [{"from": "src", "to": "out"}]})");
     h.run();
@@ -1190,11 +1232,12 @@ TEST_CASE("Pipeline.SourceErrors") {
   }
   SUBCASE("an async source that throws ends with an error record") {
     Harness h;
-    h.registry.add_async_source("sensor", [](SourceContext& context, const json&) -> asio::awaitable<void> {
-      co_await context.emit(json(1));
-      co_await context.emit(json(2));
-      throw std::runtime_error("sensor unplugged");
-    });
+    h.registry.add_async_source("sensor",
+                                [](SourceContext& context, const json&) -> asio::awaitable<void> {
+                                  co_await context.emit(json(1));
+                                  co_await context.emit(json(2));
+                                  throw std::runtime_error("sensor unplugged");
+                                });
     h.build(R"({"plumber": 1, "nodes": [
         {"id": "src", "coroutine": "sensor"},
         {"id": "out", "coroutine": "identity"}],
@@ -1215,20 +1258,24 @@ TEST_CASE("Pipeline.SourceErrors") {
 // (ThreadSanitizer: heap-use-after-free in channel_service::base_destroy) nor
 // get stuck; it finishes and closes the FIFO.
 TEST_CASE("Pipeline.BlockingReaderOutlivesIoContext") {
-  const auto dir = std::filesystem::temp_directory_path() / ("plumber_fifo_" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("plumber_fifo_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const std::string fifo = (dir / "lines").string();
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   int writer = -1;
-  std::thread open_writer([&] { writer = ::open(fifo.c_str(), O_WRONLY); });  // waits for the reader
+  std::thread open_writer(
+      [&] { writer = ::open(fifo.c_str(), O_WRONLY); });  // waits for the reader
   {
     Harness h;
     Pipeline& p = h.build(R"({"plumber": 1, "nodes": [
-        {"id": "src", "coroutine": "lines", "params": {"path": ")" + fifo + R"("}},
+        {"id": "src", "coroutine": "lines", "params": {"path": ")" +
+                          fifo + R"("}},
         {"id": "up", "coroutine": "upper"}],
       "edges": [{"from": "src", "to": "up"}]})");
     p.on_output([&h, &p](OutputRecord&& r) {
-      h.records.push_back({r.kind, r.id, std::string(r.node), std::move(r.value), std::move(r.error), {}});
+      h.records.push_back(
+          {r.kind, r.id, std::string(r.node), std::move(r.value), std::move(r.error), {}});
       p.stop(true);  // the reader is now blocked waiting for the next line
     });
     p.start();  // opens the FIFO

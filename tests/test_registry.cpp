@@ -10,12 +10,12 @@
 #include <string>
 #include <vector>
 
+#include <doctest/doctest.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <doctest/doctest.h>
 
 #include "plumber/all.hpp"
 #include "test_support.hpp"
@@ -53,7 +53,8 @@ std::vector<Message> messages(const std::vector<json>& values) {
 
 /// Runs the coroutine `name` as one batch over `values` and returns its outputs.
 std::vector<Message> transform(const Registry& registry, const std::string& name,
-                               const std::vector<json>& values, const json& params = json::object()) {
+                               const std::vector<json>& values,
+                               const json& params = json::object()) {
   const CoroutineInfo* info = registry.find(name);
   REQUIRE_MESSAGE(info != nullptr, name);
   REQUIRE(info->make_transform);
@@ -134,14 +135,14 @@ TEST_CASE("Registry.BuiltinsAreRegistered") {
     CoroutineKind kind;
   };
   const Expected expected[] = {
-      {"input", CoroutineKind::source},     {"lines", CoroutineKind::source},
-      {"jsonl", CoroutineKind::source},     {"range", CoroutineKind::source},
-      {"values", CoroutineKind::source},    {"uuid", CoroutineKind::source},
-      {"identity", CoroutineKind::transform}, {"reverse", CoroutineKind::transform},
-      {"upper", CoroutineKind::transform},  {"lower", CoroutineKind::transform},
-      {"sleep", CoroutineKind::transform},  {"fib", CoroutineKind::transform},
+      {"input", CoroutineKind::source},          {"lines", CoroutineKind::source},
+      {"jsonl", CoroutineKind::source},          {"range", CoroutineKind::source},
+      {"values", CoroutineKind::source},         {"uuid", CoroutineKind::source},
+      {"identity", CoroutineKind::transform},    {"reverse", CoroutineKind::transform},
+      {"upper", CoroutineKind::transform},       {"lower", CoroutineKind::transform},
+      {"sleep", CoroutineKind::transform},       {"fib", CoroutineKind::transform},
       {"sum_squares", CoroutineKind::transform}, {"sha256", CoroutineKind::transform},
-      {"concat", CoroutineKind::transform}, {"print", CoroutineKind::sink},
+      {"concat", CoroutineKind::transform},      {"print", CoroutineKind::sink},
       {"discard", CoroutineKind::sink}};
   for (const auto& e : expected) {
     INFO(e.name);
@@ -172,12 +173,15 @@ TEST_CASE("Registry.BuiltinsAreRegistered") {
 TEST_CASE("Registry.ListsAreSortedByName") {
   const Registry registry = Registry::with_builtins();
   std::vector<std::string> names;
-  for (const CoroutineInfo* info : registry.coroutines()) names.push_back(info->name);
+  for (const CoroutineInfo* info : registry.coroutines())
+    names.push_back(info->name);
   CHECK(names.size() == 17);
   CHECK(std::is_sorted(names.begin(), names.end()));
   std::vector<std::string> predicates;
-  for (const PredicateInfo* info : registry.predicates()) predicates.push_back(info->name);
-  CHECK(predicates == std::vector<std::string>{"is_even", "is_number", "is_object", "is_odd", "is_string"});
+  for (const PredicateInfo* info : registry.predicates())
+    predicates.push_back(info->name);
+  CHECK(predicates ==
+        std::vector<std::string>{"is_even", "is_number", "is_object", "is_odd", "is_string"});
 }
 
 TEST_CASE("Registry.KindAndTypeNames") {
@@ -194,7 +198,8 @@ TEST_CASE("Registry.AddFunctionOfValue") {
   CoroutineOptions options;
   options.description = "adds one";
   options.worker_capable = true;
-  registry.add_function("plus_one", [](const json& v) { return json(v.get<int>() + 1); }, options);
+  registry.add_function(
+      "plus_one", [](const json& v) { return json(v.get<int>() + 1); }, options);
   const CoroutineInfo* info = registry.find("plus_one");
   REQUIRE(info != nullptr);
   CHECK(info->kind == CoroutineKind::transform);
@@ -208,7 +213,10 @@ TEST_CASE("Registry.AddFunctionWithParams") {
   CoroutineOptions options;
   options.params = {{"factor", ParamType::integer, false, 2, "multiplier"}};
   registry.add_function(
-      "scale", [](const json& v, const json& params) { return json(v.get<int>() * params.at("factor").get<int>()); },
+      "scale",
+      [](const json& v, const json& params) {
+        return json(v.get<int>() * params.at("factor").get<int>());
+      },
       options);
   const CoroutineInfo* info = registry.find("scale");
   REQUIRE(info != nullptr);
@@ -237,10 +245,13 @@ TEST_CASE("Registry.AddFunctionAsSink") {
   std::vector<json> seen;
   CoroutineOptions options;
   options.kind = CoroutineKind::sink;
-  registry.add_function("collect", [&](const json& v) {
-    seen.push_back(v);
-    return v;
-  }, options);
+  registry.add_function(
+      "collect",
+      [&](const json& v) {
+        seen.push_back(v);
+        return v;
+      },
+      options);
   CHECK(registry.find("collect")->kind == CoroutineKind::sink);
   CHECK(transform_values(registry, "collect", {"a", "b"}) == Values{"a", "b"});
   CHECK(seen == Values{"a", "b"});
@@ -252,9 +263,11 @@ TEST_CASE("Registry.AddBatchFunction") {
   registry.add_batch_function("sum_batch", [&](std::vector<json> values, const json&) {
     sizes.push_back(values.size());
     int total = 0;
-    for (const json& v : values) total += v.get<int>();
+    for (const json& v : values)
+      total += v.get<int>();
     std::vector<json> out;
-    for (std::size_t i = 0; i < values.size(); ++i) out.push_back(total);
+    for (std::size_t i = 0; i < values.size(); ++i)
+      out.push_back(total);
     return out;
   });
   CHECK(registry.find("sum_batch")->kind == CoroutineKind::transform);
@@ -268,17 +281,21 @@ TEST_CASE("Registry.BatchFunctionMustReturnOnePerInput") {
     values.pop_back();
     return values;
   });
-  CHECK(what_of([&] { (void)transform(registry, "short", {1, 2, 3}); }) ==
-        "batch function returned 2 values for 3 inputs");
+  CHECK(what_of([&] {
+          (void)transform(registry, "short", {1, 2, 3});
+        }) == "batch function returned 2 values for 3 inputs");
 }
 
 TEST_CASE("Registry.AddAsync") {
   Registry registry;
-  registry.add_async("later", [](json v, const json& params) -> asio::awaitable<json> {
-    asio::steady_timer timer(co_await asio::this_coro::executor, std::chrono::milliseconds(1));
-    co_await timer.async_wait(asio::use_awaitable);
-    co_return json(v.get<std::string>() + params.at("mark").get<std::string>());
-  }, with_params({{"mark", ParamType::string, false, "!", "appended"}}, "appends a mark later"));
+  registry.add_async(
+      "later",
+      [](json v, const json& params) -> asio::awaitable<json> {
+        asio::steady_timer timer(co_await asio::this_coro::executor, std::chrono::milliseconds(1));
+        co_await timer.async_wait(asio::use_awaitable);
+        co_return json(v.get<std::string>() + params.at("mark").get<std::string>());
+      },
+      with_params({{"mark", ParamType::string, false, "!", "appended"}}, "appends a mark later"));
   const CoroutineInfo* info = registry.find("later");
   REQUIRE(info != nullptr);
   CHECK(info->make_transform(json::parse(R"({"mark": "?"})"))->is_async());
@@ -288,12 +305,15 @@ TEST_CASE("Registry.AddAsync") {
 
 TEST_CASE("Registry.AddGenerator") {
   Registry registry;
-  registry.add_generator("countdown", [](const json& params) {
-    return [n = params.at("from").get<int>()]() mutable -> std::optional<json> {
-      if (n == 0) return std::nullopt;
-      return json(n--);
-    };
-  }, with_params({{"from", ParamType::integer, true, nullptr, "first value"}}));
+  registry.add_generator(
+      "countdown",
+      [](const json& params) {
+        return [n = params.at("from").get<int>()]() mutable -> std::optional<json> {
+          if (n == 0) return std::nullopt;
+          return json(n--);
+        };
+      },
+      with_params({{"from", ParamType::integer, true, nullptr, "first value"}}));
   const CoroutineInfo* info = registry.find("countdown");
   REQUIRE(info != nullptr);
   CHECK(info->kind == CoroutineKind::source);  // whatever options.kind says
@@ -305,11 +325,14 @@ TEST_CASE("Registry.AddGenerator") {
 
 TEST_CASE("Registry.AddAsyncSource") {
   Registry registry;
-  registry.add_async_source("ticks", [](SourceContext& context, const json& params) -> asio::awaitable<void> {
-    for (int i = 0; i < params.at("count").get<int>() && !context.stopping(); ++i) {
-      co_await context.emit(json(i * 10));
-    }
-  }, CoroutineOptions{});  // add_async_source makes a source whatever options.kind says
+  registry.add_async_source(
+      "ticks",
+      [](SourceContext& context, const json& params) -> asio::awaitable<void> {
+        for (int i = 0; i < params.at("count").get<int>() && !context.stopping(); ++i) {
+          co_await context.emit(json(i * 10));
+        }
+      },
+      CoroutineOptions{});  // add_async_source makes a source whatever options.kind says
   const CoroutineInfo* info = registry.find("ticks");
   REQUIRE(info != nullptr);
   CHECK(info->kind == CoroutineKind::source);
@@ -333,20 +356,24 @@ TEST_CASE("Registry.DuplicateNamesThrow") {
                        "coroutine \"reverse\" is already registered", UsageError);
   registry.add_function("mine", identity);
   CHECK_THROWS_AS(registry.add_function("mine", identity), UsageError);
-  CHECK_THROWS_AS(registry.add_batch_function("mine", [](std::vector<json> v, const json&) { return v; }),
-                  UsageError);
-  CHECK_THROWS_AS(registry.add_async("mine", [](json v, const json&) -> asio::awaitable<json> { co_return v; }),
-                  UsageError);
-  CHECK_THROWS_AS(registry.add_generator("range", [](const json&) {
-                    return []() -> std::optional<json> { return std::nullopt; };
-                  }),
-                  UsageError);
-  CHECK_THROWS_AS(registry.add_async_source("mine", [](SourceContext&, const json&) -> asio::awaitable<void> {
-                    co_return;
-                  }),
-                  UsageError);
-  CHECK_THROWS_WITH_AS(registry.add_predicate({"is_even", "again", [](const json&) { return true; }}),
-                       "predicate \"is_even\" is already registered", UsageError);
+  CHECK_THROWS_AS(
+      registry.add_batch_function("mine", [](std::vector<json> v, const json&) { return v; }),
+      UsageError);
+  CHECK_THROWS_AS(
+      registry.add_async("mine", [](json v, const json&) -> asio::awaitable<json> { co_return v; }),
+      UsageError);
+  CHECK_THROWS_AS(
+      registry.add_generator(
+          "range",
+          [](const json&) { return []() -> std::optional<json> { return std::nullopt; }; }),
+      UsageError);
+  CHECK_THROWS_AS(
+      registry.add_async_source(
+          "mine", [](SourceContext&, const json&) -> asio::awaitable<void> { co_return; }),
+      UsageError);
+  CHECK_THROWS_WITH_AS(
+      registry.add_predicate({"is_even", "again", [](const json&) { return true; }}),
+      "predicate \"is_even\" is already registered", UsageError);
   // The first registration is untouched.
   CHECK(transform_values(registry, "reverse", {"abc"}) == Values{"cba"});
 }
@@ -360,10 +387,12 @@ TEST_CASE("Registry.IncompleteInfoThrows") {
   CoroutineInfo no_factory;
   no_factory.name = "broken";
   CHECK_THROWS_WITH_AS(registry.add(no_factory),
-                       "Registry::add: coroutine \"broken\" has no make_transform factory", UsageError);
+                       "Registry::add: coroutine \"broken\" has no make_transform factory",
+                       UsageError);
   no_factory.kind = CoroutineKind::source;
   CHECK_THROWS_WITH_AS(registry.add(no_factory),
-                       "Registry::add: coroutine \"broken\" has no make_source factory", UsageError);
+                       "Registry::add: coroutine \"broken\" has no make_source factory",
+                       UsageError);
   CHECK_THROWS_AS(registry.add_predicate({"p", "no test", nullptr}), UsageError);
   CHECK(registry.find("broken") == nullptr);
 }
@@ -407,10 +436,12 @@ TEST_CASE("Builtins.StringTransforms") {
   CHECK(transform_values(registry, "identity", {1, "a", nullptr}) == Values{1, "a", nullptr});
   CHECK(transform_values(registry, "reverse", {"plumber", "", "h\xc3\xa9llo w\xc3\xb6rld"}) ==
         Values{"rebmulp", "", "dlr\xc3\xb6w oll\xc3\xa9h"});  // by character, UTF-8 kept whole
-  CHECK(transform_values(registry, "reverse", {json::parse("[1, 2, 3]")}) == Values{json::parse("[3, 2, 1]")});
+  CHECK(transform_values(registry, "reverse", {json::parse("[1, 2, 3]")}) ==
+        Values{json::parse("[3, 2, 1]")});
   CHECK(transform_values(registry, "upper", {"Zip by id"}) == Values{"ZIP BY ID"});
   CHECK(transform_values(registry, "lower", {"Zip BY Id"}) == Values{"zip by id"});
-  CHECK(what_of([&] { (void)transform(registry, "upper", {42}); }) == "upper takes a string, not number");
+  CHECK(what_of([&] { (void)transform(registry, "upper", {42}); }) ==
+        "upper takes a string, not number");
   CHECK(what_of([&] { (void)transform(registry, "reverse", {json::object()}); }) ==
         "reverse takes a string, not object");
 }
@@ -419,7 +450,8 @@ TEST_CASE("Builtins.NumericTransforms") {
   const Registry registry = Registry::with_builtins();
   CHECK(transform_values(registry, "fib", {0, 1, 2, 10, 20}) == Values{0, 1, 1, 55, 6765});
   CHECK(what_of([&] { (void)transform(registry, "fib", {93}); }) == "fib: 93 is outside [0, 92]");
-  CHECK(what_of([&] { (void)transform(registry, "fib", {"7"}); }) == "fib takes an integer, not string");
+  CHECK(what_of([&] { (void)transform(registry, "fib", {"7"}); }) ==
+        "fib takes an integer, not string");
   CHECK(transform_values(registry, "sum_squares", {0, 1, 4, 10}) == Values{0, 0, 14, 285});
   CHECK(what_of([&] { (void)transform(registry, "sum_squares", {-1}); }) ==
         "sum_squares: -1 is outside [0, 3000000]");
@@ -437,7 +469,8 @@ TEST_CASE("Builtins.Sha256") {
   batch[0].value = nullptr;
   const std::string bytes = "abc";
   std::vector<std::byte> data(bytes.size());
-  std::transform(bytes.begin(), bytes.end(), data.begin(), [](char c) { return static_cast<std::byte>(c); });
+  std::transform(bytes.begin(), bytes.end(), data.begin(),
+                 [](char c) { return static_cast<std::byte>(c); });
   auto owner = std::make_shared<std::vector<std::byte>>(std::move(data));
   batch[0].blobs.emplace_back(owner, std::span<const std::byte>(owner->data(), owner->size()));
   std::vector<Message> out;
@@ -445,22 +478,26 @@ TEST_CASE("Builtins.Sha256") {
   REQUIRE(out.size() == 1);
   CHECK(out[0].id == 7);
   CHECK(out[0].value == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  CHECK(what_of([&] { (void)transform(registry, "sha256", {5}); }) == "sha256 takes a string or a blob, not number");
+  CHECK(what_of([&] { (void)transform(registry, "sha256", {5}); }) ==
+        "sha256 takes a string or a blob, not number");
 }
 
 TEST_CASE("Builtins.Concat") {
   const Registry registry = Registry::with_builtins();
   CHECK(transform_values(registry, "concat", {json::parse(R"({"b": "x", "a": "y"})")},
-                         json::parse(R"({"separator": " / "})")) == Values{"x / y"});  // key order kept
+                         json::parse(R"({"separator": " / "})")) ==
+        Values{"x / y"});  // key order kept
   CHECK(transform_values(registry, "concat", {json::parse(R"({"n": 1, "s": "t"})")},
                          json::parse(R"({"separator": ""})")) == Values{"1t"});
-  CHECK(what_of([&] { (void)transform(registry, "concat", {"x"}, json::parse(R"({"separator": ""})")); }) ==
-        "concat takes an object (a zip), not string");
+  CHECK(what_of([&] {
+          (void)transform(registry, "concat", {"x"}, json::parse(R"({"separator": ""})"));
+        }) == "concat takes an object (a zip), not string");
 }
 
 TEST_CASE("Builtins.SleepPassesValuesOn") {
   const Registry registry = Registry::with_builtins();
-  CHECK(transform_values(registry, "sleep", {1, "two"}, json::parse(R"({"ms": 1})")) == Values{1, "two"});
+  CHECK(transform_values(registry, "sleep", {1, "two"}, json::parse(R"({"ms": 1})")) ==
+        Values{1, "two"});
 }
 
 TEST_CASE("Builtins.SinksEmitNothing") {
@@ -470,7 +507,9 @@ TEST_CASE("Builtins.SinksEmitNothing") {
 
 TEST_CASE("Builtins.Predicates") {
   const Registry registry = Registry::with_builtins();
-  auto test = [&](const char* name, const json& value) { return registry.find_predicate(name)->test(value); };
+  auto test = [&](const char* name, const json& value) {
+    return registry.find_predicate(name)->test(value);
+  };
   CHECK(test("is_even", 2));
   CHECK(test("is_even", 0));
   CHECK_FALSE(test("is_even", 3));
@@ -490,11 +529,13 @@ TEST_CASE("Builtins.Predicates") {
 
 TEST_CASE("Builtins.RangeValuesUuid") {
   const Registry registry = Registry::with_builtins();
-  auto range = registry.find("range")->make_source(json::parse(R"({"start": 5, "stop": 0, "step": -2})"));
+  auto range =
+      registry.find("range")->make_source(json::parse(R"({"start": 5, "stop": 0, "step": -2})"));
   CHECK(range->size_hint() == std::optional<std::uint64_t>(3));
   CHECK(drain(*range) == Values{5, 3, 1});
   CHECK(range->size_hint() == std::optional<std::uint64_t>(3));  // the total, not what is left
-  auto empty = registry.find("range")->make_source(json::parse(R"({"start": 3, "stop": 3, "step": 1})"));
+  auto empty =
+      registry.find("range")->make_source(json::parse(R"({"start": 3, "stop": 3, "step": 1})"));
   CHECK(drain(*empty).empty());
 
   auto values = registry.find("values")->make_source(json::parse(R"({"values": ["a", 1, null]})"));
@@ -534,14 +575,16 @@ TEST_CASE("Builtins.LinesAndJsonl") {
     (void)jsonl->next();
     FAIL("expected a SourceItemError");
   } catch (const SourceItemError& e) {
-    CHECK(std::string(e.what()).starts_with(path + ":2: malformed JSON: parse error at line 1, column"));
+    CHECK(std::string(e.what()).starts_with(path +
+                                            ":2: malformed JSON: parse error at line 1, column"));
   }
   CHECK(jsonl->next() == std::optional<json>(json::parse("[1, 2]")));  // blank line skipped
   CHECK_FALSE(jsonl->next().has_value());
   std::filesystem::remove(path);
 
   auto missing = registry.find("lines")->make_source(json{{"path", path + ".missing"}});
-  CHECK(what_of([&] { missing->on_start(); }) == "cannot open " + path + ".missing: No such file or directory");
+  CHECK(what_of([&] { missing->on_start(); }) ==
+        "cannot open " + path + ".missing: No such file or directory");
   // stdin is read off the event loop.
   CHECK(registry.find("lines")->make_source(json{{"path", "-"}})->is_blocking());
 }
@@ -557,7 +600,8 @@ TEST_CASE("Plugin.LoadsCoroutinesAndPredicates") {
   CHECK(info->worker_capable);
   REQUIRE(info->params.size() == 1);
   CHECK(info->params[0].default_value == "!");
-  CHECK(transform_values(registry, "shout", {"hey"}, json::parse(R"({"suffix": "?"})")) == Values{"HEY?"});
+  CHECK(transform_values(registry, "shout", {"hey"}, json::parse(R"({"suffix": "?"})")) ==
+        Values{"HEY?"});
   REQUIRE(registry.find_predicate("is_long") != nullptr);
   CHECK(registry.find_predicate("is_long")->test("plumber"));
   CHECK_FALSE(registry.find_predicate("is_long")->test("pipe"));
@@ -572,7 +616,8 @@ TEST_CASE("Plugin.LoadsCoroutinesAndPredicates") {
 
   // Loading it again registers the same names again: refused, naming the library.
   const std::string again = what_of([&] { load_plugin(PLUMBER_TEST_PLUGIN, registry); });
-  CHECK(again == std::string("plugin ") + PLUMBER_TEST_PLUGIN + ": coroutine \"shout\" is already registered");
+  CHECK(again == std::string("plugin ") + PLUMBER_TEST_PLUGIN +
+                     ": coroutine \"shout\" is already registered");
 }
 
 TEST_CASE("Plugin.LoadErrors") {
@@ -581,12 +626,14 @@ TEST_CASE("Plugin.LoadErrors") {
   const std::string missing = what_of([&] { load_plugin("/nonexistent/plugin.so", registry); });
   CHECK(missing.starts_with("plugin /nonexistent/plugin.so: cannot load: "));
 
-  const std::string no_entry = what_of([&] { load_plugin(PLUMBER_TEST_PLUGIN_NO_ENTRY, registry); });
+  const std::string no_entry =
+      what_of([&] { load_plugin(PLUMBER_TEST_PLUGIN_NO_ENTRY, registry); });
   CHECK(no_entry == std::string("plugin ") + PLUMBER_TEST_PLUGIN_NO_ENTRY +
                         ": no entry point plumber_plugin_register_v1 (define it with "
                         "PLUMBER_PLUGIN(registry) { ... })");
 
-  const std::string not_elf = what_of([&] { load_plugin(PLUMBER_SOURCE_DIR "/graphs/fib.json", registry); });
+  const std::string not_elf =
+      what_of([&] { load_plugin(PLUMBER_SOURCE_DIR "/graphs/fib.json", registry); });
   CHECK(not_elf.starts_with("plugin " PLUMBER_SOURCE_DIR "/graphs/fib.json: cannot load: "));
   CHECK(registry.coroutines().empty());
 }

@@ -16,7 +16,8 @@ struct StringMaker<std::vector<std::string>> {
   static String convert(const std::vector<std::string>& lines) {
     std::ostringstream out;
     out << "{";
-    for (std::size_t i = 0; i < lines.size(); ++i) out << (i ? ",\n " : "\n ") << '"' << lines[i] << '"';
+    for (std::size_t i = 0; i < lines.size(); ++i)
+      out << (i ? ",\n " : "\n ") << '"' << lines[i] << '"';
     out << "\n}";
     return String(out.str().c_str());
   }
