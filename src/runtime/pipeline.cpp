@@ -172,15 +172,20 @@ void PipelineCore::start_blocking_readers() {
 
 void PipelineCore::end_feeds() {
   for (auto& feed : feeds) {
-    if (feed->ended.exchange(true)) continue;
-    asio::co_spawn(
-        strand_,
-        [feed]() -> asio::awaitable<void> {
-          co_await feed->channel.async_send(error_code{}, FeedItem{std::nullopt, nullptr, true},
-                                            asio::as_tuple(asio::use_awaitable));
-        },
-        asio::detached);
+    if (!feed->ended.exchange(true)) send_feed_end(feed, strand_);
   }
+}
+
+void send_feed_end(const std::shared_ptr<FeedQueue>& feed, const Strand& strand) {
+  asio::co_spawn(
+      strand,
+      [feed]() -> asio::awaitable<void> {
+        // A named item, not a temporary inside co_await: g++ 12 destroys those early.
+        FeedItem end{std::nullopt, nullptr, true};
+        co_await feed->channel.async_send(error_code{}, std::move(end),
+                                          asio::as_tuple(asio::use_awaitable));
+      },
+      asio::detached);
 }
 
 void PipelineCore::cancel_all() {
@@ -270,24 +275,17 @@ void Pipeline::feed(json value) {
 
 boost::asio::awaitable<void> Pipeline::async_feed(json value) {
   auto& feed = input_feed(*core_);
+  // A named item, not a temporary inside co_await: g++ 12 destroys those early.
+  detail::FeedItem item{std::move(value), nullptr, false};
   const std::tuple<detail::error_code> sent = co_await feed.channel.async_send(
-      detail::error_code{}, detail::FeedItem{std::move(value), nullptr, false},
-      boost::asio::as_tuple(boost::asio::use_awaitable));
+      detail::error_code{}, std::move(item), boost::asio::as_tuple(boost::asio::use_awaitable));
   if (std::get<0>(sent)) throw std::system_error(make_error_code(errc::pipeline_stopped));
 }
 
 void Pipeline::end_input() {
   if (!core_->input_feed) return;
   auto feed = core_->input_feed;
-  if (feed->ended.exchange(true)) return;
-  boost::asio::co_spawn(
-      core_->strand(),
-      [feed]() -> boost::asio::awaitable<void> {
-        co_await feed->channel.async_send(detail::error_code{},
-                                          detail::FeedItem{std::nullopt, nullptr, true},
-                                          boost::asio::as_tuple(boost::asio::use_awaitable));
-      },
-      boost::asio::detached);
+  if (!feed->ended.exchange(true)) detail::send_feed_end(feed, core_->strand());
 }
 
 std::vector<ProcessorStats> Pipeline::stats() const {

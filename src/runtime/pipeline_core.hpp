@@ -43,6 +43,9 @@ class FeedQueue {
   std::atomic<bool> ended{false};
 };
 
+/// Sends the end of `feed` from a coroutine on `strand` (never blocks the caller).
+void send_feed_end(const std::shared_ptr<FeedQueue>& feed, const Strand& strand);
+
 /// How a blocking reader thread reaches its feed: cleared (under the mutex)
 /// when the pipeline goes away, so the thread never touches a dead channel.
 struct ReaderLink {

@@ -87,7 +87,7 @@ ProcessorStats Processor::stats() const {
   ProcessorStats s;
   s.node = spec_.id;
   s.coroutine = coroutine_;
-  s.received = received_.get();
+  s.received = source_ ? emitted_.get() : received_.get();
   s.emitted = emitted_.get();
   s.errors = errors_.get();
   s.skipped = skipped_.get();
@@ -413,15 +413,17 @@ asio::awaitable<void> Processor::dispatch_batch() {
     batch_.clear();
     co_return;
   }
+  // Wait for a free slot while the batch is still ours: cancelled here, the
+  // dispatcher reports batch_.
+  if (slots_) co_await slots_->async_send(error_code{}, use_awaitable);
   std::vector<Message> batch;
   batch.swap(batch_);
   batch_.reserve(spec_.batch_size);
-  if (!slots_) {
+  if (slots_) {
+    core_.spawn(run_unit(std::move(batch), true));
+  } else {
     co_await run_unit(std::move(batch), false);
-    co_return;
   }
-  co_await slots_->async_send(error_code{}, use_awaitable);  // wait for a free slot
-  core_.spawn(run_unit(std::move(batch), true));
 }
 
 asio::awaitable<void> Processor::wait_units_idle() {
