@@ -107,8 +107,7 @@ int run_graph(const RunOptions& options, const Registry& registry) {
       std::cerr << d.format(e.file()) << '\n';
     return kExitInvalid;
   }
-  const bool has_input = graph.find("input").has_value() ||
-                         std::any_of(graph.nodes.begin(), graph.nodes.end(),
+  const bool has_input = std::any_of(graph.nodes.begin(), graph.nodes.end(),
                                      [](const NodeSpec& n) { return n.coroutine == "input"; });
   if (!options.input.empty() && !has_input) {
     std::cerr << "plumber: " << options.graph

@@ -30,11 +30,13 @@ std::string type_name(const json& value) {
   return value.type_name();
 }
 
-std::string nearest_of(std::string_view name, std::initializer_list<std::string_view> choices) {
+/// The choice sharing the longest prefix with `name`, when close enough for a hint.
+template <class Choices>
+std::string nearest_of(std::string_view name, const Choices& choices) {
   std::string best;
   std::size_t best_distance = std::numeric_limits<std::size_t>::max();
   for (std::string_view choice : choices) {
-    // Shared prefix or small edit distance is enough for a field-name hint.
+    // Distance: the characters beyond the shared prefix (typos sit at the end).
     std::size_t common = 0;
     while (common < name.size() && common < choice.size() && name[common] == choice[common]) {
       ++common;
@@ -397,23 +399,14 @@ void Checker::check_edges(const json& document, GraphSpec& graph,
       if (!name) continue;
       ends[k] = graph.find(*name);
       if (!ends[k]) {
-        std::string near;
-        std::size_t best = std::numeric_limits<std::size_t>::max();
-        for (const auto& n : graph.nodes) {
-          std::size_t common = 0;
-          while (common < n.id.size() && common < name->size() && n.id[common] == (*name)[common])
-            ++common;
-          const std::size_t distance = std::max(n.id.size(), name->size()) - common;
-          if (distance < best) {
-            best = distance;
-            near = n.id;
-          }
-        }
+        std::vector<std::string_view> ids;
+        for (const auto& n : graph.nodes)
+          ids.push_back(n.id);
+        const std::string near = nearest_of(*name, ids);
         error("graph.unknown_node", pointer + "/" + keys[k],
               "edge " + std::string(keys[k]) + " names unknown node " + in_quotes(*name),
-              near.empty() || best > std::max<std::size_t>(2, name->size() / 2)
-                  ? "nodes are declared in /nodes"
-                  : "did you mean " + in_quotes(near) + "?");
+              near.empty() ? "nodes are declared in /nodes"
+                           : "did you mean " + in_quotes(near) + "?");
       }
     }
     if (!ends[0] || !ends[1]) continue;
