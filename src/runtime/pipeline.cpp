@@ -131,7 +131,7 @@ void PipelineCore::start_blocking_readers() {
   for (auto& processor : processors) {
     const auto& source = processor->source();
     if (!source || !source->is_blocking()) continue;
-    auto feed = std::make_shared<FeedQueue>(strand_, processor->spec().queue_size);
+    auto feed = std::make_shared<FeedQueue>(strand_, processor->spec());
     feeds.push_back(feed);
     processor->set_feed(feed);
     auto link = std::make_shared<ReaderLink>();
@@ -195,7 +195,7 @@ void PipelineCore::cancel_all() {
     feed->ended = true;
     // Values fed but not yet emitted never got an id: report them with a new one.
     while (feed->channel.try_receive([&](error_code, FeedItem item) {
-      if (item.value) output_cancelled("input", next_id());
+      if (item.value) output_cancelled(feed->node_id, next_id());
     })) {
     }
     feed->channel.close();
@@ -342,8 +342,7 @@ Pipeline Plumber::build(const GraphSpec& graph, boost::asio::any_io_executor exe
 
   for (std::size_t i = 0; i < spec.nodes.size(); ++i) {
     if (spec.nodes[i].coroutine != "input") continue;
-    core->input_feed =
-        std::make_shared<detail::FeedQueue>(core->strand(), spec.nodes[i].queue_size);
+    core->input_feed = std::make_shared<detail::FeedQueue>(core->strand(), spec.nodes[i]);
     core->feeds.push_back(core->input_feed);
     core->processors[i]->set_feed(core->input_feed);
   }

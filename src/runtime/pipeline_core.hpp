@@ -37,9 +37,10 @@ struct FeedItem {
 class FeedQueue {
  public:
   using Channel = asio::experimental::concurrent_channel<void(error_code, FeedItem)>;
-  FeedQueue(const asio::any_io_executor& executor, std::size_t capacity)
-      : channel(executor, capacity) {}
+  FeedQueue(const asio::any_io_executor& executor, const NodeSpec& node)
+      : channel(executor, node.queue_size), node_id(node.id) {}
   Channel channel;
+  std::string node_id;  ///< the source node it feeds, for cancellation records
   std::atomic<bool> ended{false};
 };
 
