@@ -57,6 +57,11 @@ json params_json(const std::vector<ParamSpec>& params) {
   return all;
 }
 
+/// Pads a name to the width of `plumber list`'s first column.
+std::string column(const std::string& name) {
+  return name + std::string(name.size() < 12 ? 12 - name.size() : 1, ' ');
+}
+
 int list(bool as_json, const Registry& registry) {
   if (as_json) {
     json coroutines = json::array();
@@ -89,18 +94,14 @@ int list(bool as_json, const Registry& registry) {
       params += (params.empty() ? "" : ", ") + p.name + ": " + std::string(to_string(p.type));
       if (!p.required && !p.default_value.is_null()) params += " = " + p.default_value.dump();
     }
-    std::cout << "  " << info->name
-              << std::string(info->name.size() < 12 ? 12 - info->name.size() : 1, ' ')
-              << to_string(info->kind) << (info->worker_capable ? ", worker" : "") << "  "
-              << info->description;
+    std::cout << "  " << column(info->name) << to_string(info->kind)
+              << (info->worker_capable ? ", worker" : "") << "  " << info->description;
     if (!params.empty()) std::cout << "  (" << params << ")";
     std::cout << '\n';
   }
   std::cout << "predicates (for \"when\"):\n";
   for (const PredicateInfo* info : registry.predicates()) {
-    std::cout << "  " << info->name
-              << std::string(info->name.size() < 12 ? 12 - info->name.size() : 1, ' ')
-              << info->description << '\n';
+    std::cout << "  " << column(info->name) << info->description << '\n';
   }
   return kExitOk;
 }

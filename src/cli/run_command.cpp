@@ -179,7 +179,7 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     signals.async_wait([&](boost::system::error_code ec, int) {
       if (ec || pipeline.done()) return;
       // First signal: drain what is in flight. Second: cancel it.
-      pipeline.stop(interrupted ? false : true);
+      pipeline.stop(/*graceful=*/!interrupted);
       interrupted = true;
       on_signal();
     });

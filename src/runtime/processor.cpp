@@ -4,7 +4,6 @@
 #include <chrono>
 #include <exception>
 #include <string>
-#include <system_error>
 #include <unordered_set>
 #include <utility>
 
@@ -15,7 +14,6 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "plumber/error.hpp"
 #include "runtime/pipeline_core.hpp"
 
 namespace plumber::detail {
