@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "plumber/all.hpp"
+#include "server/client.hpp"
 
 namespace plumber::cli {
 namespace {
@@ -155,6 +156,86 @@ int main(int argc, char** argv) {
   list_command->add_flag("--json", list_json, "as JSON");
   add_plugin_option(list_command);
 
+  ServerOptions serve_options;
+  int serve_threads = 1;
+  std::int64_t grace_ms = serve_options.grace.count();
+  std::int64_t idle_s = serve_options.idle_timeout.count();
+  std::int64_t process_timeout_ms = serve_options.process_timeout.count();
+  auto* serve_command = app.add_subcommand("serve", "the socket server: WebSocket, HTTP, web page");
+  serve_command->add_option("--bind", serve_options.bind, "address to listen on")
+      ->capture_default_str();
+  serve_command->add_option("--port", serve_options.port, "port; 0 picks a free one and prints it")
+      ->capture_default_str();
+  serve_command
+      ->add_option("--graphs", serve_options.graphs_dir,
+                   "directory of graph files that clients may name and /v1 serves")
+      ->check(CLI::ExistingDirectory);
+  serve_command->add_option("--token", serve_options.token,
+                            "require Authorization: Bearer TOKEN (or ?token=) but on /healthz");
+  serve_command
+      ->add_option("--allow-files", serve_options.allow_files,
+                   "let lines/jsonl sources read files under this directory")
+      ->check(CLI::ExistingDirectory);
+  serve_command->add_option("--threads", serve_threads, "threads running the event loop")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-frame", serve_options.max_frame,
+                   "largest WebSocket message or HTTP body, in bytes")
+      ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 30))
+      ->capture_default_str();
+  serve_command->add_option("--max-nodes", serve_options.max_nodes, "nodes of a submitted graph")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-threads", serve_options.max_threads,
+                   "threads + procs a submitted graph may ask for")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-connections", serve_options.max_connections, "open TCP connections")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  serve_command->add_option("--max-runs", serve_options.max_runs, "runs at once per connection")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-send-queue", serve_options.max_send_queue,
+                   "bytes queued for one WebSocket client before it is closed")
+      ->check(CLI::Range(std::size_t{4096}, std::size_t{1} << 34))
+      ->capture_default_str();
+  serve_command->add_option("--grace-ms", grace_ms, "shutdown: how long runs may finish")
+      ->check(CLI::Range(0, 3'600'000))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--idle-timeout", idle_s,
+                   "seconds an HTTP keep-alive or unanswered WebSocket may idle")
+      ->check(CLI::Range(1, 86400))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--process-timeout-ms", process_timeout_ms,
+                   "default timeout of POST /v1/graphs/NAME/process")
+      ->check(CLI::Range(1, 3'600'000))
+      ->capture_default_str();
+  add_plugin_option(serve_command);
+
+  server::SubmitOptions submit_options;
+  auto* submit_command =
+      app.add_subcommand("submit", "run a graph on a plumber server, printing its outputs");
+  submit_command->add_option("url", submit_options.url, "ws://HOST:PORT")->required();
+  submit_command
+      ->add_option("graph", submit_options.graph,
+                   "graph file (sent to the server), or the name of a server's graph")
+      ->required();
+  submit_command
+      ->add_option("--input", submit_options.input,
+                   "JSON lines for the `input` source (default stdin)")
+      ->check(CLI::ExistingFile);
+  submit_command->add_option("--token", submit_options.token, "the server's --token");
+  submit_command->add_flag("--records", submit_options.records,
+                           "print {\"id\",\"node\",\"value\"} records");
+  submit_command->add_flag("--stats", submit_options.stats, "print per-node counts at the end");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -173,6 +254,13 @@ int main(int argc, char** argv) {
   }
 
   if (*run_command) return run_graph(run, registry);
+  if (*serve_command) {
+    serve_options.grace = std::chrono::milliseconds(grace_ms);
+    serve_options.idle_timeout = std::chrono::seconds(idle_s);
+    serve_options.process_timeout = std::chrono::milliseconds(process_timeout_ms);
+    return serve(serve_options, serve_threads, registry);
+  }
+  if (*submit_command) return server::submit(submit_options);
   if (*validate_command) return validate(validate_files, registry);
   if (*dot_command) return dot(dot_file, registry);
   return list(list_json, registry);

@@ -2,6 +2,7 @@
 #include <string>
 
 #include "plumber/registry.hpp"
+#include "plumber/server.hpp"
 
 namespace plumber::cli {
 
@@ -25,5 +26,7 @@ struct RunOptions {
 int main(int argc, char** argv);
 /// `plumber run`.
 int run_graph(const RunOptions& options, const Registry& registry);
+/// `plumber serve`: until SIGINT/SIGTERM and a graceful shutdown.
+int serve(const ServerOptions& options, int threads, const Registry& registry);
 
 }  // namespace plumber::cli

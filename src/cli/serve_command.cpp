@@ -1,0 +1,76 @@
+// `plumber serve`: the socket server until SIGINT/SIGTERM.
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <iostream>
+#include <thread>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/system/system_error.hpp>
+
+#include "cli/cli.hpp"
+#include "plumber/all.hpp"
+#include "plumber/server.hpp"
+
+namespace plumber::cli {
+namespace {
+
+/// Thousands of connections need thousands of descriptors: take the hard limit.
+void raise_file_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+}  // namespace
+
+int serve(const ServerOptions& options, int threads, const Registry& registry) {
+  raise_file_limit();
+  boost::asio::io_context io(threads);
+  std::unique_ptr<Server> server;
+  try {
+    server = std::make_unique<Server>(registry, io.get_executor(), options);
+  } catch (const GraphError& e) {
+    for (const auto& d : e.diagnostics())
+      std::cerr << d.format(e.file()) << '\n';
+    return kExitInvalid;
+  } catch (const std::exception& e) {
+    std::cerr << "plumber: serve: " << e.what() << '\n';
+    return kExitRuntimeError;
+  }
+
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  std::function<void()> on_signal = [&] {
+    signals.async_wait([&](boost::system::error_code ec, int number) {
+      if (ec) return;
+      server->shutdown(number == SIGINT ? "the server received SIGINT"
+                                        : "the server received SIGTERM");
+      on_signal();
+    });
+  };
+  on_signal();
+  server->on_stopped([&] { signals.cancel(); });
+  server->start();
+
+  std::printf("plumber: listening on http://%s:%u (WebSocket /ws, web page /, metrics /metrics)\n",
+              options.bind.find(':') != std::string::npos ? ("[" + options.bind + "]").c_str()
+                                                          : options.bind.c_str(),
+              static_cast<unsigned>(server->port()));
+  std::fflush(stdout);
+
+  std::vector<std::thread> pool;
+  for (int i = 1; i < threads; ++i)
+    pool.emplace_back([&] { io.run(); });
+  io.run();
+  for (auto& t : pool)
+    t.join();
+  std::printf("plumber: stopped\n");
+  return kExitOk;
+}
+
+}  // namespace plumber::cli

@@ -1,0 +1,663 @@
+// `plumber serve`: accepting, HTTP routes, /v1 request/response, shutdown.
+// The WebSocket protocol is in ws_session.cpp.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
+
+#include "plumber/plumber.hpp"
+#include "server/protocol.hpp"
+#include "server/server_impl.hpp"
+
+namespace plumber::server {
+namespace {
+
+namespace fs = std::filesystem;
+using asio::use_awaitable;
+constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
+
+/// Splits a request target into its path and its query string.
+std::pair<std::string_view, std::string_view> split_target(std::string_view target) {
+  const auto question = target.find('?');
+  if (question == std::string_view::npos) return {target, {}};
+  return {target.substr(0, question), target.substr(question + 1)};
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string url_decode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '+') {
+      out += ' ';
+    } else if (text[i] == '%' && i + 2 < text.size() && hex_value(text[i + 1]) >= 0 &&
+               hex_value(text[i + 2]) >= 0) {
+      out += static_cast<char>(hex_value(text[i + 1]) * 16 + hex_value(text[i + 2]));
+      i += 2;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+/// The value of query parameter `key`, decoded.
+std::optional<std::string> query_param(std::string_view query, std::string_view key) {
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    const auto eq = pair.find('=');
+    if (pair.substr(0, eq) == key) {
+      return eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1));
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+/// Compares without stopping at the first difference (the token is a secret).
+bool same_secret(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    diff |= static_cast<unsigned char>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
+  return diff == 0 && !b.empty();
+}
+
+bool valid_graph_name(std::string_view name) {
+  return !name.empty() && name.size() <= 128 && name.front() != '.' &&
+         std::all_of(name.begin(), name.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+         });
+}
+
+void set_json(Response& response, http::status status, const json& body) {
+  response.result(status);
+  response.set(http::field::content_type, "application/json");
+  response.body() = dump(body) + "\n";
+}
+
+json error_body(const std::string& code, const std::string& message) {
+  json error = json::object();
+  error["code"] = code;
+  error["message"] = message;
+  json body = json::object();
+  body["error"] = std::move(error);
+  return body;
+}
+
+json status_body(const char* status) {
+  json body = json::object();
+  body["status"] = status;
+  return body;
+}
+
+/// The host part of an Origin header ("http://host:port" -> "host:port").
+std::string_view origin_host(std::string_view origin) {
+  const auto scheme = origin.find("://");
+  if (scheme != std::string_view::npos) origin.remove_prefix(scheme + 3);
+  return origin.substr(0, origin.find('/'));
+}
+
+/// One HTTP connection: requests in a loop until the client closes, an error,
+/// an idle timeout, or a WebSocket upgrade hands the socket over.
+class HttpSession : public Connection, public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(std::shared_ptr<ServerCore> server, tcp::socket socket)
+      : server_(std::move(server)), stream_(std::move(socket)), slot_(server_->metrics) {}
+
+  void start() {
+    id_ = server_->add_connection(shared_from_this());
+    asio::co_spawn(stream_.get_executor(), run(shared_from_this()), asio::detached);
+  }
+
+  void begin_shutdown(std::string) override {
+    asio::post(stream_.get_executor(), [self = shared_from_this()] {
+      self->stopping_ = true;
+      if (self->reading_) self->stream_.cancel();
+    });
+  }
+  void cancel(std::string reason) override { begin_shutdown(std::move(reason)); }
+
+ private:
+  static asio::awaitable<void> run(std::shared_ptr<HttpSession> self) {
+    co_await self->serve();
+    if (!self->upgraded_) self->server_->remove_connection(self->id_);
+  }
+
+  asio::awaitable<void> serve() {
+    beast::flat_buffer buffer;
+    for (;;) {
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(16 * 1024);
+      parser.body_limit(server_->options.max_frame);
+      if (stopping_) co_return;
+      stream_.expires_after(server_->options.idle_timeout);
+      reading_ = true;
+      const std::tuple<error_code, std::size_t> read =
+          co_await http::async_read(stream_, buffer, parser, tuple_awaitable);
+      reading_ = false;
+      const error_code ec = std::get<0>(read);
+      if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted ||
+          ec == beast::error::timeout || ec == asio::error::connection_reset ||
+          ec == asio::error::eof) {
+        co_return;
+      }
+      Response response;
+      response.version(11);
+      if (ec) {
+        Request none;
+        if (ec == http::error::body_limit) {
+          server_->refuse(none, response, http::status::payload_too_large, "http.body_too_large",
+                          "the body is over " + std::to_string(server_->options.max_frame) +
+                              " bytes (plumber serve's --max-frame)");
+        } else if (ec == http::error::header_limit) {
+          server_->refuse(none, response, http::status::request_header_fields_too_large,
+                          "http.header_too_large", "the request header is over 16 KiB");
+        } else {
+          server_->refuse(none, response, http::status::bad_request, "http.malformed",
+                          "malformed HTTP request: " + ec.message());
+        }
+        response.keep_alive(false);
+        co_await write(response);
+        co_return;
+      }
+      Request request = parser.release();
+      const auto [path, query] = split_target(request.target());
+      if (path == "/ws" && beast::websocket::is_upgrade(request)) {
+        if (!server_->admit(request, response)) {
+          response.keep_alive(false);
+          co_await write(response);
+          co_return;
+        }
+        if (server_->stopping()) {
+          server_->refuse(request, response, http::status::service_unavailable,
+                          "server.shutting_down", server_->stop_reason());
+          response.keep_alive(false);
+          co_await write(response);
+          co_return;
+        }
+        upgraded_ = true;
+        stream_.expires_never();
+        co_await run_websocket(server_, std::move(stream_), std::move(request), std::move(slot_),
+                               id_);
+        co_return;
+      }
+      co_await server_->handle(request, response);
+      const bool keep_alive = request.keep_alive() && !stopping_ && !server_->stopping();
+      response.keep_alive(keep_alive);
+      response.prepare_payload();
+      if (!co_await write(response) || !keep_alive) {
+        error_code ignored;
+        stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+        co_return;
+      }
+    }
+  }
+
+  /// Writes a response; false when the connection failed.
+  asio::awaitable<bool> write(Response& response) {
+    response.set(http::field::server, "plumber");
+    response.prepare_payload();
+    stream_.expires_after(std::chrono::seconds(30));
+    const std::tuple<error_code, std::size_t> written =
+        co_await http::async_write(stream_, response, tuple_awaitable);
+    co_return !std::get<0>(written);
+  }
+
+  std::shared_ptr<ServerCore> server_;
+  beast::tcp_stream stream_;
+  ConnectionSlot slot_;
+  std::uint64_t id_ = 0;
+  bool reading_ = false;
+  bool stopping_ = false;
+  bool upgraded_ = false;
+};
+
+}  // namespace
+
+// --- ServerCore ------------------------------------------------------------
+
+ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor,
+                       ServerOptions options_)
+    : registry(registry_),
+      options(std::move(options_)),
+      executor_(executor),
+      strand_(asio::make_strand(executor)),
+      acceptor_(strand_),
+      grace_timer_(strand_) {
+  limits.max_nodes = options.max_nodes;
+  limits.max_threads = options.max_threads;
+  if (!options.allow_files.empty()) limits.allow_files = fs::path(options.allow_files);
+  load_catalog();
+
+  const tcp::endpoint endpoint(asio::ip::make_address(options.bind), options.port);
+  acceptor_.open(endpoint.protocol());
+  acceptor_.set_option(asio::socket_base::reuse_address(true));
+  acceptor_.bind(endpoint);
+  acceptor_.listen(asio::socket_base::max_listen_connections);
+}
+
+void ServerCore::load_catalog() {
+  if (options.graphs_dir.empty()) return;
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(options.graphs_dir)) {
+    if (entry.path().extension() == ".json" && entry.is_regular_file()) files.push_back(entry);
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& file : files) {
+    CatalogEntry entry;
+    entry.name = file.stem().string();
+    if (!valid_graph_name(entry.name)) {
+      spdlog::warn("{}: skipped: a graph name is letters, digits, '_', '-' and '.'", file.string());
+      continue;
+    }
+    entry.spec = load_graph_file(file.string(), registry);
+    try {
+      apply_graph_policy(entry.spec, limits);
+    } catch (const GraphError& e) {
+      throw GraphError(file.string(), e.diagnostics());
+    }
+    std::ifstream in(file);
+    entry.document = json::parse(in);
+    entry.description = entry.document.value("description", std::string());
+    entry.has_input = std::any_of(entry.spec.nodes.begin(), entry.spec.nodes.end(),
+                                  [](const NodeSpec& n) { return n.coroutine == "input"; });
+    catalog_.emplace(entry.name, std::move(entry));
+  }
+}
+
+void ServerCore::start() {
+  start_services();
+  asio::co_spawn(strand_, accept(), asio::detached);
+}
+
+void ServerCore::start_services() {
+  for (const auto& [name, entry] : catalog_) {
+    if (!entry.has_input) continue;
+    auto service = std::make_unique<Service>();
+    service->name = name;
+    service->pipeline = std::make_shared<Pipeline>(
+        Plumber(registry).build(entry.spec, executor_, {.collect_timings = true}));
+    Service* raw = service.get();
+    service->pipeline->on_done([self = weak_from_this(), raw] {
+      raw->done = true;
+      if (auto server = self.lock()) server->check_stopped();
+    });
+    try {
+      service->pipeline->start();
+    } catch (const std::exception& e) {
+      spdlog::error("graph {}: not served on /v1: {}", name, e.what());
+      continue;
+    }
+    service->metrics_key = metrics.track(name, service->pipeline);
+    services_.emplace(name, std::move(service));
+  }
+}
+
+asio::awaitable<void> ServerCore::accept() {
+  auto self = shared_from_this();
+  for (;;) {
+    auto socket_strand = asio::make_strand(executor_);
+    std::tuple<error_code, tcp::socket> accepted =
+        co_await acceptor_.async_accept(socket_strand, tuple_awaitable);
+    const error_code ec = std::get<0>(accepted);
+    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) co_return;
+    if (ec) {
+      // Out of file descriptors, mostly: wait a little rather than spin.
+      spdlog::warn("accept: {}", ec.message());
+      asio::steady_timer pause(strand_, std::chrono::milliseconds(50));
+      co_await pause.async_wait(tuple_awaitable);
+      continue;
+    }
+    ++metrics.connections_total;
+    tcp::socket socket = std::move(std::get<1>(accepted));
+    if (static_cast<std::size_t>(metrics.connections.load()) >= options.max_connections) {
+      ++metrics.connections_refused;
+      asio::co_spawn(socket.get_executor(), refuse_connection(std::move(socket)), asio::detached);
+      continue;
+    }
+    error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
+    std::make_shared<HttpSession>(self, std::move(socket))->start();
+  }
+}
+
+asio::awaitable<void> ServerCore::refuse_connection(tcp::socket socket) {
+  beast::tcp_stream stream(std::move(socket));
+  Response response{http::status::service_unavailable, 11};
+  Request none;
+  refuse(none, response, http::status::service_unavailable, "server.too_many_connections",
+         "the server holds its maximum of " + std::to_string(options.max_connections) +
+             " connections (plumber serve's --max-connections)");
+  response.set(http::field::retry_after, "1");
+  response.keep_alive(false);
+  response.prepare_payload();
+  stream.expires_after(std::chrono::seconds(2));
+  co_await http::async_write(stream, response, tuple_awaitable);
+  error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+}
+
+std::uint64_t ServerCore::add_connection(const std::shared_ptr<Connection>& connection) {
+  bool tell = false;
+  std::string reason;
+  std::uint64_t id = 0;
+  {
+    std::lock_guard lock(mutex_);
+    id = ++next_connection_;
+    connections_.emplace(id, connection);
+    tell = stopping_.load();
+    reason = stop_reason_;
+  }
+  if (tell) connection->begin_shutdown(reason);
+  return id;
+}
+
+void ServerCore::replace_connection(std::uint64_t id,
+                                    const std::shared_ptr<Connection>& connection) {
+  bool tell = false;
+  std::string reason;
+  {
+    std::lock_guard lock(mutex_);
+    connections_[id] = connection;
+    tell = stopping_.load();
+    reason = stop_reason_;
+  }
+  if (tell) connection->begin_shutdown(reason);
+}
+
+void ServerCore::remove_connection(std::uint64_t id) {
+  {
+    std::lock_guard lock(mutex_);
+    connections_.erase(id);
+  }
+  if (stopping_) check_stopped();
+}
+
+std::string ServerCore::stop_reason() const {
+  std::lock_guard lock(mutex_);
+  return stop_reason_;
+}
+
+void ServerCore::shutdown(std::string reason) {
+  asio::post(strand_, [self = shared_from_this(), reason = std::move(reason)] {
+    std::vector<std::shared_ptr<Connection>> live;
+    bool first = false;
+    {
+      std::lock_guard lock(self->mutex_);
+      first = !self->stopping_.exchange(true);
+      if (first) self->stop_reason_ = reason;
+      for (auto& [id, weak] : self->connections_) {
+        if (auto c = weak.lock()) live.push_back(std::move(c));
+      }
+    }
+    if (!first) {
+      spdlog::info("shutdown: {}; cancelling what still runs", reason);
+      self->cancel_everything(reason + "; the grace period was cut short");
+      return;
+    }
+    spdlog::info("shutdown: {}; grace period {} ms", reason, self->options.grace.count());
+    error_code ignored;
+    self->acceptor_.close(ignored);
+    for (auto& c : live)
+      c->begin_shutdown(reason);
+    for (auto& [name, service] : self->services_)
+      service->pipeline->end_input();
+    self->grace_timer_.expires_after(self->options.grace);
+    self->grace_timer_.async_wait([self, reason](error_code ec) {
+      if (!ec) self->cancel_everything(reason + "; the grace period is over");
+    });
+    self->check_stopped();
+  });
+}
+
+void ServerCore::cancel_everything(const std::string& reason) {
+  std::vector<std::shared_ptr<Connection>> live;
+  {
+    std::lock_guard lock(mutex_);
+    cancelled_ = true;
+    for (auto& [id, weak] : connections_) {
+      if (auto c = weak.lock()) live.push_back(std::move(c));
+    }
+  }
+  for (auto& c : live)
+    c->cancel(reason);
+  for (auto& [name, service] : services_)
+    service->pipeline->stop(false);
+}
+
+void ServerCore::check_stopped() {
+  asio::post(strand_, [self = shared_from_this()] {
+    {
+      std::lock_guard lock(self->mutex_);
+      if (!self->stopping_ || self->stopped_ || !self->connections_.empty()) return;
+    }
+    for (auto& [name, service] : self->services_) {
+      if (!service->done) return;
+    }
+    {
+      std::lock_guard lock(self->mutex_);
+      self->stopped_ = true;
+    }
+    self->grace_timer_.cancel();
+    for (auto& [name, service] : self->services_) {
+      self->metrics.finished(service->metrics_key, "completed");
+    }
+    if (self->stopped_handler) self->stopped_handler();
+  });
+}
+
+GraphSpec ServerCore::load_submitted(const json& document) const {
+  auto too_big = check_graph_size(document, limits);
+  if (!too_big.empty()) throw GraphError("<submitted>", std::move(too_big));
+  GraphSpec spec = graph_from_json(document, registry, "<submitted>");
+  apply_graph_policy(spec, limits);
+  return spec;
+}
+
+const CatalogEntry* ServerCore::find_graph(std::string_view name) const {
+  auto it = catalog_.find(name);
+  return it == catalog_.end() ? nullptr : &it->second;
+}
+
+std::string ServerCore::nearest_graph(std::string_view) const {
+  std::string names;
+  for (const auto& [known, entry] : catalog_)
+    names += (names.empty() ? "" : ", ") + known;
+  if (names.empty()) return "this server has no named graphs (plumber serve --graphs DIR)";
+  return "named graphs: " + names;
+}
+
+void ServerCore::refuse(const Request&, Response& response, http::status status,
+                        const std::string& code, const std::string& message) {
+  set_json(response, status, error_body(code, message));
+}
+
+bool ServerCore::admit(const Request& request, Response& response) {
+  const auto [path, query] = split_target(request.target());
+  if (!options.token.empty() && path != "/healthz") {
+    bool ok = false;
+    auto authorization = request.find(http::field::authorization);
+    if (authorization != request.end()) {
+      std::string_view value = authorization->value();
+      if (value.starts_with("Bearer ")) ok = same_secret(value.substr(7), options.token);
+    }
+    if (!ok) {
+      if (auto token = query_param(query, "token")) ok = same_secret(*token, options.token);
+    }
+    if (!ok) {
+      refuse(request, response, http::status::unauthorized, "http.unauthorized",
+             "this server needs a token: \"Authorization: Bearer TOKEN\" or ?token=TOKEN");
+      response.set(http::field::www_authenticate, "Bearer");
+      return false;
+    }
+  }
+  // A web page from another site may not drive this server through a visitor's
+  // browser (cross-site WebSocket hijacking, simple POSTs): a browser always
+  // sends Origin on those, other clients mostly do not.
+  auto origin = request.find(http::field::origin);
+  const bool needs_origin_check =
+      request.method() != http::verb::get || beast::websocket::is_upgrade(request);
+  if (needs_origin_check && origin != request.end()) {
+    auto host = request.find(http::field::host);
+    if (host == request.end() || origin_host(origin->value()) != host->value()) {
+      refuse(
+          request, response, http::status::forbidden, "http.cross_origin",
+          "requests from another origin are refused (Origin " + std::string(origin->value()) + ")");
+      return false;
+    }
+  }
+  return true;
+}
+
+asio::awaitable<void> ServerCore::handle(const Request& request, Response& response) {
+  response.version(request.version());
+  response.set(http::field::cache_control, "no-store");
+  if (!admit(request, response)) {
+    metrics.count_http(response.result_int());
+    co_return;
+  }
+  const auto [path, query] = split_target(request.target());
+  const http::verb method = request.method();
+  auto only = [&](http::verb allowed, const char* allow) {
+    if (method == allowed) return true;
+    refuse(request, response, http::status::method_not_allowed, "http.method_not_allowed",
+           std::string(request.method_string()) + " is not allowed on " + std::string(path));
+    response.set(http::field::allow, allow);
+    return false;
+  };
+
+  if (path == "/" || path == "/index.html") {
+    if (only(http::verb::get, "GET")) {
+      response.result(http::status::ok);
+      response.set(http::field::content_type, "text/html; charset=utf-8");
+      response.set("X-Content-Type-Options", "nosniff");
+      response.body() = std::string(web_page());
+    }
+  } else if (path == "/healthz") {
+    if (only(http::verb::get, "GET")) set_json(response, http::status::ok, status_body("ok"));
+  } else if (path == "/readyz") {
+    if (only(http::verb::get, "GET")) {
+      if (stopping()) {
+        json body = status_body("stopping");
+        body["reason"] = stop_reason();
+        set_json(response, http::status::service_unavailable, body);
+      } else {
+        set_json(response, http::status::ok, status_body("ready"));
+      }
+    }
+  } else if (path == "/metrics") {
+    if (only(http::verb::get, "GET")) {
+      response.result(http::status::ok);
+      response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+      response.body() = metrics.render();
+    }
+  } else if (path == "/ws") {
+    refuse(request, response, http::status::upgrade_required, "http.upgrade_required",
+           "/ws is a WebSocket endpoint (docs/protocol.md)");
+    response.set(http::field::upgrade, "websocket");
+  } else if (path == "/v1/graphs") {
+    if (only(http::verb::get, "GET")) {
+      json graphs = json::array();
+      for (const auto& [name, entry] : catalog_) {
+        json one = graph_shape(name, entry.spec);
+        one["description"] = entry.description;
+        one["process"] = services_.contains(name);
+        graphs.push_back(std::move(one));
+      }
+      json body = json::object();
+      body["graphs"] = std::move(graphs);
+      set_json(response, http::status::ok, body);
+    }
+  } else if (path.starts_with("/v1/graphs/")) {
+    std::string_view rest = path.substr(std::string_view("/v1/graphs/").size());
+    const auto slash = rest.find('/');
+    const std::string_view name = rest.substr(0, slash);
+    const std::string_view action =
+        slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
+    const CatalogEntry* entry = valid_graph_name(name) ? find_graph(name) : nullptr;
+    if (action.empty() || action == "/process") {
+      if (!entry) {
+        refuse(request, response, http::status::not_found, "graph.unknown_name",
+               "no graph named \"" + std::string(name) + "\" (" + nearest_graph(name) + ")");
+      } else if (action.empty()) {
+        if (only(http::verb::get, "GET")) set_json(response, http::status::ok, entry->document);
+      } else if (only(http::verb::post, "POST")) {
+        auto service = services_.find(name);
+        if (service == services_.end()) {
+          refuse(request, response, http::status::conflict, "graph.no_input",
+                 "graph \"" + std::string(name) +
+                     "\" has no `input` source, so it cannot process a request");
+        } else {
+          co_await process(request, response, *service->second);
+        }
+      }
+    } else {
+      refuse(request, response, http::status::not_found, "http.not_found",
+             "nothing at " + std::string(path));
+    }
+  } else {
+    refuse(request, response, http::status::not_found, "http.not_found",
+           "nothing at " + std::string(path) +
+               " (try /, /ws, /v1/graphs, /metrics, /healthz, /readyz)");
+  }
+  metrics.count_http(response.result_int());
+}
+
+asio::awaitable<void> ServerCore::process(const Request& request, Response& response,
+                                          Service& service) {
+  (void)request;
+  refuse(request, response, http::status::not_implemented, "http.not_implemented",
+         "POST /v1/graphs/" + service.name + "/process needs Pipeline::process");
+  co_return;
+}
+
+}  // namespace plumber::server
+
+namespace plumber {
+
+// --- Server ------------------------------------------------------------------
+
+Server::Server(const Registry& registry, boost::asio::any_io_executor executor,
+               ServerOptions options)
+    : core_(std::make_shared<server::ServerCore>(registry, std::move(executor),
+                                                 std::move(options))) {}
+
+Server::~Server() = default;
+
+std::uint16_t Server::port() const noexcept {
+  server::error_code ec;
+  return core_->acceptor_.local_endpoint(ec).port();
+}
+
+void Server::start() {
+  core_->start();
+}
+
+void Server::shutdown(std::string reason) {
+  core_->shutdown(std::move(reason));
+}
+
+void Server::on_stopped(std::function<void()> handler) {
+  core_->stopped_handler = std::move(handler);
+}
+
+}  // namespace plumber

@@ -1,0 +1,155 @@
+#pragma once
+/// Internals of `plumber serve` shared by server.cpp (accept, HTTP, shutdown)
+/// and ws_session.cpp (the WebSocket protocol). Beast-heavy: include it only
+/// from src/server/.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include "plumber/graph_spec.hpp"
+#include "plumber/pipeline.hpp"
+#include "plumber/server.hpp"
+#include "server/graph_policy.hpp"
+#include "server/metrics.hpp"
+
+namespace plumber::server {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+using error_code = boost::system::error_code;
+using Request = http::request<http::string_body>;
+using Response = http::response<http::string_body>;
+
+/// The page at `GET /` (src/server/web/index.html, embedded at build time).
+std::string_view web_page();
+
+/// A graph file of --graphs.
+struct CatalogEntry {
+  std::string name;  ///< the file name without .json
+  GraphSpec spec;
+  json document;  ///< as written in the file
+  std::string description;
+  bool has_input = false;
+};
+
+/// The long-lived pipeline that POST /v1/graphs/NAME/process runs values through.
+struct Service {
+  std::string name;
+  std::shared_ptr<Pipeline> pipeline;
+  std::uint64_t metrics_key = 0;
+  std::atomic<bool> done{false};
+};
+
+/// An open TCP connection (HTTP or WebSocket), as the server sees it at shutdown.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  /// Shutdown began: stop taking new work, tell the client `reason`. Thread-safe.
+  virtual void begin_shutdown(std::string reason) = 0;
+  /// The grace period is over: cancel what still runs and close. Thread-safe.
+  virtual void cancel(std::string reason) = 0;
+};
+
+/// Counts an open connection in the metrics for as long as it lives.
+class ConnectionSlot {
+ public:
+  explicit ConnectionSlot(Metrics& metrics) : metrics_(&metrics) { ++metrics_->connections; }
+  ConnectionSlot(ConnectionSlot&& other) noexcept
+      : metrics_(std::exchange(other.metrics_, nullptr)) {}
+  ConnectionSlot& operator=(ConnectionSlot&&) = delete;
+  ~ConnectionSlot() {
+    if (metrics_) --metrics_->connections;
+  }
+
+ private:
+  Metrics* metrics_;
+};
+
+class ServerCore : public std::enable_shared_from_this<ServerCore> {
+ public:
+  ServerCore(const Registry& registry, asio::any_io_executor executor, ServerOptions options);
+
+  void start();
+  void shutdown(std::string reason);
+
+  /// Registers a live connection; at shutdown it is told at once. Thread-safe.
+  std::uint64_t add_connection(const std::shared_ptr<Connection>& connection);
+  /// Replaces a connection (an HTTP connection upgraded to a WebSocket).
+  void replace_connection(std::uint64_t id, const std::shared_ptr<Connection>& connection);
+  void remove_connection(std::uint64_t id);
+  bool stopping() const noexcept { return stopping_.load(); }
+  /// Where pipelines run (not a connection's strand: a busy graph must not hold up its client).
+  const asio::any_io_executor& executor() const noexcept { return executor_; }
+  std::string stop_reason() const;
+
+  /// Loads a submitted graph (inline document, or a catalog name) and applies
+  /// the server's policy. Throws GraphError.
+  GraphSpec load_submitted(const json& document) const;
+  const CatalogEntry* find_graph(std::string_view name) const;
+  /// "did you mean" for an unknown graph name; empty when nothing is close.
+  std::string nearest_graph(std::string_view name) const;
+
+  /// Answers one HTTP request (not a WebSocket upgrade) into `response`.
+  asio::awaitable<void> handle(const Request& request, Response& response);
+  /// An HTTP error or WebSocket refusal: JSON body {"error": {"code", "message"}}.
+  void refuse(const Request& request, Response& response, http::status status,
+              const std::string& code, const std::string& message);
+  /// Checks the token (every path but /healthz) and the Origin (WebSocket
+  /// upgrades and non-GET requests); fills `response` and returns false when refused.
+  bool admit(const Request& request, Response& response);
+
+  const Registry& registry;
+  const ServerOptions options;
+  GraphLimits limits;
+  Metrics metrics;
+  std::function<void()> stopped_handler;
+
+ private:
+  asio::awaitable<void> accept();
+  asio::awaitable<void> refuse_connection(tcp::socket socket);
+  void load_catalog();
+  void start_services();
+  void cancel_everything(const std::string& reason);
+  void check_stopped();
+  asio::awaitable<void> process(const Request& request, Response& response, Service& service);
+
+  asio::any_io_executor executor_;
+  asio::strand<asio::any_io_executor> strand_;
+  tcp::acceptor acceptor_;
+  asio::steady_timer grace_timer_;
+  std::map<std::string, CatalogEntry, std::less<>> catalog_;
+  std::map<std::string, std::unique_ptr<Service>, std::less<>> services_;
+
+  mutable std::mutex mutex_;  // guards what follows
+  std::atomic<bool> stopping_{false};
+  bool cancelled_ = false;
+  bool stopped_ = false;
+  std::string stop_reason_;
+  std::uint64_t next_connection_ = 0;
+  std::map<std::uint64_t, std::weak_ptr<Connection>> connections_;
+
+  friend class plumber::Server;
+};
+
+/// Runs a WebSocket session on `stream` (its executor is the connection's
+/// strand) after the HTTP upgrade `request`; `id` is its connection id.
+asio::awaitable<void> run_websocket(std::shared_ptr<ServerCore> server, beast::tcp_stream stream,
+                                    Request request, ConnectionSlot slot, std::uint64_t id);
+
+}  // namespace plumber::server

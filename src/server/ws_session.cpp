@@ -1,0 +1,556 @@
+// The WebSocket protocol of `plumber serve` (docs/protocol.md): one session per
+// connection, on the connection's strand. A reader coroutine handles client
+// frames in order; a writer coroutine drains the outbox. Pipelines run on their
+// own strands and post their output frames here.
+#include <deque>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/websocket/stream.hpp>
+
+#include "plumber/plumber.hpp"
+#include "server/protocol.hpp"
+#include "server/server_impl.hpp"
+
+namespace plumber::server {
+namespace {
+
+namespace websocket = beast::websocket;
+constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
+
+/// What a run shares with its pipeline's handlers (which run on the pipeline's
+/// strand and must not own the session).
+struct RunShared {
+  std::atomic<std::uint64_t> outputs{0};
+  std::atomic<std::uint64_t> failed{0};
+  std::atomic<std::uint64_t> cancelled{0};
+  std::atomic<bool> cancel_requested{false};
+};
+
+/// One run of a graph for a client.
+struct Run {
+  std::uint64_t id = 0;
+  std::shared_ptr<Pipeline> pipeline;
+  std::shared_ptr<RunShared> shared = std::make_shared<RunShared>();
+  std::uint64_t metrics_key = 0;
+  bool has_input = false;
+  bool input_ended = false;
+  bool finished = false;
+  std::string cancel_reason;
+  std::uint32_t stats_ms = 0;
+  std::unique_ptr<asio::steady_timer> stats_timer;
+};
+
+class WsSession : public Connection, public std::enable_shared_from_this<WsSession> {
+ public:
+  WsSession(std::shared_ptr<ServerCore> server, beast::tcp_stream stream, ConnectionSlot slot,
+            std::uint64_t id)
+      : server_(std::move(server)),
+        ws_(std::move(stream)),
+        slot_(std::move(slot)),
+        id_(id),
+        writer_wake_(ws_.get_executor()),
+        reader_wake_(ws_.get_executor()),
+        hard_close_(ws_.get_executor()) {
+    ++server_->metrics.websockets;
+  }
+
+  ~WsSession() override {
+    --server_->metrics.websockets;
+    server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(queued_.load());
+  }
+
+  asio::awaitable<void> run(Request request) {
+    websocket::stream_base::timeout timeout;
+    timeout.handshake_timeout = std::chrono::seconds(10);
+    timeout.idle_timeout = server_->options.idle_timeout;
+    timeout.keep_alive_pings = true;
+    ws_.set_option(timeout);
+    ws_.read_message_max(server_->options.max_frame);
+    ws_.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& response) { response.set(http::field::server, "plumber"); }));
+    const std::tuple<error_code> accepted = co_await ws_.async_accept(request, tuple_awaitable);
+    if (std::get<0>(accepted)) {
+      server_->remove_connection(id_);
+      co_return;
+    }
+    server_->replace_connection(id_, shared_from_this());
+    asio::co_spawn(ws_.get_executor(), write_loop(shared_from_this()), asio::detached);
+    co_await read_loop();
+    // The client is gone (or the connection failed): nobody reads the runs any more.
+    cancel_runs("the connection closed");
+    closing_ = true;
+    writer_wake_.cancel();
+    server_->remove_connection(id_);
+  }
+
+  void begin_shutdown(std::string reason) override {
+    asio::post(ws_.get_executor(), [self = shared_from_this(), reason = std::move(reason)] {
+      if (self->shutting_down_ || self->closing_) return;
+      self->shutting_down_ = true;
+      self->shutdown_reason_ = reason;
+      self->send(shutdown_frame(reason, self->server_->options.grace.count()));
+      if (self->runs_.empty()) self->close(websocket::close_code::going_away, reason);
+    });
+  }
+
+  void cancel(std::string reason) override {
+    asio::post(ws_.get_executor(), [self = shared_from_this(), reason = std::move(reason)] {
+      self->shutting_down_ = true;
+      if (self->shutdown_reason_.empty()) self->shutdown_reason_ = reason;
+      self->cancel_runs(reason);
+      if (self->runs_.empty()) self->close(websocket::close_code::going_away, reason);
+    });
+  }
+
+ private:
+  // --- reading -----------------------------------------------------------------
+
+  asio::awaitable<void> read_loop() {
+    beast::flat_buffer buffer;
+    for (;;) {
+      // Back pressure: while the client does not read what is queued for it,
+      // its frames (inputs, new runs) wait in its socket.
+      while (queued_.load() > server_->options.max_send_queue / 2 && !closing_) {
+        reader_wake_.expires_at(asio::steady_timer::time_point::max());
+        co_await reader_wake_.async_wait(tuple_awaitable);
+      }
+      buffer.clear();
+      const std::tuple<error_code, std::size_t> read =
+          co_await ws_.async_read(buffer, tuple_awaitable);
+      const error_code ec = std::get<0>(read);
+      if (ec) {
+        if (ec == websocket::error::message_too_big) {
+          // Beast has already closed with 1009 (message too big).
+          server_->metrics.count_ws_closed("frame_too_large");
+        } else if (ec == websocket::error::closed) {
+          server_->metrics.count_ws_closed(closing_ ? close_kind_ : "client");
+        } else if (ec == beast::error::timeout) {
+          server_->metrics.count_ws_closed("idle_timeout");
+        } else {
+          server_->metrics.count_ws_closed(closing_ ? close_kind_ : "error");
+        }
+        co_return;
+      }
+      ++server_->metrics.frames_received;
+      if (!ws_.got_text()) {
+        ProtocolError error;
+        error.code = "protocol.binary_frame";
+        error.message = "frames are JSON text; a binary frame was received";
+        send_error(error);
+        continue;
+      }
+      if (shutting_down_ && closing_) continue;
+      std::string text = beast::buffers_to_string(buffer.data());
+      co_await handle(text);
+    }
+  }
+
+  asio::awaitable<void> handle(const std::string& text) {
+    auto parsed = parse_request(text);
+    if (auto* error = std::get_if<ProtocolError>(&parsed)) {
+      send_error(*error);
+      co_return;
+    }
+    Command request = std::move(std::get<Command>(parsed));
+    switch (request.op) {
+      case Op::submit:
+        submit(request);
+        break;
+      case Op::input:
+        co_await input(request);
+        break;
+      case Op::end:
+        end(request);
+        break;
+      case Op::cancel:
+        cancel_run(request);
+        break;
+      case Op::stop:
+        if (Run* run = find_run(request)) {
+          run->input_ended = true;
+          run->pipeline->stop(true);
+        }
+        break;
+      case Op::stats:
+        if (Run* run = find_run(request)) {
+          send(stats_frame(run->id, run->pipeline->stats()));
+        }
+        break;
+    }
+  }
+
+  Run* find_run(const Command& request) {
+    auto it = runs_.find(request.run);
+    if (it != runs_.end()) return it->second.get();
+    ProtocolError error;
+    error.code = "run.unknown";
+    error.pointer = "/run";
+    error.message = "no run " + std::to_string(request.run) + " on this connection";
+    error.hint = request.run <= last_run_ ? "it has finished (its \"done\" frame was sent)"
+                                          : "run ids come from \"accepted\" frames";
+    send_error(error, request.run, request.ref);
+    return nullptr;
+  }
+
+  void submit(const Command& request) {
+    ProtocolError error;
+    if (shutting_down_) {
+      error.code = "server.shutting_down";
+      error.message = "the server is shutting down (" + shutdown_reason_ + "): no new runs";
+      send_error(error, 0, request.ref);
+      return;
+    }
+    if (runs_.size() >= server_->options.max_runs) {
+      error.code = "run.limit";
+      error.message = "this connection already has " + std::to_string(runs_.size()) +
+                      " runs going on, the most this server allows";
+      error.hint = "wait for a \"done\", or open another connection";
+      send_error(error, 0, request.ref);
+      return;
+    }
+    GraphSpec spec;
+    std::string name;
+    try {
+      if (!request.name.empty() || request.graph.is_null()) {
+        const CatalogEntry* entry = server_->find_graph(request.name);
+        if (!entry) {
+          error.code = "graph.unknown_name";
+          error.pointer = "/name";
+          error.message = "no graph named \"" + request.name + "\"";
+          error.hint = server_->nearest_graph(request.name);
+          send_error(error, 0, request.ref);
+          return;
+        }
+        spec = entry->spec;
+        name = entry->name;
+      } else {
+        spec = server_->load_submitted(request.graph);
+        name = spec.name.empty() ? "inline" : "inline:" + spec.name;
+      }
+    } catch (const GraphError& e) {
+      send_error(graph_error(e), 0, request.ref);
+      return;
+    } catch (const std::exception& e) {
+      error.code = "graph.invalid";
+      error.message = e.what();
+      send_error(error, 0, request.ref);
+      return;
+    }
+
+    auto run = std::make_shared<Run>();
+    try {
+      run->pipeline = std::make_shared<Pipeline>(
+          Plumber(server_->registry).build(spec, server_->executor(), {.collect_timings = true}));
+    } catch (const GraphError& e) {
+      send_error(graph_error(e), 0, request.ref);
+      return;
+    }
+    run->id = ++last_run_;
+    run->has_input = std::any_of(spec.nodes.begin(), spec.nodes.end(),
+                                 [](const NodeSpec& n) { return n.coroutine == "input"; });
+    run->stats_ms = request.stats_ms;
+
+    std::weak_ptr<WsSession> weak = weak_from_this();
+    const std::uint64_t run_id = run->id;
+    auto shared = run->shared;
+    run->pipeline->on_output([weak, run_id, shared](OutputRecord&& record) {
+      switch (record.kind) {
+        case OutputRecord::Kind::value:
+          ++shared->outputs;
+          break;
+        case OutputRecord::Kind::error:
+          ++shared->failed;
+          break;
+        case OutputRecord::Kind::cancelled:
+          ++shared->cancelled;
+          break;
+      }
+      if (auto self = weak.lock()) self->queue_from_pipeline(dump(record_frame(run_id, record)));
+    });
+    try {
+      run->pipeline->start();
+    } catch (const std::exception& e) {
+      error.code = "run.start_failed";
+      error.message = e.what();
+      send_error(error, 0, request.ref);
+      return;
+    }
+    // Registered only once started: a pipeline that never started never ends.
+    run->metrics_key = server_->metrics.track(name, run->pipeline);
+    ++server_->metrics.runs;
+    Metrics* metrics = &server_->metrics;
+    const std::uint64_t key = run->metrics_key;
+    run->pipeline->on_done([weak, run_id, shared, metrics, key, server = server_] {
+      metrics->finished(key, shared->cancel_requested ? "cancelled" : "completed");
+      --metrics->runs;
+      if (auto self = weak.lock()) {
+        asio::post(self->ws_.get_executor(), [self, run_id] { self->finish_run(run_id); });
+      }
+    });
+    send(accepted_frame(run->id, request.ref, name, spec));
+    runs_.emplace(run->id, run);
+    if (run->stats_ms > 0) {
+      run->stats_timer = std::make_unique<asio::steady_timer>(ws_.get_executor());
+      asio::co_spawn(ws_.get_executor(), push_stats(shared_from_this(), run), asio::detached);
+    }
+  }
+
+  /// Sends a run's counters every stats_ms until it finishes.
+  static asio::awaitable<void> push_stats(std::shared_ptr<WsSession> self,
+                                          std::shared_ptr<Run> run) {
+    while (!run->finished && !self->closing_) {
+      run->stats_timer->expires_after(std::chrono::milliseconds(run->stats_ms));
+      co_await run->stats_timer->async_wait(tuple_awaitable);
+      if (run->finished || self->closing_) break;
+      self->send(stats_frame(run->id, run->pipeline->stats()));
+    }
+  }
+
+  asio::awaitable<void> input(const Command& request) {
+    auto it = runs_.find(request.run);
+    if (it == runs_.end()) {
+      find_run(request);  // reports it
+      co_return;
+    }
+    std::shared_ptr<Run> run = it->second;
+    ProtocolError error;
+    if (!run->has_input) {
+      error.code = "run.no_input";
+      error.message = "run " + std::to_string(run->id) + "'s graph has no `input` source";
+      send_error(error, run->id, request.ref);
+      co_return;
+    }
+    if (run->input_ended) {
+      error.code = "run.input_closed";
+      error.message = "run " + std::to_string(run->id) + " takes no more input: it was ended";
+      send_error(error, run->id, request.ref);
+      co_return;
+    }
+    for (const json& value : request.values) {
+      bool stopped = false;
+      try {
+        json item = value;
+        co_await run->pipeline->async_feed(std::move(item));
+      } catch (const std::exception&) {
+        stopped = true;
+      }
+      if (stopped) {
+        error.code = "run.stopped";
+        error.message = "run " + std::to_string(run->id) + " is stopping and takes no more input";
+        send_error(error, run->id, request.ref);
+        co_return;
+      }
+    }
+  }
+
+  void end(const Command& request) {
+    Run* run = find_run(request);
+    if (!run) return;
+    ProtocolError error;
+    if (!run->has_input) {
+      error.code = "run.no_input";
+      error.message = "run " + std::to_string(run->id) + "'s graph has no `input` source";
+      send_error(error, run->id, request.ref);
+      return;
+    }
+    if (run->input_ended) {
+      error.code = "run.input_closed";
+      error.message = "run " + std::to_string(run->id) + " was already ended";
+      send_error(error, run->id, request.ref);
+      return;
+    }
+    run->input_ended = true;
+    run->pipeline->end_input();
+  }
+
+  void cancel_run(const Command& request) {
+    if (Run* run = find_run(request)) cancel_one(*run, "cancelled by the client");
+  }
+
+  void cancel_one(Run& run, const std::string& reason) {
+    if (run.shared->cancel_requested.exchange(true)) return;
+    run.cancel_reason = reason;
+    run.pipeline->stop(false);
+  }
+
+  void cancel_runs(const std::string& reason) {
+    for (auto& [id, run] : runs_)
+      cancel_one(*run, reason);
+  }
+
+  void finish_run(std::uint64_t id) {
+    auto it = runs_.find(id);
+    if (it == runs_.end()) return;
+    std::shared_ptr<Run> run = std::move(it->second);
+    runs_.erase(it);
+    run->finished = true;
+    if (run->stats_timer) run->stats_timer->cancel();
+    RunSummary summary;
+    summary.status = run->shared->cancel_requested ? "cancelled" : "completed";
+    summary.reason = run->cancel_reason;
+    summary.outputs = run->shared->outputs;
+    summary.failed = run->shared->failed;
+    summary.cancelled = run->shared->cancelled;
+    send(done_frame(id, summary, run->pipeline->stats()));
+    if (shutting_down_ && runs_.empty()) {
+      close(websocket::close_code::going_away, shutdown_reason_);
+    }
+  }
+
+  // --- writing -----------------------------------------------------------------
+
+  void send_error(const ProtocolError& error, std::uint64_t run = 0, const json& ref = nullptr) {
+    server_->metrics.count_ws_error(error.code);
+    send(error_frame(error, run, ref));
+  }
+
+  /// Queues a frame made on this strand.
+  void send(const json& frame) { push(dump(frame)); }
+
+  /// `counted`: queued_ already includes it (a frame posted by a pipeline).
+  void push(std::string frame, bool counted = false) {
+    if (!counted) {
+      queued_ += frame.size();
+      server_->metrics.send_queue_bytes += static_cast<std::int64_t>(frame.size());
+    }
+    if (closing_) {
+      uncount(frame.size());
+      return;
+    }
+    outbox_.push_back(std::move(frame));
+    writer_wake_.cancel();
+  }
+
+  void uncount(std::size_t bytes) {
+    queued_ -= bytes;
+    server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(bytes);
+    if (queued_.load() <= server_->options.max_send_queue / 2) reader_wake_.cancel();
+  }
+
+  /// Queues a frame from a pipeline's strand; over the limit, the client is
+  /// not reading: its runs are cancelled and it is closed.
+  void queue_from_pipeline(std::string frame) {
+    if (overflowed_.load()) return;
+    const std::size_t size = frame.size();
+    if (queued_.fetch_add(size) + size > server_->options.max_send_queue) {
+      queued_ -= size;
+      if (!overflowed_.exchange(true)) {
+        asio::post(ws_.get_executor(), [self = shared_from_this()] { self->overflow(); });
+      }
+      return;
+    }
+    server_->metrics.send_queue_bytes += static_cast<std::int64_t>(size);
+    asio::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame)]() mutable {
+      if (self->overflowed_) {
+        self->uncount(frame.size());
+      } else {
+        self->push(std::move(frame), true);
+      }
+    });
+  }
+
+  void overflow() {
+    const std::string reason = "the client does not read: over " +
+                               std::to_string(server_->options.max_send_queue) +
+                               " bytes queued for it";
+    spdlog::info("websocket connection {}: {}", id_, reason);
+    cancel_runs(reason);
+    // Drop what it would never read, tell it why, and close.
+    std::size_t dropped = 0;
+    for (auto& frame : outbox_)
+      dropped += frame.size();
+    outbox_.clear();
+    uncount(dropped);
+    ProtocolError error;
+    error.code = "connection.send_queue_full";
+    error.message = reason;
+    send_error(error);
+    close(websocket::close_code::policy_error, "send queue full: the client does not read",
+          "send_queue_full");
+    // A client that reads nothing will not read the close either: give it a
+    // few seconds, then drop the TCP connection.
+    hard_close_.expires_after(std::chrono::seconds(5));
+    hard_close_.async_wait([self = shared_from_this()](error_code ec) {
+      if (!ec) beast::get_lowest_layer(self->ws_).close();
+    });
+  }
+
+  /// Closes after what is queued has been written.
+  void close(websocket::close_code code, const std::string& reason,
+             std::string kind = "server_shutdown") {
+    if (closing_) return;
+    close_ = websocket::close_reason(code, reason.substr(0, 120));
+    close_kind_ = std::move(kind);
+    closing_ = true;
+    writer_wake_.cancel();
+    reader_wake_.cancel();
+  }
+
+  static asio::awaitable<void> write_loop(std::shared_ptr<WsSession> self) {
+    co_await self->write_frames();
+    self->hard_close_.cancel();
+  }
+
+  asio::awaitable<void> write_frames() {
+    for (;;) {
+      while (outbox_.empty() && !closing_) {
+        writer_wake_.expires_at(asio::steady_timer::time_point::max());
+        co_await writer_wake_.async_wait(tuple_awaitable);
+      }
+      if (outbox_.empty()) break;  // closing, and everything was written
+      std::string frame = std::move(outbox_.front());
+      outbox_.pop_front();
+      ws_.text(true);
+      const std::tuple<error_code, std::size_t> written =
+          co_await ws_.async_write(asio::buffer(frame), tuple_awaitable);
+      uncount(frame.size());
+      if (std::get<0>(written)) {
+        closing_ = true;
+        co_return;
+      }
+      ++server_->metrics.frames_sent;
+    }
+    if (close_ && ws_.is_open()) {
+      const websocket::close_reason reason = *close_;
+      co_await ws_.async_close(reason, tuple_awaitable);
+    }
+  }
+
+  std::shared_ptr<ServerCore> server_;
+  websocket::stream<beast::tcp_stream> ws_;
+  ConnectionSlot slot_;
+  std::uint64_t id_;
+  asio::steady_timer writer_wake_;
+  asio::steady_timer reader_wake_;
+  asio::steady_timer hard_close_;
+  std::deque<std::string> outbox_;
+  std::atomic<std::size_t> queued_{0};  ///< bytes in the outbox and posted to it
+  std::atomic<bool> overflowed_{false};
+  std::map<std::uint64_t, std::shared_ptr<Run>> runs_;
+  std::uint64_t last_run_ = 0;
+  bool shutting_down_ = false;
+  bool closing_ = false;
+  std::string shutdown_reason_;
+  std::optional<websocket::close_reason> close_;
+  std::string close_kind_ = "server";
+};
+
+}  // namespace
+
+asio::awaitable<void> run_websocket(std::shared_ptr<ServerCore> server, beast::tcp_stream stream,
+                                    server::Request request, ConnectionSlot slot,
+                                    std::uint64_t id) {
+  auto session =
+      std::make_shared<WsSession>(std::move(server), std::move(stream), std::move(slot), id);
+  co_await session->run(std::move(request));
+}
+
+}  // namespace plumber::server
