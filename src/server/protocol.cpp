@@ -150,7 +150,9 @@ std::string_view to_string(Op op) noexcept {
   return kOps[static_cast<std::size_t>(op)];
 }
 
-std::variant<Command, ProtocolError> parse_request(std::string_view text) {
+namespace {
+
+std::variant<Command, ProtocolError> parse_frame(std::string_view text, json& ref_out) {
   json frame;
   try {
     frame = json::parse(text);
@@ -170,6 +172,7 @@ std::variant<Command, ProtocolError> parse_request(std::string_view text) {
                      "\"ref\" must be a string or a number, not " + type_name(*ref));
     }
     request.ref = *ref;
+    ref_out = *ref;
   }
   auto op = frame.find("op");
   if (op == frame.end()) {
@@ -220,6 +223,15 @@ std::variant<Command, ProtocolError> parse_request(std::string_view text) {
   return request;
 }
 
+}  // namespace
+
+std::variant<Command, ProtocolError> parse_request(std::string_view text) {
+  json ref;
+  auto parsed = parse_frame(text, ref);
+  if (auto* error = std::get_if<ProtocolError>(&parsed)) error->ref = std::move(ref);
+  return parsed;
+}
+
 ProtocolError graph_error(const GraphError& error) {
   ProtocolError e;
   e.diagnostics = error.diagnostics();
@@ -239,7 +251,11 @@ json error_frame(const ProtocolError& error, std::uint64_t run, const json& ref)
   json frame = json::object();
   frame["type"] = "error";
   if (run != 0) frame["run"] = run;
-  if (!ref.is_null()) frame["ref"] = ref;
+  if (!ref.is_null()) {
+    frame["ref"] = ref;
+  } else if (!error.ref.is_null()) {
+    frame["ref"] = error.ref;
+  }
   frame["code"] = error.code;
   frame["message"] = error.message;
   if (!error.pointer.empty()) frame["pointer"] = error.pointer;

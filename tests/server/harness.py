@@ -74,6 +74,8 @@ class Server:
             raise AssertionError("plumber serve did not stop: " + self.stderr.decode(errors="replace"))
         for t in self._threads:
             t.join(timeout=5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
         return code
 
     def stop(self):
