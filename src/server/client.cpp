@@ -111,6 +111,8 @@ class Client {
     pump_wake_.cancel();
     inputs_.close();
     std::fflush(stdout);
+    // Nothing more to do: do not wait for Beast's handshake timer after a refusal.
+    io_.stop();
   }
 
   /// SIGINT/SIGTERM: the first stops the run gracefully, the second cancels it.
@@ -505,8 +507,10 @@ int submit(const SubmitOptions& options) {
   io.run();
   std::fflush(stdout);
   if (client.reader_running()) {
-    // The input reader is blocked on a terminal that will not close.
-    std::fflush(nullptr);
+    // The input reader is blocked on a terminal that will not close. Not
+    // fflush(nullptr): that waits for stdin's lock, which the reader holds.
+    std::fflush(stdout);
+    std::fflush(stderr);
     std::_Exit(client.exit_code());
   }
   return client.exit_code();

@@ -46,7 +46,7 @@ struct ProtocolError {
   std::string pointer;  ///< JSON pointer into the frame (or the graph), may be empty
   std::string hint;     ///< how to fix it, may be empty
   std::vector<Diagnostic> diagnostics;  ///< every graph diagnostic, for graph errors
-  json ref;  ///< the frame's "ref", when it could be read
+  json ref;                             ///< the frame's "ref", when it could be read
 };
 
 /// Parses one text frame. Never throws.

@@ -130,8 +130,10 @@ class HttpSession : public Connection, public std::enable_shared_from_this<HttpS
 
   void begin_shutdown(std::string) override {
     asio::post(stream_.get_executor(), [self = shared_from_this()] {
+      // A keep-alive connection waiting for its next request is closed; a new
+      // one still gets its first request answered (503, or /readyz "stopping").
       self->stopping_ = true;
-      if (self->reading_) self->stream_.cancel();
+      if (self->reading_ && self->served_ > 0) self->stream_.cancel();
     });
   }
   void cancel(std::string reason) override { begin_shutdown(std::move(reason)); }
@@ -148,7 +150,7 @@ class HttpSession : public Connection, public std::enable_shared_from_this<HttpS
       http::request_parser<http::string_body> parser;
       parser.header_limit(16 * 1024);
       parser.body_limit(server_->options.max_frame);
-      if (stopping_) co_return;
+      if (stopping_ && served_ > 0) co_return;
       stream_.expires_after(server_->options.idle_timeout);
       reading_ = true;
       const std::tuple<error_code, std::size_t> read =
@@ -200,6 +202,7 @@ class HttpSession : public Connection, public std::enable_shared_from_this<HttpS
                                id_);
         co_return;
       }
+      ++served_;
       co_await server_->handle(request, response);
       const bool keep_alive = request.keep_alive() && !stopping_ && !server_->stopping();
       response.keep_alive(keep_alive);
@@ -226,6 +229,7 @@ class HttpSession : public Connection, public std::enable_shared_from_this<HttpS
   beast::tcp_stream stream_;
   ConnectionSlot slot_;
   std::uint64_t id_ = 0;
+  std::uint64_t served_ = 0;
   bool reading_ = false;
   bool stopping_ = false;
   bool upgraded_ = false;
@@ -414,9 +418,9 @@ void ServerCore::shutdown(std::string reason) {
       self->cancel_everything(reason + "; the grace period was cut short");
       return;
     }
+    // The listener stays open until everything has closed: new connections
+    // are told why they get no new work (503), and /readyz says "stopping".
     spdlog::info("shutdown: {}; grace period {} ms", reason, self->options.grace.count());
-    error_code ignored;
-    self->acceptor_.close(ignored);
     for (auto& c : live)
       c->begin_shutdown(reason);
     for (auto& [name, service] : self->services_)
@@ -458,6 +462,8 @@ void ServerCore::check_stopped() {
       self->stopped_ = true;
     }
     self->grace_timer_.cancel();
+    error_code ignored;
+    self->acceptor_.close(ignored);
     for (auto& [name, service] : self->services_) {
       self->metrics.finished(service->metrics_key, "completed");
     }
