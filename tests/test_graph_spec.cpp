@@ -363,11 +363,14 @@ TEST_CASE("GraphSpec.BadJoin") {
         Lines{R"(g.json: /nodes/1/join: join must be "merge" or "zip", not "zipp")"});
 }
 
-TEST_CASE("GraphSpec.PrioritiesNotSupported") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "settings": {"priorities": 2},
-        "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})") ==
-        Lines{"g.json: /settings/priorities: priority lanes are not supported yet by this version "
-              "(remove it or set it to 1)"});
+TEST_CASE("GraphSpec.PrioritiesRange") {
+  CHECK(parse_graph(R"({"plumber": 1, "settings": {"priorities": 4},
+        "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})",
+                    builtins())
+            .settings.priorities == 4);
+  CHECK(diagnostics_of(R"({"plumber": 1, "settings": {"priorities": 17},
+        "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})")
+            .size() == 1);
 }
 
 // --- ids ------------------------------------------------------------------------

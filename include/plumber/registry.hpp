@@ -1,4 +1,5 @@
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -61,7 +62,10 @@ class SourceContext {
  public:
   virtual ~SourceContext() = default;
   /// Emits one value as a new message; suspends while the successors are full.
-  virtual boost::asio::awaitable<void> emit(json value) = 0;
+  boost::asio::awaitable<void> emit(json value) { return emit(std::move(value), 0); }
+  /// Emits one value in priority lane `priority` (0 is the lowest; clamped to the
+  /// graph's `settings.priorities - 1`).
+  virtual boost::asio::awaitable<void> emit(json value, std::uint8_t priority) = 0;
   /// True once the pipeline asked sources to stop producing.
   virtual bool stopping() const noexcept = 0;
 };

@@ -190,10 +190,6 @@ void Checker::check_settings(const json& document, GraphSpec& graph) {
       static_cast<std::size_t>(integer(*settings, "/settings", "queue_size", 64, 1, kMaxCount));
   graph.settings.priorities =
       static_cast<std::size_t>(integer(*settings, "/settings", "priorities", 1, 1, 16));
-  if (graph.settings.priorities > 1) {
-    error("graph.not_supported", "/settings/priorities",
-          "priority lanes are not supported yet by this version", "remove it or set it to 1");
-  }
 }
 
 void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) {
