@@ -171,7 +171,9 @@ std::string ValueTypes::to_string() const {
       {array, "array"}, {object, "object"},   {blob, "blob"}};
   std::string text;
   for (const auto& [type, name] : kNames) {
-    if (bits_ & type) text += (text.empty() ? "" : "|") + std::string(name);
+    if (!(bits_ & type)) continue;
+    if (!text.empty()) text += '|';
+    text += name;
   }
   return text.empty() ? "any" : text;
 }
