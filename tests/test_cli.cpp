@@ -379,7 +379,10 @@ TEST_CASE("Cli.ValidateBrokenGraphs") {
                        "coroutine)",
                 file + ": /edges/1/from: sink \"sink\" (discard) emits nothing downstream (remove "
                        "this edge, or "
-                       "use a transform)"});
+                       "use a transform)",
+                file + ": /edges/0: \"src\" (range) emits number, but \"up\" (upper) accepts "
+                       "string (insert a step that converts between them, or connect other "
+                       "nodes)"});
   }
   SUBCASE("good and bad together") {
     const std::string good = kGraphs + "/fib.json";

@@ -221,10 +221,10 @@ TEST_CASE("GraphSpec.WriteDotLabelsBreakLines") {
 }
 
 TEST_CASE("GraphSpec.GraphFromJson") {
-  const json document = json::parse(chain_with(R"({"id": "mid", "coroutine": "upper"})"));
+  const json document = json::parse(chain_with(R"({"id": "mid", "coroutine": "fib"})"));
   const GraphSpec graph = graph_from_json(document, builtins(), "doc.json");
   CHECK(graph.nodes.size() == 3);
-  CHECK(graph.nodes[1].coroutine == "upper");
+  CHECK(graph.nodes[1].coroutine == "fib");
   json broken = document;
   broken["nodes"][1]["coroutine"] = "uper";
   try {
@@ -363,11 +363,84 @@ TEST_CASE("GraphSpec.BadJoin") {
         Lines{R"(g.json: /nodes/1/join: join must be "merge" or "zip", not "zipp")"});
 }
 
-TEST_CASE("GraphSpec.PrioritiesNotSupported") {
-  CHECK(diagnostics_of(R"({"plumber": 1, "settings": {"priorities": 2},
-        "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})") ==
-        Lines{"g.json: /settings/priorities: priority lanes are not supported yet by this version "
-              "(remove it or set it to 1)"});
+TEST_CASE("GraphSpec.PrioritiesRange") {
+  CHECK(parse_graph(R"({"plumber": 1, "settings": {"priorities": 4},
+        "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})",
+                    builtins())
+            .settings.priorities == 4);
+  CHECK(diagnostics_of(R"({"plumber": 1, "settings": {"priorities": 17},
+        "nodes": [{"id": "a", "coroutine": "range", "params": {"stop": 1}}]})")
+            .size() == 1);
+}
+
+// --- typed edges ------------------------------------------------------------------
+
+TEST_CASE("GraphSpec.TypedEdgeMismatchNamesBothEnds") {
+  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "upper"})")) ==
+        Lines{R"(g.json: /edges/0: "src" (range) emits number, but "mid" (upper) accepts string )"
+              R"((insert a step that converts between them, or connect other nodes))"});
+}
+
+TEST_CASE("GraphSpec.TypesFlowThroughPassThroughSteps") {
+  // identity and sleep emit what they receive: range's numbers reach upper.
+  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 3}},
+      {"id": "same", "coroutine": "identity"}, {"id": "later", "coroutine": "sleep"},
+      {"id": "up", "coroutine": "upper"}],
+    "edges": [{"from": "src", "to": "same"}, {"from": "same", "to": "later"},
+              {"from": "later", "to": "up"}]})") ==
+        Lines{R"(g.json: /edges/2: "later" (sleep) emits number, but "up" (upper) accepts string )"
+              R"((insert a step that converts between them, or connect other nodes))"});
+}
+
+TEST_CASE("GraphSpec.TypedEdgesThatLoad") {
+  // Undeclared producers (input, jsonl) may feed anything; a `when` may filter
+  // what a step receives; overlapping kinds are enough.
+  for (const char* text : {
+           R"({"plumber": 1, "nodes": [{"id": "in", "coroutine": "input"},
+               {"id": "up", "coroutine": "upper"}], "edges": [{"from": "in", "to": "up"}]})",
+           R"({"plumber": 1, "nodes": [{"id": "src", "coroutine": "range", "params": {"stop": 3}},
+               {"id": "up", "coroutine": "upper", "when": "is_string"}],
+               "edges": [{"from": "src", "to": "up"}]})",
+           R"({"plumber": 1, "nodes": [{"id": "src", "coroutine": "lines"},
+               {"id": "h", "coroutine": "sha256"}, {"id": "up", "coroutine": "upper"}],
+               "edges": [{"from": "src", "to": "h"}, {"from": "h", "to": "up"}]})",
+           R"({"plumber": 1, "nodes": [{"id": "a", "coroutine": "lines"},
+               {"id": "b", "coroutine": "lines"}, {"id": "z", "coroutine": "concat", "join": "zip"}],
+               "edges": [{"from": "a", "to": "z"}, {"from": "b", "to": "z"}]})"}) {
+    CAPTURE(text);
+    CHECK_NOTHROW((void)parse_graph(text, builtins()));
+  }
+}
+
+TEST_CASE("GraphSpec.ZipIntoStepThatTakesNoObjects") {
+  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [
+      {"id": "a", "coroutine": "range", "params": {"stop": 3}},
+      {"id": "b", "coroutine": "range", "params": {"stop": 3}},
+      {"id": "f", "coroutine": "fib", "join": "zip"}],
+    "edges": [{"from": "a", "to": "f"}, {"from": "b", "to": "f"}]})") ==
+        Lines{R"(g.json: /nodes/2/join: "f" (fib) accepts number, but join "zip" delivers an )"
+              R"(object keyed by predecessor id (use "merge", or a step that accepts objects))"});
+}
+
+TEST_CASE("GraphSpec.TypesDeclaredThroughAdapters") {
+  Registry registry = Registry::with_builtins();
+  CoroutineOptions options;
+  options.accepts = {ValueTypes::object, ValueTypes::array};
+  options.emits = {ValueTypes::boolean};
+  registry.add_function(
+      "has_items", [](const json& v) { return json(!v.empty()); }, options);
+  CHECK(registry.find("has_items")->accepts.to_string() == "array|object");
+  CHECK(registry.find("has_items")->emits.to_string() == "boolean");
+  CHECK(diagnostics_of(R"({"plumber": 1, "nodes": [{"id": "src", "coroutine": "uuid",
+        "params": {"count": 1}}, {"id": "h", "coroutine": "has_items"},
+        {"id": "up", "coroutine": "upper"}],
+        "edges": [{"from": "src", "to": "h"}, {"from": "h", "to": "up"}]})",
+                       registry) ==
+        Lines{R"(g.json: /edges/0: "src" (uuid) emits string, but "h" (has_items) accepts )"
+              R"(array|object (insert a step that converts between them, or connect other nodes))",
+              R"(g.json: /edges/1: "h" (has_items) emits boolean, but "up" (upper) accepts )"
+              R"(string (insert a step that converts between them, or connect other nodes))"});
 }
 
 // --- ids ------------------------------------------------------------------------
@@ -624,7 +697,7 @@ TEST_CASE("GraphSpec.LoadGraphFile") {
   const auto good = (dir / "chain.json").string();
   {
     std::ofstream out(good);
-    out << chain_with(R"({"id": "mid", "coroutine": "upper"})");
+    out << chain_with(R"({"id": "mid", "coroutine": "fib"})");
   }
   const GraphSpec graph = load_graph_file(good, builtins());
   CHECK(graph.file == good);

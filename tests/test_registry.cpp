@@ -95,7 +95,8 @@ std::vector<json> drain(Source& source, std::size_t limit = 1000) {
 /// Collects what an asynchronous source emits.
 class CollectingContext final : public SourceContext {
  public:
-  asio::awaitable<void> emit(json value) override {
+  using SourceContext::emit;
+  asio::awaitable<void> emit(json value, std::uint8_t /*priority*/) override {
     values.push_back(std::move(value));
     co_return;
   }

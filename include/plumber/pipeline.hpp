@@ -1,13 +1,24 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 #include <vector>
 
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/post.hpp>
+
+#include "plumber/error.hpp"
 
 #include "plumber/graph_spec.hpp"
 #include "plumber/json.hpp"
@@ -34,6 +45,41 @@ struct OutputRecord {
 
 /// Called on the pipeline's strand for every output record, in the order produced.
 using OutputHandler = std::function<void(OutputRecord&& record)>;
+
+/// What the sinks emitted for one message sent with Pipeline::process.
+struct ProcessResult {
+  std::vector<OutputRecord> outputs;  ///< value records, in the order the sinks emitted them
+  /// The one value emitted; an array of them when there were several; null when
+  /// none (every branch filtered it out, or the sinks emit nothing, like `print`).
+  json value() const;
+};
+
+/// Why Pipeline::process failed: code() is errc::timed_out, errc::step_failed
+/// (node() names the step), errc::cancelled or errc::pipeline_stopped.
+class ProcessError : public std::runtime_error {
+ public:
+  ProcessError(errc code, std::string node, const std::string& what);
+  errc code() const noexcept { return code_; }
+  /// The node that failed or held the message; empty when it had not entered the graph.
+  const std::string& node() const noexcept { return node_; }
+
+ private:
+  errc code_;
+  std::string node_;
+};
+
+/// How one process() request travels.
+struct ProcessOptions {
+  /// From the call until the result: past it the caller gets errc::timed_out and
+  /// the message is dropped wherever it is in the graph (an async step running it
+  /// is interrupted; a step that dequeues it skips it).
+  std::chrono::milliseconds timeout{std::chrono::seconds(30)};
+  /// 0 is the lowest lane; clamped to `settings.priorities - 1`.
+  std::uint8_t priority = 0;
+};
+
+/// Completion signature of Pipeline::async_process.
+using ProcessSignature = void(std::exception_ptr, ProcessResult);
 
 struct PipelineOptions {
   /// Measure the time spent inside each step (costs two clock reads per call).
@@ -69,7 +115,35 @@ class Pipeline {
   /// Coroutine form of feed: suspends while the queue is full.
   boost::asio::awaitable<void> async_feed(json value);
   /// No more input: the `input` source ends once what was fed has been emitted.
+  /// process() then fails with errc::pipeline_stopped.
   void end_input();
+
+  /// Request/response: sends `value` through the `input` source and completes
+  /// with what the sinks emitted for it, once nothing derived from it is left in
+  /// the graph. Fails with ProcessError. Values emitted for the request go to
+  /// the caller only, not to on_output. Call from any thread; the completion
+  /// runs on the token's associated executor. Suspends (does not fail) while the
+  /// input queue is full. Throws UsageError at once when the graph has no `input`.
+  template <
+      class CompletionToken = boost::asio::default_completion_token_t<boost::asio::any_io_executor>>
+  auto async_process(json value, ProcessOptions options, CompletionToken&& token = {}) {
+    return boost::asio::async_initiate<CompletionToken, ProcessSignature>(
+        [this](auto handler, json v, ProcessOptions o) {
+          // Completes on the handler's own executor (the pipeline's strand when it
+          // has none), always posted: the caller never runs inside a step.
+          auto executor = boost::asio::get_associated_executor(handler, executor_());
+          start_process(std::move(v), o,
+                        [handler = std::move(handler), executor](std::exception_ptr error,
+                                                                 ProcessResult result) mutable {
+                          boost::asio::post(executor, boost::asio::append(std::move(handler), error,
+                                                                          std::move(result)));
+                        });
+        },
+        token, std::move(value), options);
+  }
+  /// Coroutine form of async_process; throws ProcessError.
+  boost::asio::awaitable<ProcessResult> process(json value, std::chrono::milliseconds timeout,
+                                                std::uint8_t priority = 0);
 
   /// graceful: sources stop producing and the graph drains. Otherwise every
   /// message in flight is reported as cancelled. Thread-safe; returns at once.
@@ -88,6 +162,10 @@ class Pipeline {
   const GraphSpec& graph() const noexcept;
 
  private:
+  void start_process(json value, ProcessOptions options,
+                     boost::asio::any_completion_handler<ProcessSignature> handler);
+  boost::asio::any_io_executor executor_() const;
+
   std::shared_ptr<detail::PipelineCore> core_;
 };
 

@@ -1,5 +1,7 @@
 #pragma once
+#include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -27,6 +29,41 @@ enum class CoroutineKind {
 
 /// JSON type a declared param must have.
 enum class ParamType { any, boolean, integer, number, string, array, object };
+
+/// The kinds of values a coroutine declares it accepts or emits: a graph whose
+/// edge joins a producer to a consumer with no kind in common does not load.
+/// The empty set means undeclared (anything goes). `blob` stands for messages
+/// that carry blobs, whatever their JSON value.
+class ValueTypes {
+ public:
+  enum Type : std::uint8_t {
+    null = 1,
+    boolean = 2,
+    number = 4,
+    string = 8,
+    array = 16,
+    object = 32,
+    blob = 64
+  };
+  constexpr ValueTypes() = default;
+  constexpr ValueTypes(std::initializer_list<Type> types) {
+    for (Type t : types)
+      bits_ |= t;
+  }
+  constexpr bool declared() const noexcept { return bits_ != 0; }
+  constexpr bool overlaps(ValueTypes other) const noexcept { return (bits_ & other.bits_) != 0; }
+  constexpr ValueTypes operator|(ValueTypes other) const noexcept {
+    ValueTypes both;
+    both.bits_ = static_cast<std::uint8_t>(bits_ | other.bits_);
+    return both;
+  }
+  constexpr bool operator==(const ValueTypes&) const = default;
+  /// "string|number"; "any" when undeclared.
+  std::string to_string() const;
+
+ private:
+  std::uint8_t bits_ = 0;
+};
 
 std::string_view to_string(CoroutineKind kind) noexcept;
 std::string_view to_string(ParamType type) noexcept;
@@ -61,7 +98,10 @@ class SourceContext {
  public:
   virtual ~SourceContext() = default;
   /// Emits one value as a new message; suspends while the successors are full.
-  virtual boost::asio::awaitable<void> emit(json value) = 0;
+  boost::asio::awaitable<void> emit(json value) { return emit(std::move(value), 0); }
+  /// Emits one value in priority lane `priority` (0 is the lowest; clamped to the
+  /// graph's `settings.priorities - 1`).
+  virtual boost::asio::awaitable<void> emit(json value, std::uint8_t priority) = 0;
   /// True once the pipeline asked sources to stop producing.
   virtual bool stopping() const noexcept = 0;
 };
@@ -99,6 +139,11 @@ struct CoroutineInfo {
   std::vector<ParamSpec> params;
   /// May run in a worker process (a plain function of values, no in-process state).
   bool worker_capable = false;
+  /// What the step takes (transforms and sinks) and emits (sources and transforms).
+  ValueTypes accepts, emits;
+  /// The step emits the kind of value it receives (identity, sleep): its output
+  /// kinds are its input's, whatever `emits` says.
+  bool emits_input_type = false;
   /// Checks params beyond their declared types when a graph loads; throws
   /// std::invalid_argument with the reason. Optional.
   std::function<void(const json& params)> check_params;
@@ -120,6 +165,9 @@ struct CoroutineOptions {
   std::string description;
   std::vector<ParamSpec> params;
   bool worker_capable = false;
+  /// See CoroutineInfo::accepts, emits and emits_input_type.
+  ValueTypes accepts, emits;
+  bool emits_input_type = false;
   /// For add_function / add_async: `sink` forbids successors.
   CoroutineKind kind = CoroutineKind::transform;
   /// See CoroutineInfo::check_params.

@@ -144,6 +144,7 @@ void register_builtin_sources(Registry& registry) {
   lines.make_source = [](const json& p) {
     return std::make_unique<LineSource>(p.at("path").get<std::string>(), false);
   };
+  lines.emits = {ValueTypes::string};
   registry.add(std::move(lines));
 
   auto jsonl = source_info("jsonl", "emits each line of a file parsed as JSON", {path});
@@ -165,6 +166,7 @@ void register_builtin_sources(Registry& registry) {
                                          p.at("stop").get<std::int64_t>(),
                                          p.at("step").get<std::int64_t>());
   };
+  range.emits = {ValueTypes::number};
   registry.add(std::move(range));
 
   auto values = source_info("values", "emits each element of an array",
@@ -181,6 +183,7 @@ void register_builtin_sources(Registry& registry) {
   uuid.make_source = [](const json& p) {
     return std::make_unique<UuidSource>(p.at("count").get<std::uint64_t>());
   };
+  uuid.emits = {ValueTypes::string};
   registry.add(std::move(uuid));
 }
 

@@ -49,6 +49,18 @@ CoroutineInfo in_place(std::string name, std::string description, bool worker_ca
   return info;
 }
 
+CoroutineInfo typed(CoroutineInfo info, ValueTypes accepts, ValueTypes emits) {
+  info.accepts = accepts;
+  info.emits = emits;
+  return info;
+}
+
+CoroutineInfo same_type_out(CoroutineInfo info, ValueTypes accepts = {}) {
+  info.accepts = accepts;
+  info.emits_input_type = true;
+  return info;
+}
+
 std::string& string_value(Message& m, const char* step) {
   if (!m.value.is_string()) {
     throw std::invalid_argument(std::string(step) + " takes a string, not " + m.value.type_name());
@@ -164,45 +176,60 @@ class SinkStep final : public Transform {
 }  // namespace
 
 void register_builtin_transforms(Registry& registry) {
-  registry.add(in_place("identity", "passes each value on unchanged", true, [](Message&) {}));
+  using T = ValueTypes;
   registry.add(
-      in_place("reverse", "reverses a string (by character) or an array", true, [](Message& m) {
-        if (m.value.is_array()) {
-          std::reverse(m.value.begin(), m.value.end());
-        } else {
-          reverse_utf8(string_value(m, "reverse"));
-        }
-      }));
-  registry.add(in_place("upper", "upper-cases a string (ASCII letters)", true, [](Message& m) {
-    for (char& c : string_value(m, "upper"))
-      c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  }));
-  registry.add(in_place("lower", "lower-cases a string (ASCII letters)", true, [](Message& m) {
-    for (char& c : string_value(m, "lower"))
-      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }));
-  registry.add(in_place("fib", "naive recursive Fibonacci of an integer (CPU-bound)", true,
-                        [](Message& m) { m.value = fib(integer_value(m, "fib", 0, 92)); }));
+      same_type_out(in_place("identity", "passes each value on unchanged", true, [](Message&) {})));
   registry.add(
-      in_place("sum_squares", "sum of i*i for i below n (CPU-bound)", true, [](Message& m) {
-        const auto n = static_cast<std::uint64_t>(integer_value(m, "sum_squares", 0, 3'000'000));
-        std::uint64_t sum = 0;
-        for (std::uint64_t i = 0; i < n; ++i)
-          sum += i * i;
-        m.value = sum;
-      }));
-  registry.add(in_place(
-      "sha256", "hex SHA-256 of a string value, or of the first blob", true, [](Message& m) {
-        if (m.value.is_string()) {
-          const auto& text = m.value.get_ref<const std::string&>();
-          m.value = sha256_hex(text.data(), text.size());
-        } else if (!m.blobs.empty()) {
-          m.value = sha256_hex(m.blobs.front().data(), m.blobs.front().size());
-        } else {
-          throw std::invalid_argument(std::string("sha256 takes a string or a blob, not ") +
-                                      m.value.type_name());
-        }
-      }));
+      same_type_out(in_place("reverse", "reverses a string (by character) or an array", true,
+                             [](Message& m) {
+                               if (m.value.is_array()) {
+                                 std::reverse(m.value.begin(), m.value.end());
+                               } else {
+                                 reverse_utf8(string_value(m, "reverse"));
+                               }
+                             }),
+                    {T::string, T::array}));
+  registry.add(typed(in_place("upper", "upper-cases a string (ASCII letters)", true,
+                              [](Message& m) {
+                                for (char& c : string_value(m, "upper"))
+                                  c = static_cast<char>(
+                                      std::toupper(static_cast<unsigned char>(c)));
+                              }),
+                     {T::string}, {T::string}));
+  registry.add(typed(in_place("lower", "lower-cases a string (ASCII letters)", true,
+                              [](Message& m) {
+                                for (char& c : string_value(m, "lower"))
+                                  c = static_cast<char>(
+                                      std::tolower(static_cast<unsigned char>(c)));
+                              }),
+                     {T::string}, {T::string}));
+  registry.add(typed(in_place("fib", "naive recursive Fibonacci of an integer (CPU-bound)", true,
+                              [](Message& m) { m.value = fib(integer_value(m, "fib", 0, 92)); }),
+                     {T::number}, {T::number}));
+  registry.add(typed(in_place("sum_squares", "sum of i*i for i below n (CPU-bound)", true,
+                              [](Message& m) {
+                                const auto n = static_cast<std::uint64_t>(
+                                    integer_value(m, "sum_squares", 0, 3'000'000));
+                                std::uint64_t sum = 0;
+                                for (std::uint64_t i = 0; i < n; ++i)
+                                  sum += i * i;
+                                m.value = sum;
+                              }),
+                     {T::number}, {T::number}));
+  registry.add(typed(
+      in_place("sha256", "hex SHA-256 of a string value, or of the first blob", true,
+               [](Message& m) {
+                 if (m.value.is_string()) {
+                   const auto& text = m.value.get_ref<const std::string&>();
+                   m.value = sha256_hex(text.data(), text.size());
+                 } else if (!m.blobs.empty()) {
+                   m.value = sha256_hex(m.blobs.front().data(), m.blobs.front().size());
+                 } else {
+                   throw std::invalid_argument(
+                       std::string("sha256 takes a string or a blob, not ") + m.value.type_name());
+                 }
+               }),
+      {T::string, T::blob}, {T::string}));
 
   CoroutineInfo sleep;
   sleep.name = "sleep";
@@ -211,6 +238,7 @@ void register_builtin_transforms(Registry& registry) {
   sleep.check_params = [](const json& p) {
     if (p.at("ms").get<std::int64_t>() < 0) throw std::invalid_argument("sleep: ms must be >= 0");
   };
+  sleep.emits_input_type = true;
   sleep.make_transform = [](const json& p) {
     return std::make_unique<SleepStep>(std::chrono::milliseconds(p.at("ms").get<std::int64_t>()));
   };
@@ -220,6 +248,8 @@ void register_builtin_transforms(Registry& registry) {
   concat.name = "concat";
   concat.description = "joins the string values of a zipped object, in predecessor order";
   concat.worker_capable = true;
+  concat.accepts = {ValueTypes::object};
+  concat.emits = {ValueTypes::string};
   concat.params = {{"separator", ParamType::string, false, "", "put between the parts"}};
   concat.make_transform = [](const json& p) {
     return std::make_unique<ConcatStep>(p.at("separator").get<std::string>());

@@ -63,6 +63,16 @@ std::string column(const std::string& name) {
   return name + std::string(name.size() < 12 ? 12 - name.size() : 1, ' ');
 }
 
+/// What a coroutine accepts and emits, as `plumber list` shows it ("" when undeclared).
+std::string value_types(const CoroutineInfo& info) {
+  const std::string in = info.kind == CoroutineKind::source ? "" : info.accepts.to_string();
+  const std::string out = info.kind == CoroutineKind::sink ? ""
+                          : info.emits_input_type          ? "same"
+                                                           : info.emits.to_string();
+  if ((in.empty() || in == "any") && (out.empty() || out == "any")) return "";
+  return (in.empty() ? "" : in + " ") + "->" + (out.empty() ? "" : " " + out);
+}
+
 int list(bool as_json, const Registry& registry) {
   if (as_json) {
     json coroutines = json::array();
@@ -73,6 +83,8 @@ int list(bool as_json, const Registry& registry) {
       one["description"] = info->description;
       one["params"] = params_json(info->params);
       one["worker_capable"] = info->worker_capable;
+      one["accepts"] = info->accepts.to_string();
+      one["emits"] = info->emits_input_type ? "same as input" : info->emits.to_string();
       coroutines.push_back(std::move(one));
     }
     json predicates = json::array();
@@ -95,8 +107,10 @@ int list(bool as_json, const Registry& registry) {
       params += (params.empty() ? "" : ", ") + p.name + ": " + std::string(to_string(p.type));
       if (!p.required && !p.default_value.is_null()) params += " = " + p.default_value.dump();
     }
+    const std::string types = value_types(*info);
     std::cout << "  " << column(info->name) << to_string(info->kind)
-              << (info->worker_capable ? ", worker" : "") << "  " << info->description;
+              << (info->worker_capable ? ", worker" : "") << (types.empty() ? "" : ", " + types)
+              << "  " << info->description;
     if (!params.empty()) std::cout << "  (" << params << ")";
     std::cout << '\n';
   }

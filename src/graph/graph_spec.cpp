@@ -119,6 +119,7 @@ class Checker {
                     NodeSpec& node);
   void check_edges(const json& document, GraphSpec& graph, std::vector<std::string>& edge_pointers);
   void check_structure(GraphSpec& graph, const std::vector<std::string>& edge_pointers);
+  void check_types(const GraphSpec& graph, const std::vector<std::string>& edge_pointers);
 
   const Registry& registry_;
   std::string file_;
@@ -190,10 +191,6 @@ void Checker::check_settings(const json& document, GraphSpec& graph) {
       static_cast<std::size_t>(integer(*settings, "/settings", "queue_size", 64, 1, kMaxCount));
   graph.settings.priorities =
       static_cast<std::size_t>(integer(*settings, "/settings", "priorities", 1, 1, 16));
-  if (graph.settings.priorities > 1) {
-    error("graph.not_supported", "/settings/priorities",
-          "priority lanes are not supported yet by this version", "remove it or set it to 1");
-  }
 }
 
 void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) {
@@ -483,7 +480,62 @@ void Checker::check_structure(GraphSpec& graph, const std::vector<std::string>& 
     error("graph.cycle", pointer, "cycle through nodes " + names,
           "pipelines are acyclic: remove one of the edges between these nodes");
   }
-  if (cycles.empty()) graph.topological_order = detail::topological_order(n, graph.edges);
+  if (!cycles.empty()) return;
+  graph.topological_order = detail::topological_order(n, graph.edges);
+  check_types(graph, edge_pointers);
+}
+
+void Checker::check_types(const GraphSpec& graph, const std::vector<std::string>& edge_pointers) {
+  // What each node may emit, in topological order; undeclared (empty) means anything.
+  const std::size_t n = graph.nodes.size();
+  std::vector<ValueTypes> emitted(n);
+  auto received = [&](std::size_t node) -> ValueTypes {
+    if (graph.nodes[node].join == JoinPolicy::zip) return {ValueTypes::object};
+    ValueTypes all;
+    for (std::size_t from : graph.predecessors[node]) {
+      if (!emitted[from].declared()) return {};
+      all = all | emitted[from];
+    }
+    return all;
+  };
+  for (std::size_t node : graph.topological_order) {
+    if (!infos_[node]) continue;  // unknown coroutine, reported already: anything goes
+    const CoroutineInfo& info = *infos_[node];
+    const ValueTypes in = info.kind == CoroutineKind::source ? ValueTypes{} : received(node);
+    emitted[node] = info.emits_input_type ? in : info.emits;
+    // Messages that `when` rejects pass unchanged.
+    if (!graph.nodes[node].when.empty()) {
+      emitted[node] = in.declared() && emitted[node].declared() ? emitted[node] | in : ValueTypes{};
+    }
+  }
+  auto describe = [&](std::size_t node) {
+    return in_quotes(graph.nodes[node].id) + " (" + graph.nodes[node].coroutine + ")";
+  };
+  for (std::size_t k = 0; k < graph.edges.size(); ++k) {
+    const auto [from, to] = graph.edges[k];
+    const ValueTypes accepts = infos_[to] ? infos_[to]->accepts : ValueTypes{};
+    // A `when` may be what keeps the wrong kinds out; a zip is checked below.
+    if (!accepts.declared() || !graph.nodes[to].when.empty() ||
+        graph.nodes[to].join == JoinPolicy::zip) {
+      continue;
+    }
+    if (!emitted[from].declared() || emitted[from].overlaps(accepts)) continue;
+    error("graph.type_mismatch", edge_pointers[k],
+          describe(from) + " emits " + emitted[from].to_string() + ", but " + describe(to) +
+              " accepts " + accepts.to_string(),
+          "insert a step that converts between them, or connect other nodes");
+  }
+  for (std::size_t node = 0; node < n; ++node) {
+    const ValueTypes accepts = infos_[node] ? infos_[node]->accepts : ValueTypes{};
+    if (graph.nodes[node].join != JoinPolicy::zip || !accepts.declared() ||
+        accepts.overlaps({ValueTypes::object})) {
+      continue;
+    }
+    error("graph.type_mismatch", "/nodes/" + std::to_string(node) + "/join",
+          describe(node) + " accepts " + accepts.to_string() +
+              ", but join \"zip\" delivers an object keyed by predecessor id",
+          "use \"merge\", or a step that accepts objects");
+  }
 }
 
 std::string parse_error_text(const json::parse_error& e) {

@@ -156,9 +156,29 @@ CoroutineInfo info_from(std::string name, CoroutineOptions& options) {
   info.description = std::move(options.description);
   info.params = std::move(options.params);
   info.worker_capable = options.worker_capable;
+  info.accepts = options.accepts;
+  info.emits = options.emits;
+  info.emits_input_type = options.emits_input_type;
   info.check_params = std::move(options.check_params);
   return info;
 }
+
+}  // namespace
+
+std::string ValueTypes::to_string() const {
+  static constexpr std::pair<Type, const char*> kNames[] = {
+      {null, "null"},   {boolean, "boolean"}, {number, "number"}, {string, "string"},
+      {array, "array"}, {object, "object"},   {blob, "blob"}};
+  std::string text;
+  for (const auto& [type, name] : kNames) {
+    if (!(bits_ & type)) continue;
+    if (!text.empty()) text += '|';
+    text += name;
+  }
+  return text.empty() ? "any" : text;
+}
+
+namespace {
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);

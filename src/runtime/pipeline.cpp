@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -23,6 +24,13 @@
 
 namespace plumber {
 namespace detail {
+
+namespace {
+std::exception_ptr stopped_error() {
+  return std::make_exception_ptr(
+      ProcessError(errc::pipeline_stopped, "", "the pipeline no longer accepts input"));
+}
+}  // namespace
 
 PipelineCore::PipelineCore(GraphSpec graph, const asio::any_io_executor& executor,
                            PipelineOptions options)
@@ -63,6 +71,9 @@ void PipelineCore::task_finished() {
     feed->ended = true;
     feed->channel.close();
   }
+  for (auto& [id, request] : requests_)
+    finish(*request, stopped_error());
+  requests_.clear();
   {
     std::lock_guard lock(done_mutex_);
     done_flag_.store(true, std::memory_order_release);
@@ -77,6 +88,21 @@ void PipelineCore::wait() const {
 }
 
 void PipelineCore::output_value(std::string_view node, Message&& message) {
+  if (!requests_.empty()) {
+    if (auto it = requests_.find(message.id); it != requests_.end()) {
+      Request& request = *it->second;
+      if (!request.finished) {
+        OutputRecord record;
+        record.id = message.id;
+        record.node = node;
+        record.value = std::move(message.value);
+        record.blobs = std::move(message.blobs);
+        request.result.outputs.push_back(std::move(record));
+      }
+      track_request(message.id, -1);
+      return;
+    }
+  }
   if (!output_handler) return;
   OutputRecord record;
   record.kind = OutputRecord::Kind::value;
@@ -87,7 +113,16 @@ void PipelineCore::output_value(std::string_view node, Message&& message) {
   output_handler(std::move(record));
 }
 
-void PipelineCore::output_error(std::string_view node, std::uint64_t id, std::string error) {
+void PipelineCore::output_error(std::string_view node, std::uint64_t id, std::string error,
+                                errc code) {
+  if (!requests_.empty()) {
+    if (auto it = requests_.find(id); it != requests_.end()) {
+      const std::string where(node);
+      finish(*it->second, std::make_exception_ptr(
+                              ProcessError(code, where, "node \"" + where + "\": " + error)));
+      return;
+    }
+  }
   if (!output_handler) return;
   OutputRecord record;
   record.kind = OutputRecord::Kind::error;
@@ -98,13 +133,68 @@ void PipelineCore::output_error(std::string_view node, std::uint64_t id, std::st
 }
 
 void PipelineCore::output_cancelled(std::string_view node, std::uint64_t id) {
-  if (!cancelled_ids_.insert(id).second || !output_handler) return;
+  if (!cancelled_ids_.insert(id).second) return;
+  if (auto it = requests_.find(id); it != requests_.end()) {
+    const std::string where(node);
+    finish(*it->second, std::make_exception_ptr(ProcessError(
+                            errc::cancelled, where, "cancelled at node \"" + where + "\"")));
+    requests_.erase(it);
+    return;
+  }
+  if (!output_handler) return;
   OutputRecord record;
   record.kind = OutputRecord::Kind::cancelled;
   record.id = id;
   record.node = node;
   record.error = "cancelled";
   output_handler(std::move(record));
+}
+
+// --- request/response ----------------------------------------------------------
+
+void PipelineCore::start_request(std::shared_ptr<Request> request, json value) {
+  if (!input_feed || input_feed->ended || cancelled_ || done()) {
+    finish(*request, stopped_error());
+    return;
+  }
+  request->timer.expires_at(request->deadline);
+  request->timer.async_wait([self = shared_from_this(), request](error_code ec) {
+    if (ec || request->finished) return;
+    self->finish(*request, std::make_exception_ptr(ProcessError(
+                               errc::timed_out, "", "no result before the request's timeout")));
+  });
+  FeedItem item;
+  item.value = std::move(value);
+  item.request = request;
+  input_feed->channel.async_send(
+      error_code{}, std::move(item),
+      asio::bind_executor(strand_, [self = shared_from_this(), request](error_code ec) {
+        if (ec) self->finish(*request, stopped_error());
+      }));
+}
+
+void PipelineCore::admit_request(std::uint64_t id, const std::shared_ptr<Request>& request) {
+  request->id = id;
+  request->tokens = 1;
+  requests_.emplace(id, request);
+}
+
+void PipelineCore::track_request(std::uint64_t id, std::int64_t delta) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return;
+  Request& request = *it->second;
+  request.tokens += delta;
+  if (request.tokens > 0) return;
+  finish(request, nullptr);
+  requests_.erase(it);
+}
+
+void PipelineCore::finish(Request& request, std::exception_ptr error) {
+  if (request.finished) return;
+  request.finished = true;
+  request.timer.cancel();
+  // The handler (made by Pipeline::async_process) posts to the caller's executor.
+  std::move(request.handler)(error, std::move(request.result));
 }
 
 void PipelineCore::start() {
@@ -181,7 +271,8 @@ void send_feed_end(const std::shared_ptr<FeedQueue>& feed, const Strand& strand)
       strand,
       [feed]() -> asio::awaitable<void> {
         // A named item, not a temporary inside co_await: g++ 12 destroys those early.
-        FeedItem end{std::nullopt, nullptr, true};
+        FeedItem end;
+        end.end = true;
         co_await feed->channel.async_send(error_code{}, std::move(end),
                                           asio::as_tuple(asio::use_awaitable));
       },
@@ -195,7 +286,12 @@ void PipelineCore::cancel_all() {
     feed->ended = true;
     // Values fed but not yet emitted never got an id: report them with a new one.
     while (feed->channel.try_receive([&](error_code, FeedItem item) {
-      if (item.value) output_cancelled(feed->node_id, next_id());
+      if (item.request) {
+        finish(*item.request, std::make_exception_ptr(ProcessError(
+                                  errc::cancelled, "", "cancelled before it entered the graph")));
+      } else if (item.value) {
+        output_cancelled(feed->node_id, next_id());
+      }
     })) {
     }
     feed->channel.close();
@@ -265,7 +361,7 @@ void Pipeline::feed(json value) {
   auto& feed = input_feed(*core_);
   try {
     feed.channel
-        .async_send(detail::error_code{}, detail::FeedItem{std::move(value), nullptr, false},
+        .async_send(detail::error_code{}, detail::FeedItem{std::move(value), nullptr, false, {}},
                     boost::asio::use_future)
         .get();
   } catch (const boost::system::system_error&) {
@@ -276,7 +372,8 @@ void Pipeline::feed(json value) {
 boost::asio::awaitable<void> Pipeline::async_feed(json value) {
   auto& feed = input_feed(*core_);
   // A named item, not a temporary inside co_await: g++ 12 destroys those early.
-  detail::FeedItem item{std::move(value), nullptr, false};
+  detail::FeedItem item;
+  item.value = std::move(value);
   const std::tuple<detail::error_code> sent = co_await feed.channel.async_send(
       detail::error_code{}, std::move(item), boost::asio::as_tuple(boost::asio::use_awaitable));
   if (std::get<0>(sent)) throw std::system_error(make_error_code(errc::pipeline_stopped));
@@ -287,6 +384,50 @@ void Pipeline::end_input() {
   auto feed = core_->input_feed;
   if (!feed->ended.exchange(true)) detail::send_feed_end(feed, core_->strand());
 }
+
+void Pipeline::start_process(json value, ProcessOptions options,
+                             boost::asio::any_completion_handler<ProcessSignature> handler) {
+  if (!core_->input_feed) {
+    throw UsageError("graph \"" + core_->graph().name +
+                     "\" has no `input` node: process() has nowhere to send values");
+  }
+  auto request = std::make_shared<detail::Request>(core_->strand(), std::move(handler));
+  request->priority = options.priority;
+  const auto now = Clock::now();
+  request->deadline = options.timeout >= Clock::time_point::max() - now ? Clock::time_point::max()
+                                                                        : now + options.timeout;
+  boost::asio::post(core_->strand(),
+                    [core = core_, request = std::move(request), v = std::move(value)]() mutable {
+                      core->start_request(std::move(request), std::move(v));
+                    });
+}
+
+boost::asio::awaitable<ProcessResult> Pipeline::process(json value,
+                                                        std::chrono::milliseconds timeout,
+                                                        std::uint8_t priority) {
+  ProcessOptions options;
+  options.timeout = timeout;
+  options.priority = priority;
+  // A named operation, not a temporary inside co_await: g++ 12 destroys those early.
+  auto operation = async_process(std::move(value), options, boost::asio::use_awaitable);
+  co_return co_await std::move(operation);
+}
+
+boost::asio::any_io_executor Pipeline::executor_() const {
+  return core_->strand();
+}
+
+json ProcessResult::value() const {
+  if (outputs.empty()) return nullptr;
+  if (outputs.size() == 1) return outputs.front().value;
+  json all = json::array();
+  for (const auto& record : outputs)
+    all.push_back(record.value);
+  return all;
+}
+
+ProcessError::ProcessError(errc code, std::string node, const std::string& what)
+    : std::runtime_error(what), code_(code), node_(std::move(node)) {}
 
 std::vector<ProcessorStats> Pipeline::stats() const {
   std::vector<ProcessorStats> all;

@@ -9,17 +9,40 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/asio/steady_timer.hpp>
 
+#include "plumber/error.hpp"
 #include "plumber/pipeline.hpp"
 #include "runtime/packet.hpp"
 #include "runtime/processor.hpp"
 
 namespace plumber::detail {
+
+/// One Pipeline::process call, from its start to its completion. The message it
+/// sent holds `tokens`: one per copy of it (or of a message derived from it)
+/// still in the graph. The request completes when they are all gone, or at the
+/// first error, timeout or cancellation; it is forgotten when they are all gone.
+struct Request {
+  // Constructed with its handler, never assigned one: Boost 1.81's
+  // any_completion_handler move assignment wraps the handler in itself forever.
+  Request(const Strand& strand, asio::any_completion_handler<ProcessSignature> completion)
+      : handler(std::move(completion)), timer(strand) {}
+  asio::any_completion_handler<ProcessSignature> handler;
+  asio::steady_timer timer;
+  ProcessResult result;
+  std::int64_t tokens = 0;
+  std::uint64_t id = 0;  ///< 0 until the input source emits it
+  bool finished = false;
+  std::uint8_t priority = 0;
+  Clock::time_point deadline = Clock::time_point::max();
+};
 
 /// One value entering the graph from another thread: a value to emit, an error
 /// to report, or the end of the stream.
@@ -30,6 +53,7 @@ struct FeedItem {
   /// strings on the heap).
   json error;
   bool end = false;
+  std::shared_ptr<Request> request;  ///< set for a Pipeline::process call
 };
 
 /// Values that enter the graph from another thread: what the host feeds the
@@ -71,9 +95,24 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   /// Spawns a coroutine that stop(false) cancels and that done() waits for.
   void spawn(asio::awaitable<void> task);
   void output_value(std::string_view node, Message&& message);
-  void output_error(std::string_view node, std::uint64_t id, std::string error);
+  void output_error(std::string_view node, std::uint64_t id, std::string error,
+                    errc code = errc::step_failed);
   /// Reports a cancelled message once, however many branches held it.
   void output_cancelled(std::string_view node, std::uint64_t id);
+
+  // --- request/response accounting (strand only) -------------------------------
+  /// The input source emits the message of `request` with this id.
+  void admit_request(std::uint64_t id, const std::shared_ptr<Request>& request);
+  /// Messages with `id` in the graph grew or shrank by `delta` (fan-out, a step
+  /// emitting several or none, a zip combining parts, a sink's output).
+  void track(std::uint64_t id, std::int64_t delta) {
+    if (!requests_.empty()) track_request(id, delta);
+  }
+  bool tracking() const noexcept { return !requests_.empty(); }
+  /// Completes `request` once (later calls do nothing).
+  void finish(Request& request, std::exception_ptr error);
+  /// Starts the timeout of a request and sends it to the input feed.
+  void start_request(std::shared_ptr<Request> request, json value);
 
   // --- any thread ------------------------------------------------------------
   void start();
@@ -89,6 +128,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
 
  private:
   void task_finished();
+  void track_request(std::uint64_t id, std::int64_t delta);
   void cancel_all();
   void end_feeds();
   void start_blocking_readers();
@@ -103,6 +143,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   std::list<asio::cancellation_signal> signals_;
   std::size_t live_tasks_ = 0;
   std::unordered_set<std::uint64_t> cancelled_ids_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Request>> requests_;
   std::vector<std::shared_ptr<ReaderLink>> reader_links_;
 
   mutable std::mutex done_mutex_;

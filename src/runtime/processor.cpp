@@ -40,6 +40,14 @@ std::string timeout_text(std::chrono::milliseconds limit) {
   return "timed out after " + std::to_string(limit.count()) + " ms";
 }
 
+/// The latest deadline of the batch's messages (max when one has none).
+Clock::time_point batch_deadline(std::span<const Message> batch) {
+  Clock::time_point latest = Clock::time_point::min();
+  for (const Message& m : batch)
+    latest = std::max(latest, m.deadline);
+  return batch.empty() ? Clock::time_point::max() : latest;
+}
+
 }  // namespace
 
 Processor::Processor(PipelineCore& core, const NodeSpec& spec, const CoroutineInfo& info,
@@ -51,7 +59,7 @@ Processor::Processor(PipelineCore& core, const NodeSpec& spec, const CoroutineIn
   }
   transform_ = info.make_transform(spec_.params);
   is_zip_ = spec_.join == JoinPolicy::zip;
-  input_.emplace(core_.strand(), spec_.queue_size);
+  input_.emplace(core_.strand(), spec_.queue_size, core_.graph().settings.priorities);
   batch_.reserve(spec_.batch_size);
   if (spec_.batch_timeout.count() > 0) batch_timer_.emplace(core_.strand());
   if (spec_.threads > 0) pool_.emplace(spec_.threads);
@@ -138,8 +146,9 @@ bool Processor::try_send_all(Outbox& out) {
       Packet copy;
       Packet& sent = last ? packet : (copy = packet);
       sent.port = to.port;
-      if (!to.target->input_->try_send(error_code{}, std::move(sent))) return false;
+      if (!to.target->input_->try_send(sent)) return false;
       to.target->queued_.add();
+      if (!last && packet.kind == PacketKind::data) core_.track(packet.msg.id, +1);
     }
     if (packet.kind == PacketKind::data) emitted_.add();
   }
@@ -160,8 +169,9 @@ asio::awaitable<void> Processor::send_all(Outbox& out) {
     sent.port = to.port;
     const auto id = sent.msg.id;
     const bool is_data = sent.kind == PacketKind::data;
+    if (!last && is_data) core_.track(id, +1);  // the copy exists from now on
     try {
-      co_await to.target->input_->async_send(error_code{}, std::move(sent), use_awaitable);
+      co_await to.target->input_->async_send(std::move(sent));
     } catch (...) {
       // Cancelled while waiting for room: this and every later packet is lost.
       if (is_data) core_.output_cancelled(spec_.id, id);
@@ -187,11 +197,12 @@ asio::awaitable<void> Processor::send_end() {
 
 // --- sources -----------------------------------------------------------------
 
-asio::awaitable<void> Processor::emit(json value) {
+asio::awaitable<void> Processor::emit(json value, std::uint8_t priority) {
   Outbox out;
   Message message;
   message.id = core_.next_id();
   message.value = std::move(value);
+  message.priority = priority;
   out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
   if (!try_send_all(out)) co_await send_all(out);
 }
@@ -252,8 +263,18 @@ asio::awaitable<void> Processor::run_feed_source() {
     open = item && accept_feed_item(std::move(*item), out);
     if (!out.packets.empty() && !try_send_all(out)) co_await send_all(out);
   }
-  // Anything fed after the end (or after stop) is refused, never left unread.
+  // Anything fed after the end (or after stop) is refused, never left unread:
+  // close() alone would drop what is buffered.
   feed_->ended = true;
+  for (std::optional<FeedItem> left = take_feed_item(); left; left = take_feed_item()) {
+    if (left->request) {
+      core_.finish(*left->request,
+                   std::make_exception_ptr(ProcessError(errc::pipeline_stopped, spec_.id,
+                                                        "input ended before this request")));
+    } else if (left->value) {
+      core_.output_cancelled(spec_.id, core_.next_id());
+    }
+  }
   channel.close();
 }
 
@@ -269,9 +290,16 @@ bool Processor::accept_feed_item(FeedItem&& item, Outbox& out) {
     core_.output_error(spec_.id, core_.next_id(), item.error.get<std::string>());
   }
   if (item.value) {
+    // A request that timed out while queued was answered already: it never enters.
+    if (item.request && item.request->finished) return !item.end;
     Packet packet;
     packet.msg.id = core_.next_id();
     packet.msg.value = std::move(*item.value);
+    if (item.request) {
+      packet.msg.priority = item.request->priority;
+      packet.msg.deadline = item.request->deadline;
+      core_.admit_request(packet.msg.id, item.request);
+    }
     out.packets.push_back(std::move(packet));
   }
   return !item.end;
@@ -280,7 +308,7 @@ bool Processor::accept_feed_item(FeedItem&& item, Outbox& out) {
 // --- transforms --------------------------------------------------------------
 
 bool Processor::try_take(Packet& packet) {
-  const bool got = input_->try_receive([&](error_code, Packet p) { packet = std::move(p); });
+  const bool got = input_->try_receive(packet);
   if (got) queued_.sub();
   return got;
 }
@@ -303,7 +331,7 @@ asio::awaitable<void> Processor::run_transform() {
           if (!out.packets.empty() && !try_send_all(out)) co_await send_all(out);
           continue;
         }
-        packet = co_await input_->async_receive(use_awaitable);
+        packet = co_await input_->async_receive();
         queued_.sub();
       }
       switch (packet.kind) {
@@ -367,7 +395,9 @@ bool Processor::accept_data(Packet& packet, Outbox& out) {
   if (message.deadline != Clock::time_point::max() && Clock::now() > message.deadline) {
     expired_.add();
     errors_.add();
-    core_.output_error(spec_.id, message.id, "deadline passed before the step ran");
+    core_.output_error(spec_.id, message.id, "deadline passed before the step ran",
+                       errc::timed_out);
+    core_.track(message.id, -1);
     if (feeds_zip_) out.packets.push_back(dropped_packet(message.id));
     return false;
   }
@@ -447,9 +477,7 @@ asio::awaitable<void> Processor::wait_batch_timer(std::uint64_t generation) {
   // The dispatcher is waiting in async_receive (or busy): a flush packet wakes it.
   Packet flush{PacketKind::flush, 0, {}};
   flush.msg.id = generation;
-  if (!input_->try_send(error_code{}, std::move(flush))) {
-    co_await input_->async_send(error_code{}, std::move(flush), use_awaitable);
-  }
+  if (!input_->try_send(flush)) co_await input_->async_send(std::move(flush));
   queued_.add();
 }
 
@@ -464,15 +492,23 @@ void Processor::collect_outputs(std::span<const Message> batch, std::vector<Mess
       if (!produced.contains(m.id)) out.packets.push_back(dropped_packet(m.id));
     }
   }
+  if (core_.tracking()) {  // results first: a request must not see zero in between
+    for (const Message& m : results)
+      core_.track(m.id, +1);
+    for (const Message& m : batch)
+      core_.track(m.id, -1);
+  }
   for (Message& m : results)
     out.packets.emplace_back(PacketKind::data, std::uint16_t{0}, std::move(m));
   results.clear();
 }
 
-void Processor::fail_batch(std::span<const Message> batch, const std::string& error, Outbox& out) {
+void Processor::fail_batch(std::span<const Message> batch, const std::string& error, Outbox& out,
+                           errc code) {
   for (const Message& m : batch) {
     errors_.add();
-    core_.output_error(spec_.id, m.id, error);
+    core_.output_error(spec_.id, m.id, error, code);
+    core_.track(m.id, -1);
     if (feeds_zip_) out.packets.push_back(dropped_packet(m.id));
   }
 }
@@ -520,14 +556,28 @@ asio::awaitable<void> Processor::compute_async(std::vector<Message>& batch, Outb
     results.clear();
     const auto started = Clock::now();
     std::string failure;
+    errc failure_code = errc::step_failed;
     try {
       batches_.add();
       if (transform_->is_async()) {
-        if (spec_.timeout) {
-          asio::steady_timer timer(co_await asio::this_coro::executor, *spec_.timeout);
+        // An async step is interrupted at its timeout_ms, or when every message
+        // of the batch is past its deadline (nobody waits for the result).
+        const auto deadline = batch_deadline(batch);
+        const auto timeout_at = spec_.timeout ? started + *spec_.timeout : Clock::time_point::max();
+        if (std::min(deadline, timeout_at) != Clock::time_point::max()) {
+          asio::steady_timer timer(co_await asio::this_coro::executor,
+                                   std::min(deadline, timeout_at));
           auto winner = co_await (transform_->process_async(batch, results) ||
                                   timer.async_wait(use_awaitable));
-          if (winner.index() == 1) failure = timeout_text(*spec_.timeout);
+          if (winner.index() == 1) {
+            failure_code = errc::timed_out;
+            if (timeout_at <= deadline) {
+              failure = timeout_text(*spec_.timeout);
+            } else {
+              failure = "deadline passed while the step ran";
+              expired_.add(batch.size());
+            }
+          }
         } else {
           co_await transform_->process_async(batch, results);
         }
@@ -541,6 +591,7 @@ asio::awaitable<void> Processor::compute_async(std::vector<Message>& batch, Outb
             use_awaitable);
         if (spec_.timeout && Clock::now() - started > *spec_.timeout) {
           failure = timeout_text(*spec_.timeout);
+          failure_code = errc::timed_out;
         }
       }
       busy_ns_.add(elapsed_ns(started));
@@ -557,7 +608,7 @@ asio::awaitable<void> Processor::compute_async(std::vector<Message>& batch, Outb
       batch = std::move(backup);
       continue;
     }
-    fail_batch(batch, failure, out);
+    fail_batch(batch, failure, out, failure_code);
     co_return;
   }
 }
@@ -597,6 +648,7 @@ bool Processor::zip_take(Packet& packet) {
 
   // Every predecessor delivered this id: combine one message of each.
   bool dropped = false;
+  std::int64_t parts_with_data = 0;
   Message combined;
   combined.id = id;
   combined.value = json::object();
@@ -605,6 +657,7 @@ bool Processor::zip_take(Packet& packet) {
     if (p.kind != PacketKind::data) {
       dropped = true;
     } else {
+      ++parts_with_data;
       combined.value[input_names_[port]] = std::move(p.msg.value);
       for (Blob& blob : p.msg.blobs)
         combined.blobs.push_back(std::move(blob));
@@ -627,6 +680,7 @@ bool Processor::zip_take(Packet& packet) {
   }
   if (entry.filled == 0 && entry.later.empty()) zip_.erase(it);
   packet.port = 0;
+  core_.track(id, (dropped ? 0 : 1) - parts_with_data);
   if (dropped) {
     packet = dropped_packet(id);
   } else {
@@ -638,22 +692,24 @@ bool Processor::zip_take(Packet& packet) {
 
 void Processor::flush_zip_leftovers(Outbox& out) {
   for (auto& [id, entry] : zip_) {
-    bool any_data = false;
+    std::int64_t data_parts = 0;
     std::string missing;
     for (std::size_t port = 0; port < inputs_; ++port) {
       const auto& part = entry.parts[port];
       if (part) {
-        any_data |= part->kind == PacketKind::data;
+        data_parts += part->kind == PacketKind::data;
       } else {
         missing += (missing.empty() ? "" : ", ") + input_names_[port];
       }
     }
     for (const Packet& p : entry.later)
-      any_data |= p.kind == PacketKind::data;
+      data_parts += p.kind == PacketKind::data;
+    const bool any_data = data_parts > 0;
     // Ids already reported upstream (dropped parts) need no second record.
     if (any_data) {
       errors_.add();
       core_.output_error(spec_.id, id, "zip: no message with this id from " + missing);
+      core_.track(id, -data_parts);
     }
     if (feeds_zip_) out.packets.push_back(dropped_packet(id));
   }

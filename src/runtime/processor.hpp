@@ -11,9 +11,11 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include "plumber/error.hpp"
 #include "plumber/graph_spec.hpp"
 #include "plumber/processor.hpp"
 #include "plumber/registry.hpp"
+#include "runtime/inbox.hpp"
 #include "runtime/packet.hpp"
 
 namespace plumber::detail {
@@ -63,7 +65,8 @@ class Processor final : public SourceContext {
   std::uint64_t emitted() const noexcept { return emitted_.get(); }
 
   // SourceContext
-  asio::awaitable<void> emit(json value) override;
+  using SourceContext::emit;
+  asio::awaitable<void> emit(json value, std::uint8_t priority) override;
   bool stopping() const noexcept override;
 
  private:
@@ -110,7 +113,8 @@ class Processor final : public SourceContext {
   void arm_batch_timer();
   asio::awaitable<void> wait_batch_timer(std::uint64_t generation);
   void collect_outputs(std::span<const Message> batch, std::vector<Message>& results, Outbox& out);
-  void fail_batch(std::span<const Message> batch, const std::string& error, Outbox& out);
+  void fail_batch(std::span<const Message> batch, const std::string& error, Outbox& out,
+                  errc code = errc::step_failed);
 
   // Sending
   bool try_send_all(Outbox& out);
@@ -129,7 +133,7 @@ class Processor final : public SourceContext {
   const PredicateInfo* when_;
   std::shared_ptr<FeedQueue> feed_;
 
-  std::optional<PacketChannel> input_;
+  std::optional<Inbox> input_;
   std::size_t inputs_ = 0;                // predecessor edges
   std::vector<std::string> input_names_;  // predecessor id by port
   std::size_t ends_seen_ = 0;

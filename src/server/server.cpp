@@ -628,12 +628,96 @@ asio::awaitable<void> ServerCore::handle(const Request& request, Response& respo
   metrics.count_http(response.result_int());
 }
 
+namespace {
+
+/// The status and error code of a failed process() call.
+std::pair<http::status, std::string> process_failure(errc code) {
+  switch (code) {
+    case errc::timed_out:
+      return {http::status::gateway_timeout, "process.timed_out"};
+    case errc::step_failed:
+      return {http::status::unprocessable_entity, "process.step_failed"};
+    case errc::cancelled:
+      return {http::status::service_unavailable, "process.cancelled"};
+    default:
+      return {http::status::service_unavailable, "process.pipeline_stopped"};
+  }
+}
+
+json process_error_body(const ProcessError& e, const std::string& code) {
+  json body = error_body(code, e.what());
+  if (!e.node().empty()) body["error"]["node"] = e.node();
+  return body;
+}
+
+/// An integer query parameter in [low, high]; nullopt (and `bad` set) when malformed.
+std::optional<std::int64_t> integer_param(std::string_view query, std::string_view key,
+                                          std::int64_t fallback, std::int64_t low,
+                                          std::int64_t high, std::string& bad) {
+  auto text = query_param(query, key);
+  if (!text) return fallback;
+  try {
+    std::size_t used = 0;
+    const long long value = std::stoll(*text, &used);
+    if (used == text->size() && value >= low && value <= high) return value;
+  } catch (const std::exception&) {
+  }
+  bad = std::string(key) + " must be an integer from " + std::to_string(low) + " to " +
+        std::to_string(high) + ", not \"" + *text + "\"";
+  return std::nullopt;
+}
+
+}  // namespace
+
 asio::awaitable<void> ServerCore::process(const Request& request, Response& response,
                                           Service& service) {
-  (void)request;
-  refuse(request, response, http::status::not_implemented, "http.not_implemented",
-         "POST /v1/graphs/" + service.name + "/process needs Pipeline::process");
-  co_return;
+  const auto started = std::chrono::steady_clock::now();
+  const auto [path, query] = split_target(request.target());
+  std::string bad;
+  const auto timeout_ms =
+      integer_param(query, "timeout_ms", options.process_timeout.count(), 1, 3'600'000, bad);
+  const auto priority = integer_param(query, "priority", 0, 0, 255, bad);
+  json value;
+  if (bad.empty()) {
+    try {
+      value = json::parse(request.body());
+    } catch (const json::parse_error& e) {
+      std::string why = e.what();
+      if (auto end = why.find("] "); end != std::string::npos) why.erase(0, end + 2);
+      bad = "the body is not JSON: " + why;
+    }
+  }
+  if (!bad.empty()) {
+    refuse(request, response, http::status::bad_request, "http.bad_request", bad);
+  } else if (stopping()) {
+    refuse(request, response, http::status::service_unavailable, "server.shutting_down",
+           stop_reason());
+  } else {
+    // Named locals, not temporaries, around co_await (g++ 12).
+    bool ok = false;
+    json result;
+    std::optional<ProcessError> failure;
+    try {
+      ProcessResult outcome = co_await service.pipeline->process(
+          std::move(value), std::chrono::milliseconds(*timeout_ms),
+          static_cast<std::uint8_t>(*priority));
+      result = outcome.value();
+      ok = true;
+    } catch (const ProcessError& e) {
+      failure.emplace(e);
+    } catch (const std::exception& e) {
+      failure.emplace(errc::pipeline_stopped, "", e.what());
+    }
+    if (ok) {
+      set_json(response, http::status::ok, result);
+    } else {
+      const auto [status, code] = process_failure(failure->code());
+      set_json(response, status, process_error_body(*failure, code));
+    }
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  metrics.observe_process(service.name, response.result_int(), seconds);
 }
 
 }  // namespace plumber::server
