@@ -111,7 +111,7 @@ TEST_CASE("ServerPolicy.RefusesFilesPrintAndTooManyThreads") {
   limits.max_threads = 4;
   auto spec = load(R"({"plumber": 1, "nodes": [
       {"id": "l", "coroutine": "lines", "params": {"path": "/etc/passwd"}},
-      {"id": "f", "coroutine": "fib", "threads": 5},
+      {"id": "f", "coroutine": "reverse", "threads": 5},
       {"id": "p", "coroutine": "print"}],
     "edges": [{"from": "l", "to": "f"}, {"from": "f", "to": "p"}]})",
                    registry);

@@ -1,11 +1,16 @@
 """HTTP endpoints of the real server: health, readiness, metrics, graphs, auth."""
 import asyncio
 import json
+import os
+import shutil
+import tempfile
+import threading
 import unittest
 
 import websockets
 
-from harness import UPPER, Server, connect, main, metric, recv_until, run_async, send, submit
+from harness import (GRAPHS, UPPER, Server, connect, graph, main, metric, recv_until, run_async,
+                     send, submit)
 
 TOKEN = "s3cret-token"
 
@@ -150,6 +155,79 @@ class Token(unittest.TestCase):
             async with connect(self.server, path=f"/ws?token={TOKEN}", origin=same) as ws:
                 self.assertEqual((await submit(ws, name="strings"))["type"], "accepted")
         run_async(go())
+
+
+class Process(unittest.TestCase):
+    """POST /v1/graphs/NAME/process: one long-lived pipeline per graph, shared by all requests."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.graphs = tempfile.mkdtemp(prefix="plumber-process-")
+        shutil.copy(os.path.join(GRAPHS, "upper_input.json"), cls.graphs)
+        docs = {
+            "slow": graph(("in", "input"), ("s", "sleep", {"ms": 3000}, {"concurrency": 64}),
+                          edges=[("in", "s")]),
+            "fanout": graph(("in", "input"), ("a", "upper"), ("b", "reverse"),
+                            edges=[("in", "a"), ("in", "b")]),
+            "source": graph(("n", "range", {"stop": 3}), ("out", "identity"), edges=[("n", "out")]),
+        }
+        for name, doc in docs.items():
+            doc["name"] = name
+            with open(os.path.join(cls.graphs, name + ".json"), "w") as f:
+                json.dump(doc, f)
+        cls.server = Server(graphs=cls.graphs).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.server.stop() == 0, cls.server.stderr.decode(errors="replace")
+        shutil.rmtree(cls.graphs)
+
+    def post(self, name, body, query=""):
+        status, headers, raw = self.server.request("POST", f"/v1/graphs/{name}/process{query}",
+                                                   body=body,
+                                                   headers={"Content-Type": "application/json"})
+        return status, json.loads(raw)
+
+    def test_value_in_result_out(self):
+        self.assertEqual(self.post("upper_input", '"hello"'), (200, "HELLO"))
+        status, body = self.post("fanout", '"abc"')
+        self.assertEqual(status, 200)
+        self.assertEqual(sorted(body), ["ABC", "cba"])
+
+    def test_error_statuses(self):
+        status, body = self.post("upper_input", "42")
+        self.assertEqual(status, 422)
+        self.assertEqual(body["error"]["code"], "process.step_failed")
+        self.assertEqual(body["error"]["node"], "up")
+        status, body = self.post("upper_input", "{not json")
+        self.assertEqual((status, body["error"]["code"]), (400, "http.bad_request"))
+        status, body = self.post("upper_input", '"x"', "?priority=999")
+        self.assertEqual(status, 400)
+        status, body = self.post("nope", '"x"')
+        self.assertEqual((status, body["error"]["code"]), (404, "graph.unknown_name"))
+        status, body = self.post("source", '"x"')
+        self.assertEqual((status, body["error"]["code"]), (409, "graph.no_input"))
+        status, body = self.post("slow", '"x"', "?timeout_ms=50")
+        self.assertEqual((status, body["error"]["code"]), (504, "process.timed_out"))
+
+    def test_concurrent_requests_share_one_pipeline(self):
+        results = {}
+
+        def call(k):
+            results[k] = self.post("upper_input", json.dumps(f"word{k}"))
+
+        threads = [threading.Thread(target=call, args=(k,)) for k in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(results, {k: (200, f"WORD{k}") for k in range(50)})
+        m = self.server.metrics()
+        self.assertGreaterEqual(metric(m, "plumber_process_requests_total", graph="upper_input",
+                                       code="200"), 50)
+        self.assertGreaterEqual(metric(m, "plumber_process_seconds_count", graph="upper_input"), 50)
+        self.assertGreaterEqual(metric(m, "plumber_node_received_total", graph="upper_input",
+                                       node="up"), 50)
 
 
 if __name__ == "__main__":

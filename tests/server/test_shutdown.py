@@ -95,6 +95,9 @@ class Shutdown(unittest.TestCase):
                 status, body = server.get_json("/readyz")
                 self.assertEqual((status, body["status"]), (503, "stopping"))
                 self.assertEqual(server.get_json("/healthz")[0], 200)
+                status, headers, body = server.request("POST", "/v1/graphs/upper_input/process",
+                                                       body='"x"')
+                self.assertEqual(status, 503)
                 server.signal(signal.SIGTERM)
                 frames, code, reason = await wait_closed(ws)
                 done = [f for f in frames if f["type"] == "done"]
