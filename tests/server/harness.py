@@ -32,6 +32,9 @@ class Server:
         self.args = [PLUMBER, "serve", "--port", "0"]
         if graphs:
             self.args += ["--graphs", graphs]
+        # PLUMBER_SERVE_THREADS runs the whole suite on a multi-threaded io_context.
+        if os.environ.get("PLUMBER_SERVE_THREADS"):
+            self.args += ["--threads", os.environ["PLUMBER_SERVE_THREADS"]]
         self.args += list(args)
         self.proc = None
         self.port = None
