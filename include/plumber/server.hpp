@@ -32,7 +32,8 @@ struct ServerOptions {
   std::size_t max_connections = 10000;  ///< open TCP connections
   std::size_t max_runs = 16;            ///< runs at once per WebSocket connection
   /// Bytes queued for one WebSocket client: past half of it the server stops
-  /// reading that client's frames; past all of it the connection is closed.
+  /// reading that client's frames and its runs wait; an output that would pass
+  /// all of it closes the connection.
   std::size_t max_send_queue = 8 << 20;
   std::chrono::milliseconds grace{10000};  ///< shutdown: how long runs may finish
   std::chrono::seconds idle_timeout{60};   ///< HTTP keep-alive, and unanswered WebSocket pings

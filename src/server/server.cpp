@@ -10,6 +10,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/read.hpp>
@@ -114,6 +115,21 @@ std::string_view origin_host(std::string_view origin) {
   const auto scheme = origin.find("://");
   if (scheme != std::string_view::npos) origin.remove_prefix(scheme + 3);
   return origin.substr(0, origin.find('/'));
+}
+
+/// The delivery step (kDeliverCoroutine): waits while its client is behind.
+asio::awaitable<json> deliver(json value, std::shared_ptr<SendQueueState> queue) {
+  if (queue && queue->bytes.load() > queue->room && !queue->gone.load()) {
+    // The client is behind: poll its queue while it is (the queue lives on the
+    // connection's strand; a short timer is simpler than a cross-strand wake-up,
+    // and costs nothing while clients keep up).
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (queue->bytes.load() > queue->room && !queue->gone.load()) {
+      timer.expires_after(std::chrono::milliseconds(2));
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+  }
+  co_return value;
 }
 
 /// One HTTP connection: requests in a loop until the client closes, an error,
@@ -247,6 +263,17 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
       strand_(asio::make_strand(executor)),
       acceptor_(strand_),
       grace_timer_(strand_) {
+  auto runs = std::make_shared<Registry>(registry);
+  CoroutineOptions deliver_options;
+  deliver_options.description = "passes values on once their WebSocket client has room (internal)";
+  deliver_options.emits_input_type = true;
+  runs->add_async(
+      std::string(kDeliverCoroutine),
+      [queues = send_queues](json value, const json& params) {
+        return deliver(std::move(value), queues->find(params.value("queue", std::uint64_t{0})));
+      },
+      std::move(deliver_options));
+  run_registry = std::move(runs);
   limits.max_nodes = options.max_nodes;
   limits.max_threads = options.max_threads;
   if (!options.allow_files.empty()) limits.allow_files = fs::path(options.allow_files);

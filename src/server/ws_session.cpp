@@ -60,11 +60,14 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         reader_wake_(ws_.get_executor()),
         hard_close_(ws_.get_executor()) {
     ++server_->metrics.websockets;
+    queue_->room = server_->options.max_send_queue / 2;
+    queue_key_ = server_->send_queues->add(queue_);
   }
 
   ~WsSession() override {
+    server_->send_queues->remove(queue_key_);
     --server_->metrics.websockets;
-    server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(queued_.load());
+    server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(queue_->bytes.load());
   }
 
   asio::awaitable<void> run(Request request) {
@@ -87,6 +90,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     // The client is gone (or the connection failed): nobody reads the runs any more.
     cancel_runs("the connection closed");
     closing_ = true;
+    queue_->gone = true;
     writer_wake_.cancel();
     server_->remove_connection(id_);
   }
@@ -118,7 +122,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     for (;;) {
       // Back pressure: while the client does not read what is queued for it,
       // its frames (inputs, new runs) wait in its socket.
-      while (queued_.load() > server_->options.max_send_queue / 2 && !closing_) {
+      while (queue_->bytes.load() > server_->options.max_send_queue / 2 && !closing_) {
         reader_wake_.expires_at(asio::steady_timer::time_point::max());
         co_await reader_wake_.async_wait(tuple_awaitable);
       }
@@ -181,7 +185,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         break;
       case Op::stats:
         if (Run* run = find_run(request)) {
-          send(stats_frame(run->id, run->pipeline->stats()));
+          send(stats_frame(run->id, visible_stats(*run->pipeline)));
         }
         break;
     }
@@ -245,10 +249,13 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
       return;
     }
 
+    json accepted = accepted_frame(0, request.ref, name, spec);
+    add_delivery_steps(spec);
     auto run = std::make_shared<Run>();
     try {
       run->pipeline = std::make_shared<Pipeline>(
-          Plumber(server_->registry).build(spec, server_->executor(), {.collect_timings = true}));
+          Plumber(*server_->run_registry)
+              .build(spec, server_->executor(), {.collect_timings = true}));
     } catch (const GraphError& e) {
       send_error(graph_error(e), 0, request.ref);
       return;
@@ -273,6 +280,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
           ++shared->cancelled;
           break;
       }
+      if (record.node.starts_with(kDeliverPrefix)) record.node.remove_prefix(kDeliverPrefix.size());
       if (auto self = weak.lock()) self->queue_from_pipeline(dump(record_frame(run_id, record)));
     });
     try {
@@ -295,12 +303,47 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         asio::post(self->ws_.get_executor(), [self, run_id] { self->finish_run(run_id); });
       }
     });
-    send(accepted_frame(run->id, request.ref, name, spec));
+    accepted["run"] = run->id;
+    send(accepted);
     runs_.emplace(run->id, run);
     if (run->stats_ms > 0) {
       run->stats_timer = std::make_unique<asio::steady_timer>(ws_.get_executor());
       asio::co_spawn(ws_.get_executor(), push_stats(shared_from_this(), run), asio::detached);
     }
+  }
+
+  /// Appends a delivery step after every node whose values go to the client,
+  /// so that a run cannot outrun its client: the step waits while the
+  /// connection's send queue is over half its limit, and back pressure does
+  /// the rest, up to the sources.
+  void add_delivery_steps(GraphSpec& spec) const {
+    const std::size_t count = spec.nodes.size();
+    for (std::size_t i = 0; i < count; ++i) {
+      if (!spec.successors[i].empty()) continue;
+      const CoroutineInfo* info = server_->registry.find(spec.nodes[i].coroutine);
+      if (info && info->kind == CoroutineKind::sink) continue;  // emits nothing
+      NodeSpec step;
+      step.id = std::string(kDeliverPrefix) + spec.nodes[i].id;
+      step.coroutine = std::string(kDeliverCoroutine);
+      step.params = json::object();
+      step.params["queue"] = queue_key_;
+      step.queue_size = 16;
+      const std::size_t index = spec.nodes.size();
+      spec.nodes.push_back(std::move(step));
+      spec.edges.push_back({i, index});
+      spec.successors[i].push_back(index);
+      spec.successors.emplace_back();
+      spec.predecessors.push_back({i});
+      spec.topological_order.push_back(index);
+    }
+  }
+
+  /// A run's counters without the delivery steps.
+  static std::vector<ProcessorStats> visible_stats(const Pipeline& pipeline) {
+    std::vector<ProcessorStats> stats = pipeline.stats();
+    std::erase_if(stats,
+                  [](const ProcessorStats& s) { return s.node.starts_with(kDeliverPrefix); });
+    return stats;
   }
 
   /// Sends a run's counters every stats_ms until it finishes.
@@ -310,7 +353,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
       run->stats_timer->expires_after(std::chrono::milliseconds(run->stats_ms));
       co_await run->stats_timer->async_wait(tuple_awaitable);
       if (run->finished || self->closing_) break;
-      self->send(stats_frame(run->id, run->pipeline->stats()));
+      self->send(stats_frame(run->id, visible_stats(*run->pipeline)));
     }
   }
 
@@ -399,7 +442,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     summary.outputs = run->shared->outputs;
     summary.failed = run->shared->failed;
     summary.cancelled = run->shared->cancelled;
-    send(done_frame(id, summary, run->pipeline->stats()));
+    send(done_frame(id, summary, visible_stats(*run->pipeline)));
     if (shutting_down_ && runs_.empty()) {
       close(websocket::close_code::going_away, shutdown_reason_);
     }
@@ -415,10 +458,10 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   /// Queues a frame made on this strand.
   void send(const json& frame) { push(dump(frame)); }
 
-  /// `counted`: queued_ already includes it (a frame posted by a pipeline).
+  /// `counted`: the queue already includes it (a frame posted by a pipeline).
   void push(std::string frame, bool counted = false) {
     if (!counted) {
-      queued_ += frame.size();
+      queue_->bytes += frame.size();
       server_->metrics.send_queue_bytes += static_cast<std::int64_t>(frame.size());
     }
     if (closing_) {
@@ -430,9 +473,9 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   }
 
   void uncount(std::size_t bytes) {
-    queued_ -= bytes;
+    queue_->bytes -= bytes;
     server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(bytes);
-    if (queued_.load() <= server_->options.max_send_queue / 2) reader_wake_.cancel();
+    if (queue_->bytes.load() <= server_->options.max_send_queue / 2) reader_wake_.cancel();
   }
 
   /// Queues a frame from a pipeline's strand; over the limit, the client is
@@ -440,8 +483,8 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   void queue_from_pipeline(std::string frame) {
     if (overflowed_.load()) return;
     const std::size_t size = frame.size();
-    if (queued_.fetch_add(size) + size > server_->options.max_send_queue) {
-      queued_ -= size;
+    if (queue_->bytes.fetch_add(size) + size > server_->options.max_send_queue) {
+      queue_->bytes -= size;
       if (!overflowed_.exchange(true)) {
         asio::post(ws_.get_executor(), [self = shared_from_this()] { self->overflow(); });
       }
@@ -490,6 +533,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     close_ = websocket::close_reason(code, reason.substr(0, 120));
     close_kind_ = std::move(kind);
     closing_ = true;
+    queue_->gone = true;
     writer_wake_.cancel();
     reader_wake_.cancel();
   }
@@ -532,7 +576,9 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   asio::steady_timer reader_wake_;
   asio::steady_timer hard_close_;
   std::deque<std::string> outbox_;
-  std::atomic<std::size_t> queued_{0};  ///< bytes in the outbox and posted to it
+  /// Bytes in the outbox and posted to it; shared with the runs' delivery steps.
+  std::shared_ptr<SendQueueState> queue_ = std::make_shared<SendQueueState>();
+  std::uint64_t queue_key_ = 0;
   std::atomic<bool> overflowed_{false};
   std::map<std::uint64_t, std::shared_ptr<Run>> runs_;
   std::uint64_t last_run_ = 0;

@@ -218,34 +218,56 @@ class Connections(unittest.TestCase):
             with socket.create_connection(("127.0.0.1", server.port), timeout=GUARD) as s:
                 self.assertEqual(s.recv(1), b"")  # closed by the server, not by us
 
-    def test_a_client_that_never_reads_is_closed_and_others_are_served(self):
+    def test_a_client_that_never_reads_holds_its_run_and_others_are_served(self):
         with Server("--max-send-queue", "65536") as server:
             async def go():
                 # max_queue/read_limit small: the client library stops reading the socket.
                 async with connect(server, max_queue=1, read_limit=2 ** 12,
                                    write_limit=2 ** 12) as slow:
-                    endless = graph(("n", "range", {"stop": 10 ** 12}), ("u", "identity"),
-                                    edges=[("n", "u")])
+                    endless = graph(("n", "range", {"stop": 10 ** 12}), ("out", "identity"),
+                                    edges=[("n", "out")], name="endless")
                     await send(slow, {"op": "submit", "graph": endless})
-                    for _ in range(int(GUARD / 0.1)):
+                    # Back pressure reaches the source: its count stops growing.
+                    last = -1
+                    for _ in range(int(GUARD / 0.25)):
+                        await asyncio.sleep(0.25)
                         m = server.metrics()
-                        if metric(m, "plumber_ws_closed_total", reason="send_queue_full") >= 1:
+                        now = metric(m, "plumber_node_sent_total", graph="inline:endless", node="n")
+                        if now == last and now > 0:
                             break
-                        await asyncio.sleep(0.1)
-                    self.assertEqual(metric(m, "plumber_ws_closed_total", reason="send_queue_full"), 1)
+                        last = now
+                    self.assertEqual(now, last)
                     # Memory stayed bounded: never more than the limit was queued.
                     self.assertLessEqual(metric(m, "plumber_ws_send_queue_bytes"), 65536)
+                    self.assertEqual(metric(m, "plumber_ws_closed_total", reason="send_queue_full"), 0)
                     self.assertTrue(await served(server))
-                    # The slow client, reading at last, finds its run cancelled and a reason.
-                    seen = []
-                    with self.assertRaises(websockets.exceptions.ConnectionClosed):
+                    # Reading at last, it gets every output, in order, none lost.
+                    accepted = await recv(slow)
+                    run = accepted["run"]
+                    ids = [(await recv(slow))["id"] for _ in range(2000)]
+                    self.assertEqual(ids, list(range(1, 2001)))
+                    await send(slow, {"op": "cancel", "run": run})
+                    frames = await recv_until(slow, "done", run)
+                    self.assertEqual(frames[-1]["status"], "cancelled")
+            run_async(go())
+
+    def test_an_output_over_the_send_queue_limit_closes_with_a_reason(self):
+        with Server("--max-send-queue", "65536") as server:
+            async def go():
+                async with connect(server) as ws:
+                    big = graph(("v", "values", {"values": ["x" * 100000]}), ("out", "identity"),
+                                edges=[("v", "out")])
+                    await send(ws, {"op": "submit", "graph": big})
+                    frames = []
+                    with self.assertRaises(websockets.exceptions.ConnectionClosed) as closed:
                         while True:
-                            seen.append(await recv(slow))
-                    errors = [f for f in seen if f.get("type") == "error"]
-                    if errors:
-                        self.assertEqual(errors[-1]["code"], "connection.send_queue_full")
+                            frames.append(await recv(ws))
+                    self.assertEqual(closed.exception.code, 1008)
+                    errors = [f for f in frames if f["type"] == "error"]
+                    self.assertEqual(errors[-1]["code"], "connection.send_queue_full")
+                self.assertTrue(await served(server))
                 m = server.metrics()
-                self.assertGreaterEqual(metric(m, "plumber_runs_total", status="cancelled"), 1)
+                self.assertEqual(metric(m, "plumber_ws_closed_total", reason="send_queue_full"), 1)
             run_async(go())
 
 
