@@ -283,15 +283,8 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
       if (record.node.starts_with(kDeliverPrefix)) record.node.remove_prefix(kDeliverPrefix.size());
       if (auto self = weak.lock()) self->queue_from_pipeline(dump(record_frame(run_id, record)));
     });
-    try {
-      run->pipeline->start();
-    } catch (const std::exception& e) {
-      error.code = "run.start_failed";
-      error.message = e.what();
-      send_error(error, 0, request.ref);
-      return;
-    }
-    // Registered only once started: a pipeline that never started never ends.
+    // Every handler is set before start(): with several threads the pipeline
+    // may finish before start() returns.
     run->metrics_key = server_->metrics.track(name, run->pipeline);
     ++server_->metrics.runs;
     Metrics* metrics = &server_->metrics;
@@ -303,6 +296,17 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         asio::post(self->ws_.get_executor(), [self, run_id] { self->finish_run(run_id); });
       }
     });
+    try {
+      run->pipeline->start();
+    } catch (const std::exception& e) {
+      // It never ran, so it never ends: nothing will call on_done.
+      metrics->finished(key, "start_failed");
+      --metrics->runs;
+      error.code = "run.start_failed";
+      error.message = e.what();
+      send_error(error, 0, request.ref);
+      return;
+    }
     accepted["run"] = run->id;
     send(accepted);
     runs_.emplace(run->id, run);
