@@ -121,6 +121,9 @@ struct SegmentHeader {
   alignas(64) std::atomic<std::uint32_t> worker_sleeping{0};
   /// Set by the parent before it waits on the result eventfd.
   alignas(64) std::atomic<std::uint32_t> parent_waiting{0};
+  /// The request the worker is running (0: none yet). When it dies, this one
+  /// is lost with it; later requests in the ring were never started.
+  alignas(64) std::atomic<std::uint64_t> current_request{0};
   RingIndices requests;
   RingIndices results;
 };

@@ -57,6 +57,7 @@ class WorkerLoop {
       const std::uint64_t request_id = d.u64();
       d.u64();  // sent_ns: the parent keeps its own
       std::vector<Message> batch = decode_batch(d);
+      segment_.header->current_request.store(request_id, std::memory_order_release);
       segment_.requests.pop();
       process(request_id, batch);
     }

@@ -1,5 +1,6 @@
 #include "workers/worker_pool.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -61,6 +62,30 @@ int make_eventfd() {
 
 std::atomic<std::uint64_t> g_segment_sequence{0};
 
+/// Reaps the process of `pidfd`, waiting for it to end. Asio made the pidfd
+/// non-blocking, and waitid on a non-blocking pidfd fails with EAGAIN while
+/// the process runs: make it blocking first.
+siginfo_t wait_for_exit(int pidfd) {
+  const int flags = ::fcntl(pidfd, F_GETFL);
+  if (flags >= 0 && (flags & O_NONBLOCK)) ::fcntl(pidfd, F_SETFL, flags & ~O_NONBLOCK);
+  siginfo_t info{};
+  while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd), &info, WEXITED) != 0 &&
+         errno == EINTR) {
+  }
+  return info;
+}
+
+/// Throws operation_aborted when the calling coroutine was cancelled: a
+/// cancellation that arrives during an operation that ignores it (post) or
+/// that ends with an error code (as_tuple) is delivered once, then only this
+/// state remembers it.
+asio::awaitable<void> throw_if_cancelled() {
+  const asio::cancellation_state state = co_await asio::this_coro::cancellation_state;
+  if (state.cancelled() != asio::cancellation_type::none) {
+    throw boost::system::system_error(asio::error::operation_aborted);
+  }
+}
+
 }  // namespace
 
 /// One batch in flight: lives in the frame of the process() call that waits for it.
@@ -75,6 +100,7 @@ struct WorkerPool::Pending {
   std::uint64_t sent_ns = 0;
   bool sent = false;  // in the worker's ring (else in its backlog)
   bool done = false;
+  bool aborted = false;  // the pool was cancelled
 };
 
 struct WorkerPool::Worker {
@@ -271,11 +297,7 @@ std::string WorkerPool::with_output(const Worker& w, std::string text) const {
 // --- ending ----------------------------------------------------------------------------
 
 std::string WorkerPool::reap(Worker& w) {
-  siginfo_t info{};
-  while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(w.exit->native_handle()),
-                  &info, WEXITED) != 0 &&
-         errno == EINTR) {
-  }
+  const siginfo_t info = wait_for_exit(w.exit->native_handle());
   read_output_now(w);
   w.exit.reset();
   w.output.reset();
@@ -287,11 +309,7 @@ std::string WorkerPool::reap(Worker& w) {
 void WorkerPool::kill_and_reap(Worker& w) noexcept {
   if (w.exit) {
     ::kill(w.pid, SIGKILL);
-    siginfo_t info{};
-    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(w.exit->native_handle()),
-                    &info, WEXITED) != 0 &&
-           errno == EINTR) {
-    }
+    (void)wait_for_exit(w.exit->native_handle());
     w.exit.reset();
   }
   w.output.reset();
@@ -343,21 +361,34 @@ asio::awaitable<void> WorkerPool::supervise(Worker& w) {
         const bool was_ready = w.state == State::ready;
         const pid_t pid = w.pid;
         drain(w);  // results written before it ended
+        const std::uint64_t running =
+            w.segment.header->current_request.load(std::memory_order_acquire);
         const std::string why = reap(w);
         w.pid = pid;
-        after_death(w, why, was_ready);
+        after_death(w, why, was_ready, running);
       }
     }
   } catch (...) {
     // Cancelled (stop(false)) or a bug: the worker must not outlive us.
-    // Batches still waiting are being cancelled with their callers.
+    // A batch handed to the pool after stop(false) began (its caller was not
+    // cancelled yet) would wait for a worker that is gone: cancel it too.
+    cancelled_ = true;
+    std::vector<Pending*> held;
+    for (auto& [id, p] : w.in_flight)
+      held.push_back(p);
+    for (Pending* p : held) {
+      p->aborted = true;
+      complete(w, *p);
+    }
+    w.backlog.clear();
     kill_and_reap(w);
     throw;
   }
   kill_and_reap(w);
 }
 
-void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready) {
+void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready,
+                             std::uint64_t current_request) {
   const bool expected = closing_ && why == "exited with code 0";
   std::string text = describe(w) + " of node \"" + node_.id + "\" " + why;
   text = with_output(w, std::move(text));
@@ -367,15 +398,30 @@ void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready) 
   w.mapping = {};
   w.state = State::stopped;
   if (!expected) deaths_.add();
-  // What it held is lost with it: those batches fail (and are retried by the
-  // processor up to `retries`). What waited in the backlog was never sent.
-  std::vector<Pending*> lost;
+  // The batch it was running is lost with it: that one fails (the processor
+  // retries it up to `retries`). Requests still in its ring were never
+  // started: they go back to the front of the backlog, in order, for the
+  // restarted worker. (Results it wrote before dying were drained already.)
+  const std::uint64_t running = current_request;
+  std::vector<Pending*> unstarted;
+  Pending* lost = nullptr;
   for (auto& [id, p] : w.in_flight) {
-    if (p->sent) lost.push_back(p);
+    if (!p->sent) continue;
+    if (id == running) {
+      lost = p;
+    } else {
+      unstarted.push_back(p);
+    }
   }
-  for (Pending* p : lost) {
-    *p->failure = text;
-    complete(w, *p);
+  std::sort(unstarted.begin(), unstarted.end(),
+            [](const Pending* a, const Pending* b) { return a->request_id > b->request_id; });
+  for (Pending* p : unstarted) {
+    p->sent = false;
+    w.backlog.push_front(p);
+  }
+  if (lost) {
+    *lost->failure = text;
+    complete(w, *lost);
   }
   if (closing_) {
     fail_backlog(w, text);
@@ -406,11 +452,7 @@ asio::awaitable<void> WorkerPool::read_results(Worker& w) {
   auto* header = w.segment.header;
   std::uint64_t active = monotonic_ns();
   for (;;) {
-    // Cancelled by the supervisor (the worker ended): a post() is not cancellable.
-    const asio::cancellation_state state = co_await asio::this_coro::cancellation_state;
-    if (state.cancelled() != asio::cancellation_type::none) {
-      throw boost::system::system_error(asio::error::operation_aborted);
-    }
+    co_await throw_if_cancelled();  // the worker ended, or stop(false)
     if (drain(w)) active = monotonic_ns();
     flush_backlog(w);
     if (!w.in_flight.empty() && monotonic_ns() - active < parent_spin_ns_) {
@@ -444,6 +486,7 @@ asio::awaitable<void> WorkerPool::forward_output(Worker& w) {
     append_output(w, buffer.data(), std::get<1>(got));
   }
   // End of its output: the process is ending; wait_exit reports it.
+  co_await throw_if_cancelled();
   asio::steady_timer never(strand_, Clock::time_point::max());
   co_await never.async_wait(use_awaitable);
 }
@@ -467,8 +510,10 @@ asio::awaitable<void> WorkerPool::watch_start(Worker& w) {
 asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
                                           std::vector<Message>& results, std::string& failure,
                                           std::optional<std::chrono::milliseconds> timeout) {
+  if (cancelled_) throw boost::system::system_error(asio::error::operation_aborted);
   Pending pending;
   pending.request_id = ++next_request_;
+
   pending.batch = &batch;
   pending.results = &results;
   pending.failure = &failure;
@@ -498,6 +543,7 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
   }
   submit(*worker, pending);
   const std::tuple<error_code> waited = co_await timer.async_wait(asio::as_tuple(use_awaitable));
+  if (pending.aborted) throw boost::system::system_error(asio::error::operation_aborted);
   if (pending.done) co_return;
   if (std::get<0>(waited)) throw boost::system::system_error(asio::error::operation_aborted);
   failure = "timed out after " + std::to_string(timeout->count()) + " ms in " +

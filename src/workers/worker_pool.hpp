@@ -79,7 +79,8 @@ class WorkerPool {
   asio::awaitable<void> wait_exit(Worker& w);
   asio::awaitable<void> forward_output(Worker& w);
   asio::awaitable<void> watch_start(Worker& w);
-  void after_death(Worker& w, const std::string& why, bool was_ready);
+  void after_death(Worker& w, const std::string& why, bool was_ready,
+                   std::uint64_t current_request);
   void restart(Worker& w);
 
   void encode_request(Pending& p);
@@ -101,6 +102,7 @@ class WorkerPool {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::uint64_t next_request_ = 0;
   bool closing_ = false;
+  bool cancelled_ = false;  // stop(false): the supervisors are gone
   std::string last_error_;  // why the last restart failed
 
   Counter tasks_done_, batches_done_, in_flight_, restarts_, deaths_, queue_ns_, worker_ns_,
