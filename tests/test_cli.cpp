@@ -483,6 +483,54 @@ TEST_CASE("Cli.ListJson") {
 
 // --- plugins ----------------------------------------------------------------------------
 
+TEST_CASE("Cli.RunWorkers") {
+  // graphs/workers.json: "procs": 2, "batch_size": 16. Its output is the same as
+  // in process: the same graph without them.
+  const std::string graph = kGraphs + "/workers.json";
+  json in_process = json::parse(read_file(graph));
+  in_process["nodes"][1].erase("procs");
+  in_process["nodes"][1].erase("batch_size");
+  const std::string in_process_file =
+      (fs::temp_directory_path() / ("plumber-cli-workers-" + std::to_string(::getpid()) + ".json"))
+          .string();
+  std::ofstream(in_process_file) << in_process.dump();
+  const ProcessResult reference = plumber_cli({"run", in_process_file});
+  fs::remove(in_process_file);
+  REQUIRE(reference.exit_code == 0);
+  REQUIRE(split_lines(reference.out).size() == 200);
+
+  const ProcessResult result = plumber_cli({"run", "--stats", graph});
+  INFO(result.err);
+  REQUIRE(result.exit_code == 0);
+  CHECK(sorted_lines(result.out) == sorted_lines(reference.out));
+  // The worker pool's line: node, procs, tasks, in flight, batches, ...
+  const auto lines = split_lines(result.err);
+  auto header = std::find_if(lines.begin(), lines.end(),
+                             [](const std::string& l) { return l.starts_with("workers "); });
+  REQUIRE(header != lines.end());
+  REQUIRE(header + 1 != lines.end());
+  std::istringstream row(*(header + 1));
+  std::vector<std::string> cells;
+  for (std::string word; row >> word;)
+    cells.push_back(word);
+  REQUIRE(cells.size() == 10);
+  CHECK(cells[0] == "sq");
+  CHECK(cells[1] == "2");    // procs
+  CHECK(cells[2] == "200");  // tasks
+  CHECK(cells[3] == "0");    // in flight
+  CHECK(std::stoi(cells[4]) >= 13);  // batches: at most 16 messages each
+  CHECK(cells[6] == "0");            // restarts
+}
+
+TEST_CASE("Cli.PluginCoroutineInWorkers") {
+  const ProcessResult result = plumber_cli(
+      {"run", kData + "/plugin_shout_workers.json", "--plugin", PLUMBER_TEST_PLUGIN});
+  INFO(result.err);
+  CHECK(result.exit_code == 0);
+  CHECK(result.err.empty());
+  CHECK(sorted_lines(result.out) == std::vector<std::string>{"\"HI?\"", "\"PLUMBER?\""});
+}
+
 TEST_CASE("Cli.Plugin") {
   SUBCASE("adds coroutines to run and list") {
     const ProcessResult result =

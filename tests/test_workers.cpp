@@ -9,16 +9,16 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
 #include <set>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -164,9 +164,8 @@ TEST_CASE("Workers.SameResultsAsInProcess") {
       CAPTURE(procs);
       CAPTURE(batch);
       Harness h;
-      h.build(chain(R"({"id": "w", "coroutine": "sum_squares", "procs": )" +
-                        std::to_string(procs) + R"(, "batch_size": )" + std::to_string(batch) +
-                        "}",
+      h.build(chain(R"({"id": "w", "coroutine": "sum_squares", "procs": )" + std::to_string(procs) +
+                        R"(, "batch_size": )" + std::to_string(batch) + "}",
                     300));
       h.run();
       CHECK(h.errors().empty());

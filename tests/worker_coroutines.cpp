@@ -47,9 +47,8 @@ void add_step(Registry& registry, std::string name, TestStep::Start start,
   info.worker_capable = true;
   info.make_transform = [start, each](const json& p) -> std::unique_ptr<Transform> {
     return std::make_unique<TestStep>(
-        start, [each, p](std::span<Message> batch, std::vector<Message>& out) {
-          each(batch, out, p);
-        });
+        start,
+        [each, p](std::span<Message> batch, std::vector<Message>& out) { each(batch, out, p); });
   };
   registry.add(std::move(info));
 }
@@ -57,18 +56,17 @@ void add_step(Registry& registry, std::string name, TestStep::Start start,
 }  // namespace
 
 void register_worker_coroutines(Registry& registry) {
-  add_step(
-      registry, "spin", nullptr,
-      [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
-        const auto us = p.at("us").get<std::int64_t>();
-        for (Message& m : batch) {
-          const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
-          while (std::chrono::steady_clock::now() < until) {
-          }
-          out.push_back(std::move(m));
-        }
-      },
-      {{"us", ParamType::integer, false, 0, "busy-wait per message"}});
+  add_step(registry, "spin", nullptr,
+           [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
+             const auto us = p.at("us").get<std::int64_t>();
+             for (Message& m : batch) {
+               const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+               while (std::chrono::steady_clock::now() < until) {
+               }
+               out.push_back(std::move(m));
+             }
+           },
+           {{"us", ParamType::integer, false, 0, "busy-wait per message"}});
   add_step(registry, "batch_len", nullptr,
            [](std::span<Message> batch, std::vector<Message>& out, const json&) {
              for (Message& m : batch) {
@@ -86,25 +84,23 @@ void register_worker_coroutines(Registry& registry) {
                out.push_back(std::move(m));
              }
            });
-  add_step(
-      registry, "abort_on", nullptr,
-      [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
-        for (Message& m : batch) {
-          if (m.value == p.at("value")) std::abort();
-        }
-        pass(batch, out);
-      },
-      {{"value", ParamType::any, true, nullptr, "abort on this value"}});
-  add_step(
-      registry, "exit_on", nullptr,
-      [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
-        for (Message& m : batch) {
-          if (m.value == p.at("value")) ::_exit(p.at("code").get<int>());
-        }
-        pass(batch, out);
-      },
-      {{"value", ParamType::any, true, nullptr, "exit on this value"},
-       {"code", ParamType::integer, false, 7, "exit code"}});
+  add_step(registry, "abort_on", nullptr,
+           [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
+             for (Message& m : batch) {
+               if (m.value == p.at("value")) std::abort();
+             }
+             pass(batch, out);
+           },
+           {{"value", ParamType::any, true, nullptr, "abort on this value"}});
+  add_step(registry, "exit_on", nullptr,
+           [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
+             for (Message& m : batch) {
+               if (m.value == p.at("value")) ::_exit(p.at("code").get<int>());
+             }
+             pass(batch, out);
+           },
+           {{"value", ParamType::any, true, nullptr, "exit on this value"},
+            {"code", ParamType::integer, false, 7, "exit code"}});
   add_step(
       registry, "start_throws",
       [] { throw std::runtime_error("model file missing: /models/cat.bin"); },
@@ -132,24 +128,23 @@ void register_worker_coroutines(Registry& registry) {
                out.push_back(std::move(m));
              }
            });
-  add_step(
-      registry, "blob_make", nullptr,
-      [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
-        const auto size = p.at("size").get<std::size_t>();
-        for (Message& m : batch) {
-          const auto fill = static_cast<std::byte>(m.value.get<int>() % 256);
-          if (p.at("shared").get<bool>()) {
-            SharedBytes bytes = allocate_shared_bytes(size);
-            std::memset(bytes.data(), static_cast<int>(fill), size);
-            m.blobs.push_back(std::move(bytes).freeze());
-          } else {
-            m.blobs.emplace_back(std::vector<std::byte>(size, fill));
-          }
-          out.push_back(std::move(m));
-        }
-      },
-      {{"size", ParamType::integer, false, 1024, "bytes"},
-       {"shared", ParamType::boolean, false, true, "allocate in shared memory"}});
+  add_step(registry, "blob_make", nullptr,
+           [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
+             const auto size = p.at("size").get<std::size_t>();
+             for (Message& m : batch) {
+               const auto fill = static_cast<std::byte>(m.value.get<int>() % 256);
+               if (p.at("shared").get<bool>()) {
+                 SharedBytes bytes = allocate_shared_bytes(size);
+                 std::memset(bytes.data(), static_cast<int>(fill), size);
+                 m.blobs.push_back(std::move(bytes).freeze());
+               } else {
+                 m.blobs.emplace_back(std::vector<std::byte>(size, fill));
+               }
+               out.push_back(std::move(m));
+             }
+           },
+           {{"size", ParamType::integer, false, 1024, "bytes"},
+            {"shared", ParamType::boolean, false, true, "allocate in shared memory"}});
 }
 
 Registry worker_test_registry() {

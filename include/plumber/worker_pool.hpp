@@ -62,23 +62,23 @@ bool in_shared_memory(const Blob& blob) noexcept;
 /// One worker process of a pool.
 struct WorkerStats {
   std::size_t index = 0;
-  int pid = 0;               ///< 0 while it is not running
-  bool ready = false;        ///< ran on_start and takes work
-  std::uint64_t tasks = 0;   ///< messages it completed
+  int pid = 0;              ///< its current (or last) process; 0 before the first
+  bool ready = false;       ///< running: ran on_start and takes work
+  std::uint64_t tasks = 0;  ///< messages it completed
   std::uint64_t restarts = 0;
 };
 
 /// Counters of a node's worker pool (`procs`). Updated on the pipeline's strand.
 struct WorkerPoolStats {
   std::size_t procs = 0;
-  std::uint64_t tasks_done = 0;   ///< messages whose batch came back (results or step errors)
-  std::uint64_t batches_done = 0; ///< calls of the step in workers
-  std::uint64_t in_flight = 0;    ///< messages sent to workers and not back yet
-  std::uint64_t max_batch = 0;    ///< largest batch sent
-  std::uint64_t restarts = 0;     ///< workers restarted after they died
-  std::uint64_t deaths = 0;       ///< workers that died (crash, kill, abort, exit)
-  std::uint64_t queue_ns = 0;     ///< total time batches waited between send and the worker's start
-  std::uint64_t worker_ns = 0;    ///< total time spent inside the step in workers
+  std::uint64_t tasks_done = 0;    ///< messages whose batch came back (results or step errors)
+  std::uint64_t batches_done = 0;  ///< calls of the step in workers
+  std::uint64_t in_flight = 0;     ///< messages sent to workers and not back yet
+  std::uint64_t max_batch = 0;     ///< largest batch sent
+  std::uint64_t restarts = 0;      ///< workers restarted after they died
+  std::uint64_t deaths = 0;        ///< workers that died (crash, kill, abort, exit)
+  std::uint64_t queue_ns = 0;   ///< total time batches waited between send and the worker's start
+  std::uint64_t worker_ns = 0;  ///< total time spent inside the step in workers
   std::uint64_t blob_bytes_copied = 0;  ///< blob bytes copied into shared memory
   std::uint64_t blob_bytes_shared = 0;  ///< blob bytes handed over by reference
   std::vector<WorkerStats> workers;

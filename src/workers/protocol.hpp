@@ -81,7 +81,8 @@ class Decoder {
 
  private:
   void need(std::size_t n) const {
-    if (static_cast<std::size_t>(end_ - p_) < n) throw std::runtime_error("truncated worker record");
+    if (static_cast<std::size_t>(end_ - p_) < n)
+      throw std::runtime_error("truncated worker record");
   }
   void raw(void* out, std::size_t n) {
     need(n);

@@ -53,7 +53,8 @@ class WorkerLoop {
         segment_.requests.pop();
         return 0;
       }
-      if (type != RecordType::request) throw std::runtime_error("unexpected record from the parent");
+      if (type != RecordType::request)
+        throw std::runtime_error("unexpected record from the parent");
       const std::uint64_t request_id = d.u64();
       d.u64();  // sent_ns: the parent keeps its own
       std::vector<Message> batch = decode_batch(d);

@@ -156,8 +156,8 @@ void WorkerPool::spawn(Worker& w) {
     plugins.push_back(path);
   config["plugins"] = std::move(plugins);
 
-  const std::string name = "/plumber-" + std::to_string(::getpid()) + "-" +
-                           node_.id.substr(0, 64) + "-" + std::to_string(w.index) + "-" +
+  const std::string name = "/plumber-" + std::to_string(::getpid()) + "-" + node_.id.substr(0, 64) +
+                           "-" + std::to_string(w.index) + "-" +
                            std::to_string(g_segment_sequence.fetch_add(1));
   Mapping mapping = Mapping::create(name, WorkerSegment::bytes_for(kRingCapacity));
   WorkerSegment segment = WorkerSegment::format(mapping, kRingCapacity, config.dump());
@@ -248,9 +248,9 @@ void WorkerPool::wait_ready_blocking(Worker& w) {
       if (!w.start_error.empty()) continue;
       const pid_t pid = w.pid;
       why = reap(w);
-      throw std::runtime_error(with_output(
-          w, "worker " + std::to_string(w.index) + " (pid " + std::to_string(pid) + ") " + why +
-                 " before it was ready"));
+      throw std::runtime_error(with_output(w, "worker " + std::to_string(w.index) + " (pid " +
+                                                  std::to_string(pid) + ") " + why +
+                                                  " before it was ready"));
     }
     const std::string text = describe(w) + " could not start: " + why;
     read_output_now(w);
@@ -301,7 +301,6 @@ std::string WorkerPool::reap(Worker& w) {
   read_output_now(w);
   w.exit.reset();
   w.output.reset();
-  w.pid_seen.store(0, std::memory_order_relaxed);
   w.ready_seen.store(false, std::memory_order_relaxed);
   return exit_text(info);
 }
@@ -318,7 +317,6 @@ void WorkerPool::kill_and_reap(Worker& w) noexcept {
   w.segment = {};
   w.mapping = {};
   w.state = State::stopped;
-  w.pid_seen.store(0, std::memory_order_relaxed);
   w.ready_seen.store(false, std::memory_order_relaxed);
 }
 
@@ -546,8 +544,8 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
   if (pending.aborted) throw boost::system::system_error(asio::error::operation_aborted);
   if (pending.done) co_return;
   if (std::get<0>(waited)) throw boost::system::system_error(asio::error::operation_aborted);
-  failure = "timed out after " + std::to_string(timeout->count()) + " ms in " +
-            describe(*pending.worker);
+  failure =
+      "timed out after " + std::to_string(timeout->count()) + " ms in " + describe(*pending.worker);
 }
 
 void WorkerPool::encode_request(Pending& p) {
@@ -685,8 +683,7 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
     case RecordType::failure:
       break;
     default:
-      throw std::runtime_error("unexpected record type " +
-                               std::to_string(static_cast<int>(type)));
+      throw std::runtime_error("unexpected record type " + std::to_string(static_cast<int>(type)));
   }
   const std::uint64_t request_id = d.u64();
   const std::uint64_t started = d.u64();
