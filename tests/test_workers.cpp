@@ -540,3 +540,30 @@ TEST_CASE("Workers.TimeoutDiscardsLateResult") {
   REQUIRE(errors.size() == 2);
   CHECK(errors[0].error.find("timed out after 50 ms in worker 0 (pid ") == 0);
 }
+
+TEST_CASE("Workers.RingsWrapAndLargeRecordsGoOutOfLine") {
+  // 4000 values of 500 bytes wrap the 1 MiB rings twice each way; two values
+  // of 1 MiB do not fit in a ring and travel through the arena.
+  Harness h;
+  h.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "input"},
+      {"id": "w", "coroutine": "spin", "procs": 1, "batch_size": 8},
+      {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "src", "to": "w"}, {"from": "w", "to": "out"}]})");
+  h.pipeline().start();
+  std::vector<json> fed;
+  for (int i = 0; i < 4000; ++i)
+    fed.push_back(std::to_string(i) + std::string(500, 'x'));
+  fed.push_back(std::string(1 << 20, 'a'));
+  fed.push_back(std::string(1 << 20, 'b'));
+  std::thread feeder([&] {
+    for (const json& v : fed)
+      h.pipeline().feed(v);
+    h.pipeline().end_input();
+  });
+  h.io.run();
+  feeder.join();
+  CHECK(h.errors().empty());
+  CHECK(sorted(h.values()) == sorted(fed));
+  CHECK(own_segments() == 0);
+}
