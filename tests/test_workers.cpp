@@ -314,7 +314,7 @@ TEST_CASE("Workers.OnStartThrowsFailsStart") {
   h.build(chain(R"({"id": "w", "coroutine": "start_throws", "procs": 2})", 3));
   const std::string error = start_error(h);
   CHECK(error.find("node \"w\": on_start failed: worker 0 (pid ") == 0);
-  CHECK(error.find("could not start: on_start failed: model file missing: /models/cat.bin") !=
+  CHECK(error.find("could not start: its on_start threw: model file missing: /models/cat.bin") !=
         std::string::npos);
   CHECK(no_children());
 }
@@ -566,4 +566,20 @@ TEST_CASE("Workers.RingsWrapAndLargeRecordsGoOutOfLine") {
   CHECK(h.errors().empty());
   CHECK(sorted(h.values()) == sorted(fed));
   CHECK(own_segments() == 0);
+}
+
+TEST_CASE("Workers.CoroutineMissingInWorker") {
+  // Registered here but not by main() before run_worker_if_requested: the
+  // re-executed worker cannot find it, and start() says so.
+  Harness h;
+  CoroutineOptions options;
+  options.worker_capable = true;
+  h.registry.add_function(
+      "only_in_parent", [](const json& v) { return v; }, std::move(options));
+  h.build(chain(R"({"id": "w", "coroutine": "only_in_parent", "procs": 1})", 3));
+  const std::string error = start_error(h);
+  CHECK(error.find("could not start: coroutine \"only_in_parent\" is not registered in the worker "
+                   "process (register it before calling plumber::run_worker_if_requested)") !=
+        std::string::npos);
+  CHECK(no_children());
 }

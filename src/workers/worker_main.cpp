@@ -88,8 +88,16 @@ class WorkerLoop {
                                  "\" is not registered in the worker process (register it "
                                  "before calling plumber::run_worker_if_requested)");
       }
-      transform_ = info->make_transform(config_.at("params"));
-      transform_->on_start();
+      try {
+        transform_ = info->make_transform(config_.at("params"));
+      } catch (const std::exception& e) {
+        throw std::runtime_error(std::string("making the step failed: ") + e.what());
+      }
+      try {
+        transform_->on_start();
+      } catch (const std::exception& e) {
+        throw std::runtime_error(std::string("its on_start threw: ") + e.what());
+      }
     } catch (const std::exception& e) {
       error = e.what();
     }

@@ -224,7 +224,7 @@ void WorkerPool::wait_ready_blocking(Worker& w) {
       // It reported why and exits: wait for that, to catch what it printed.
       pollfd exit_fd{w.exit->native_handle(), POLLIN, 0};
       ::poll(&exit_fd, 1, 1000);
-      why = "on_start failed: " + w.start_error;
+      why = w.start_error;
     }
     const auto now = Clock::now();
     if (why.empty() && now >= w.start_deadline) {
@@ -427,7 +427,7 @@ void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready,
   }
   if (!was_ready) {
     w.state = State::broken;
-    last_error_ = w.start_error.empty() ? text : describe(w) + " on_start failed: " + w.start_error;
+    last_error_ = w.start_error.empty() ? text : describe(w) + " could not start: " + w.start_error;
     fail_backlog(w, "could not restart: " + last_error_);
     return;
   }
