@@ -56,6 +56,7 @@ using plumber::Message;
 using SteadyClock = std::chrono::steady_clock;
 
 int g_runs = 5;
+std::string g_only;  // "a", "b" or "c": only that part
 
 double seconds_since(SteadyClock::time_point start) {
   return std::chrono::duration<double>(SteadyClock::now() - start).count();
@@ -82,10 +83,6 @@ Figure measure(const std::function<double()>& once) {
 void print_row(const std::string& name, const Figure& f, const char* unit, double scale = 1) {
   std::printf("  %-58s %10.2f %s  (%.2f .. %.2f)\n", name.c_str(), f.median * scale, unit,
               f.min * scale, f.max * scale);
-}
-
-void print_target(const std::string& target, const std::string& measured, bool met) {
-  std::printf("  %-58s %-22s %s\n", target.c_str(), measured.c_str(), met ? "MET" : "MISSED");
 }
 
 // --- a) the floor: raw ping-pong between two processes ---------------------------
@@ -345,99 +342,119 @@ int main(int argc, char** argv) {
   if (auto code = plumber::run_worker_if_requested(registry)) return *code;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--runs") g_runs = std::max(1, std::atoi(argv[i + 1]));
+    if (std::string(argv[i]) == "--only") g_only = argv[i + 1];
+    if (std::string(argv[i]) == "--pool-only") {  // for profiling the transport
+      std::printf("%.2f us\n", pool_round_trip(std::strtoull(argv[i + 1], nullptr, 10)));
+      return 0;
+    }
   }
   std::printf("Plumber worker benchmark: median of %d runs after 1 warm-up run\n\n", g_runs);
 
-  // a) round trip
-  std::printf("a) round trip of one message (microseconds, lower is better)\n");
-  constexpr std::uint64_t kRawRounds = 200'000, kRounds = 20'000;
-  const Figure spin = measure([] { return raw_ping_pong(true, kRawRounds) / 1e3; });
-  const Figure sleep = measure([] { return raw_ping_pong(false, kRawRounds / 4) / 1e3; });
-  g_ping.rounds = kRounds;
-  const Figure in_process = measure([&] {
-    return run_graph(registry, pingpong_graph(false)) * 1e6 / static_cast<double>(kRounds);
-  });
-  const Figure worker = measure([&] {
-    return run_graph(registry, pingpong_graph(true)) * 1e6 / static_cast<double>(kRounds);
-  });
-  const Figure pool = measure([&] { return pool_round_trip(kRounds); });
-  print_row("raw shm ping-pong, 2 processes, spinning", spin, "us");
-  print_row("raw ping-pong, 2 processes, eventfd (sleeping)", sleep, "us");
-  print_row("Plumber: source -> touch -> out, in process", in_process, "us");
-  print_row("Plumber: source -> touch (procs: 1) -> out", worker, "us");
-  print_row("WorkerPool::process alone, procs: 1 (no pipeline)", pool, "us");
-  std::printf("  %-58s %10.2fx\n", "ratio procs:1 / raw spinning ping-pong",
-              worker.median / spin.median);
-  std::printf("  %-58s %10.2fx\n", "ratio (procs:1 - in process) / raw spinning ping-pong",
-              (worker.median - in_process.median) / spin.median);
-  std::printf("  %-58s %10.2fx\n", "ratio WorkerPool alone / raw spinning ping-pong",
-              pool.median / spin.median);
+  const auto wanted = [](const char* part) { return g_only.empty() || g_only == part; };
+  std::vector<std::string> targets;
+  const auto target = [&](const std::string& what, const std::string& measured, bool met) {
+    char line[200];
+    std::snprintf(line, sizeof line, "  %-58s %-22s %s", what.c_str(), measured.c_str(),
+                  met ? "MET" : "MISSED");
+    targets.push_back(line);
+  };
+  const auto ratio = [](double r) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.2fx", r);
+    return std::string(text);
+  };
 
-  // b) throughput
-  std::printf("\nb) trivial tasks per second, procs: 1 (higher is better)\n");
-  constexpr std::uint64_t kTasks = 200'000;
-  std::vector<std::pair<std::string, Figure>> rates;
-  for (auto [batch, concurrency] : {std::pair{1, 4}, std::pair{1, 64}, std::pair{64, 4}}) {
-    const Figure f = measure([&, batch = batch, concurrency = concurrency] {
-      std::uint64_t outputs = 0;
-      const double s = run_graph(registry, tasks_graph(kTasks, batch, concurrency), &outputs);
-      (void)outputs;
-      return static_cast<double>(kTasks) / s;
+  if (wanted("a")) {
+    std::printf("a) round trip of one message (microseconds, lower is better)\n");
+    constexpr std::uint64_t kRawRounds = 200'000, kRounds = 20'000;
+    const Figure spin = measure([] { return raw_ping_pong(true, kRawRounds) / 1e3; });
+    const Figure sleep = measure([] { return raw_ping_pong(false, kRawRounds / 4) / 1e3; });
+    g_ping.rounds = kRounds;
+    const Figure in_process = measure([&] {
+      return run_graph(registry, pingpong_graph(false)) * 1e6 / static_cast<double>(kRounds);
     });
-    const std::string name =
-        "batch_size " + std::to_string(batch) + ", concurrency " + std::to_string(concurrency);
-    print_row("Plumber " + name, f, "k tasks/s", 1e-3);
-    rates.emplace_back(name, f);
+    const Figure worker = measure([&] {
+      return run_graph(registry, pingpong_graph(true)) * 1e6 / static_cast<double>(kRounds);
+    });
+    const Figure pool = measure([&] { return pool_round_trip(kRounds); });
+    print_row("raw shm ping-pong, 2 processes, spinning", spin, "us");
+    print_row("raw ping-pong, 2 processes, eventfd (sleeping)", sleep, "us");
+    print_row("Plumber: source -> touch -> out, in process", in_process, "us");
+    print_row("Plumber: source -> touch (procs: 1) -> out", worker, "us");
+    print_row("WorkerPool::process alone, procs: 1 (no pipeline)", pool, "us");
+    std::printf("  %-58s %10.2fx\n", "ratio procs:1 / raw spinning ping-pong",
+                worker.median / spin.median);
+    std::printf("  %-58s %10.2fx\n", "ratio WorkerPool alone / raw spinning ping-pong",
+                pool.median / spin.median);
+    std::printf("  %-58s %10.2fx\n", "ratio procs:1 / raw eventfd ping-pong",
+                worker.median / sleep.median);
+    target("round trip <= 4x raw spinning ping-pong (whole pipeline)",
+           ratio(worker.median / spin.median), worker.median <= 4 * spin.median);
+    target("round trip <= 4x raw spinning ping-pong (WorkerPool alone)",
+           ratio(pool.median / spin.median), pool.median <= 4 * spin.median);
   }
 
-  // c) 1 MiB blobs
-  std::printf("\nc) 1 MiB blobs to a worker and back (GB/s of blob bytes, higher is better)\n");
-  constexpr std::size_t kBlob = 1 << 20;
-  constexpr std::uint64_t kBlobs = 4000;
-  std::vector<std::byte> from(kBlob, std::byte{1}), to(kBlob);
-  const Figure memcpy_rate = measure([&] {
-    const auto start = SteadyClock::now();
-    for (int i = 0; i < 4000; ++i) {
-      from[static_cast<std::size_t>(i) % kBlob] = static_cast<std::byte>(i);
-      std::memcpy(to.data(), from.data(), kBlob);
+  if (wanted("b")) {
+    std::printf("\nb) trivial tasks per second, procs: 1 (higher is better)\n");
+    constexpr std::uint64_t kTasks = 200'000;
+    std::vector<Figure> rates;
+    for (auto [batch, concurrency] : {std::pair{1, 4}, std::pair{1, 64}, std::pair{64, 4}}) {
+      const Figure f = measure([&, batch = batch, concurrency = concurrency] {
+        return static_cast<double>(kTasks) /
+               run_graph(registry, tasks_graph(kTasks, batch, concurrency));
+      });
+      print_row("Plumber batch_size " + std::to_string(batch) + ", concurrency " +
+                    std::to_string(concurrency),
+                f, "k tasks/s", 1e-3);
+      rates.push_back(f);
     }
-    g_checksum += static_cast<std::uint64_t>(to[kBlob / 3]);
-    return 4000.0 * kBlob / seconds_since(start) / 1e9;
-  });
-  g_copy_out.resize(kBlob);
-  const auto blob_rate = [&](bool shared) {
-    g_blobs.make(shared, 8, kBlob);
-    g_copy_results = !shared;
-    return measure([&] {
-      return static_cast<double>(kBlobs) * kBlob / run_graph(registry, blob_graph(kBlobs)) / 1e9;
+    const double best_unbatched = std::max(rates[0].median, rates[1].median);
+    target(">= 200 k trivial tasks/s, procs: 1, batch_size 1",
+           std::to_string(static_cast<int>(best_unbatched / 1e3)) + " k/s",
+           best_unbatched >= 200e3);
+    target(">= 200 k trivial tasks/s, procs: 1, batch_size 64",
+           std::to_string(static_cast<int>(rates[2].median / 1e3)) + " k/s",
+           rates[2].median >= 200e3);
+  }
+
+  if (wanted("c")) {
+    std::printf("\nc) 1 MiB blobs to a worker and back (GB/s of blob bytes, higher is better)\n");
+    constexpr std::size_t kBlob = 1 << 20;
+    constexpr std::uint64_t kBlobs = 4000;
+    std::vector<std::byte> from(kBlob, std::byte{1}), to(kBlob);
+    const Figure memcpy_rate = measure([&] {
+      const auto start = SteadyClock::now();
+      for (int i = 0; i < 4000; ++i) {
+        from[static_cast<std::size_t>(i) % kBlob] = static_cast<std::byte>(i);
+        std::memcpy(to.data(), from.data(), kBlob);
+      }
+      g_checksum += static_cast<std::uint64_t>(to[kBlob / 3]);
+      return 4000.0 * kBlob / seconds_since(start) / 1e9;
     });
-  };
-  const Figure zero_copy = blob_rate(true);
-  const Figure copying = blob_rate(false);
-  g_blobs.blobs.clear();
-  print_row("memcpy 1 MiB (one copy, the floor of a copying path)", memcpy_rate, "GB/s");
-  print_row("Plumber zero copy: blobs made in shared memory", zero_copy, "GB/s");
-  print_row("Plumber copying path: copied in and out (2 copies)", copying, "GB/s");
-  std::printf("  %-58s %10.0f blobs/s\n", "zero copy, 1 MiB blobs", zero_copy.median * 1e9 / kBlob);
-  std::printf("  %-58s %10.2fx\n", "ratio zero copy / copying path",
-              zero_copy.median / copying.median);
+    g_copy_out.resize(kBlob);
+    const auto blob_rate = [&](bool shared) {
+      g_blobs.make(shared, 8, kBlob);
+      g_copy_results = !shared;
+      return measure([&] {
+        return static_cast<double>(kBlobs) * kBlob / run_graph(registry, blob_graph(kBlobs)) / 1e9;
+      });
+    };
+    const Figure zero_copy = blob_rate(true);
+    const Figure copying = blob_rate(false);
+    g_blobs.blobs.clear();
+    print_row("memcpy 1 MiB (one copy, the floor of a copying path)", memcpy_rate, "GB/s");
+    print_row("Plumber zero copy: blobs made in shared memory", zero_copy, "GB/s");
+    print_row("Plumber copying path: copied in and out (2 copies)", copying, "GB/s");
+    std::printf("  %-58s %10.0f blobs/s\n", "zero copy, 1 MiB blobs",
+                zero_copy.median * 1e9 / kBlob);
+    std::printf("  %-58s %10.2fx\n", "ratio zero copy / copying path",
+                zero_copy.median / copying.median);
+    target("1 MiB blobs >= 2x a copying path", ratio(zero_copy.median / copying.median),
+           zero_copy.median >= 2 * copying.median);
+  }
 
   std::printf("\nTargets (design.md)\n");
-  print_target("round trip <= 4x raw spinning ping-pong (whole pipeline)",
-               std::to_string(worker.median / spin.median).substr(0, 5) + "x",
-               worker.median <= 4 * spin.median);
-  print_target("round trip <= 4x raw spinning ping-pong (WorkerPool alone)",
-               std::to_string(pool.median / spin.median).substr(0, 5) + "x",
-               pool.median <= 4 * spin.median);
-  const double best_unbatched = std::max(rates[0].second.median, rates[1].second.median);
-  print_target(">= 200 k trivial tasks/s, procs: 1, batch_size 1",
-               std::to_string(static_cast<int>(best_unbatched / 1e3)) + " k/s",
-               best_unbatched >= 200e3);
-  print_target(">= 200 k trivial tasks/s, procs: 1, batch_size 64",
-               std::to_string(static_cast<int>(rates[2].second.median / 1e3)) + " k/s",
-               rates[2].second.median >= 200e3);
-  print_target("1 MiB blobs >= 2x a copying path",
-               std::to_string(zero_copy.median / copying.median).substr(0, 5) + "x",
-               zero_copy.median >= 2 * copying.median);
+  for (const auto& line : targets)
+    std::printf("%s\n", line.c_str());
   return g_checksum.load() == 0xdeadbeef ? 1 : 0;  // keeps the checksums alive
 }

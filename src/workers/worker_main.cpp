@@ -1,5 +1,6 @@
 // The worker side: run_worker_if_requested and the loop of a worker process.
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -247,9 +248,14 @@ class WorkerLoop {
   template <class Ready>
   bool wait(Ready ready, std::chrono::milliseconds limit = std::chrono::milliseconds(-1)) {
     const auto spin_until = std::chrono::steady_clock::now() + spin_;
-    for (unsigned i = 0;; ++i) {
+    for (unsigned i = 1;; ++i) {
       if (ready()) return true;
-      if ((i & 63) == 0 && std::chrono::steady_clock::now() > spin_until) break;
+      if ((i & 63) == 0) {
+        if (std::chrono::steady_clock::now() > spin_until) break;
+        // When the parent shares this core (a busy machine), let it run: a
+        // spin would only delay the request it is about to write.
+        ::sched_yield();
+      }
       __builtin_ia32_pause();
     }
     auto& flag = segment_.header->worker_sleeping;

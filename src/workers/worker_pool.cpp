@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -119,6 +120,7 @@ struct WorkerPool::Worker {
   std::string output_tail;
   std::unordered_map<std::uint64_t, Pending*> in_flight;  // sent or in the backlog
   std::deque<Pending*> backlog;  // waiting for room in the ring, or for the worker to be ready
+  std::uint64_t last_sent_ns = 0;
   asio::steady_timer backoff;
   // Read by stats() from any thread.
   std::atomic<int> pid_seen{0};
@@ -449,13 +451,19 @@ void WorkerPool::restart(Worker& w) {
 asio::awaitable<void> WorkerPool::read_results(Worker& w) {
   auto* header = w.segment.header;
   std::uint64_t active = monotonic_ns();
+  unsigned polls = 0;
   for (;;) {
     co_await throw_if_cancelled();  // the worker ended, or stop(false)
     if (drain(w)) active = monotonic_ns();
     flush_backlog(w);
-    if (!w.in_flight.empty() && monotonic_ns() - active < parent_spin_ns_) {
-      // A result is due soon: poll again after whatever else is queued, rather
-      // than sleep in epoll (a wake-up costs tens of microseconds here).
+    if (monotonic_ns() - std::max(active, w.last_sent_ns) < parent_spin_ns_) {
+      // Traffic is recent (a result is due soon, or the next request often
+      // follows a result within microseconds): poll again after whatever else
+      // is queued rather than sleep in epoll, where a wake-up costs several
+      // microseconds here (tens when the core was idle). Bounded: after
+      // parent_spin_ns_ without a request or a result, it sleeps.
+      // Every few rounds, give the core away if the worker waits for it.
+      if ((++polls & 15) == 0) ::sched_yield();
       co_await asio::post(strand_, use_awaitable);
     } else {
       header->parent_waiting.store(1, std::memory_order_seq_cst);
@@ -608,6 +616,7 @@ void WorkerPool::flush_backlog(Worker& w) {
     if (!push_record(w.segment.requests, p.record)) break;
     p.sent = true;
     p.sent_ns = now;
+    w.last_sent_ns = now;
     w.backlog.pop_front();
     pushed = true;
   }
