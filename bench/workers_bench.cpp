@@ -30,6 +30,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -348,7 +349,14 @@ int main(int argc, char** argv) {
       return 0;
     }
   }
-  std::printf("Plumber worker benchmark: median of %d runs after 1 warm-up run\n\n", g_runs);
+  const auto load = [] {
+    std::ifstream in("/proc/loadavg");
+    std::string one;
+    in >> one;
+    return one;
+  };
+  std::printf("Plumber worker benchmark: median of %d runs after 1 warm-up run (load %s)\n\n",
+              g_runs, load().c_str());
 
   const auto wanted = [](const char* part) { return g_only.empty() || g_only == part; };
   std::vector<std::string> targets;
@@ -453,7 +461,7 @@ int main(int argc, char** argv) {
            zero_copy.median >= 2 * copying.median);
   }
 
-  std::printf("\nTargets (design.md)\n");
+  std::printf("\nTargets (design.md; load at the end %s)\n", load().c_str());
   for (const auto& line : targets)
     std::printf("%s\n", line.c_str());
   return g_checksum.load() == 0xdeadbeef ? 1 : 0;  // keeps the checksums alive
