@@ -92,8 +92,10 @@ void print_worker_stats(const Pipeline& pipeline) {
       header = true;
     }
     std::string pids;
-    for (const auto& one : w.workers)
-      pids += (pids.empty() ? "" : ",") + std::to_string(one.pid);
+    for (const auto& one : w.workers) {
+      if (!pids.empty()) pids += ',';
+      pids += std::to_string(one.pid);
+    }
     std::fprintf(stderr, "%-14s %5zu %10llu %9llu %8llu %10.1f %8llu %10.1f %10.1f  %s\n",
                  s.node.c_str(), w.procs, static_cast<unsigned long long>(w.tasks_done),
                  static_cast<unsigned long long>(w.in_flight),
