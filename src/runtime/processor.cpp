@@ -324,7 +324,8 @@ bool Processor::try_take(Packet& packet) {
 
 bool Processor::fast_path() const noexcept {
   // A synchronous step on the strand runs one message at a time whatever its
-  // concurrency: only async steps and thread pools take the slower path.
+  // concurrency: only async steps, thread pools and worker pools take the
+  // slower path.
   return !transform_->is_async() && !pool_ && !workers_;
 }
 
