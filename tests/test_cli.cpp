@@ -1,14 +1,20 @@
 // End-to-end tests of the command line: each runs the real `plumber` binary
 // (PLUMBER_EXE) and checks its stdout, stderr and exit status.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -18,6 +24,7 @@
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
+extern char** environ;
 using nlohmann::json;
 using plumber::test::ProcessResult;
 using plumber::test::split_lines;
@@ -485,6 +492,129 @@ TEST_CASE("Cli.ListJson") {
 }
 
 // --- plugins ----------------------------------------------------------------------------
+
+TEST_CASE("Cli.RunWorkers") {
+  // graphs/workers.json: "procs": 2, "batch_size": 16. Its output is the same as
+  // in process: the same graph without them.
+  const std::string graph = kGraphs + "/workers.json";
+  json in_process = json::parse(read_file(graph));
+  in_process["nodes"][1].erase("procs");
+  in_process["nodes"][1].erase("batch_size");
+  const std::string in_process_file =
+      (fs::temp_directory_path() / ("plumber-cli-workers-" + std::to_string(::getpid()) + ".json"))
+          .string();
+  std::ofstream(in_process_file) << in_process.dump();
+  const ProcessResult reference = plumber_cli({"run", in_process_file});
+  fs::remove(in_process_file);
+  REQUIRE(reference.exit_code == 0);
+  REQUIRE(split_lines(reference.out).size() == 200);
+
+  const ProcessResult result = plumber_cli({"run", "--stats", graph});
+  INFO(result.err);
+  REQUIRE(result.exit_code == 0);
+  CHECK(sorted_lines(result.out) == sorted_lines(reference.out));
+  // The worker pool's line: node, procs, tasks, in flight, batches, ...
+  const auto lines = split_lines(result.err);
+  auto header = std::find_if(lines.begin(), lines.end(),
+                             [](const std::string& l) { return l.starts_with("workers "); });
+  REQUIRE(header != lines.end());
+  REQUIRE(header + 1 != lines.end());
+  std::istringstream row(*(header + 1));
+  std::vector<std::string> cells;
+  for (std::string word; row >> word;)
+    cells.push_back(word);
+  REQUIRE(cells.size() == 10);
+  CHECK(cells[0] == "sq");
+  CHECK(cells[1] == "2");            // procs
+  CHECK(cells[2] == "200");          // tasks
+  CHECK(cells[3] == "0");            // in flight
+  CHECK(std::stoi(cells[4]) >= 13);  // batches: at most 16 messages each
+  CHECK(cells[6] == "0");            // restarts
+}
+
+namespace {
+
+/// Pids of the processes whose parent is `parent` (from /proc/*/stat).
+std::vector<int> children_of(int parent) {
+  std::vector<int> pids;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+    std::istringstream rest(line.substr(line.rfind(')') + 1));
+    char state = 0;
+    int ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent) pids.push_back(std::stoi(name));
+  }
+  return pids;
+}
+
+/// True once `pid` has ended (gone, or a zombie waiting for its new parent).
+bool ended(int pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  std::istringstream rest(line.substr(line.rfind(')') + 1));
+  char state = 0;
+  rest >> state;
+  return state == 'Z' || state == 'X';
+}
+
+}  // namespace
+
+TEST_CASE("Cli.KilledParentLeavesNothing") {
+  // `plumber run` with 2 workers, killed with SIGKILL mid-run: its workers see
+  // their lifeline close and exit, and no shared-memory segment is left.
+  const std::string graph = kData + "/endless_workers.json";
+  std::vector<std::string> args{PLUMBER_EXE, "run", graph};
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  pid_t pid = 0;
+  REQUIRE(posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0);
+  posix_spawn_file_actions_destroy(&actions);
+
+  std::vector<int> workers;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (workers.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    workers = children_of(pid);
+  }
+  REQUIRE(workers.size() == 2);
+  // Let it run a little (every worker ready and busy), then kill it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  REQUIRE(::kill(pid, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFSIGNALED(status));
+  for (int worker : workers) {
+    CAPTURE(worker);
+    while (!ended(worker) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    CHECK(ended(worker));
+  }
+  const std::string prefix = "plumber-" + std::to_string(pid) + "-";
+  for (const auto& entry : fs::directory_iterator("/dev/shm"))
+    CHECK_FALSE(entry.path().filename().string().starts_with(prefix));
+}
+
+TEST_CASE("Cli.PluginCoroutineInWorkers") {
+  const ProcessResult result =
+      plumber_cli({"run", kData + "/plugin_shout_workers.json", "--plugin", PLUMBER_TEST_PLUGIN});
+  INFO(result.err);
+  CHECK(result.exit_code == 0);
+  CHECK(result.err.empty());
+  CHECK(sorted_lines(result.out) == std::vector<std::string>{"\"HI?\"", "\"PLUMBER?\""});
+}
 
 TEST_CASE("Cli.Plugin") {
   SUBCASE("adds coroutines to run and list") {

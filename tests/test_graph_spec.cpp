@@ -652,17 +652,22 @@ TEST_CASE("GraphSpec.CheckParams") {
 
 // --- procs -------------------------------------------------------------------------
 
-TEST_CASE("GraphSpec.ProcsRejected") {
+TEST_CASE("GraphSpec.ProcsChecked") {
   // A coroutine that holds in-process state can never run in a worker.
   CHECK(
       diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "sleep", "procs": 2})")) ==
       Lines{
           R"(g.json: /nodes/1/procs: coroutine "sleep" cannot run in a worker process (it holds in-process state; use "threads" instead))"});
-  // Worker processes do not exist yet in this version.
+  // A worker-capable coroutine loads, with a few batches in flight per worker.
+  const GraphSpec graph =
+      parse_graph(chain_with(R"({"id": "mid", "coroutine": "fib", "procs": 2})"), builtins());
+  CHECK(graph.nodes[1].procs == 2);
+  CHECK(graph.nodes[1].concurrency == 8);
+  // Threads and processes exclude each other.
   CHECK(
-      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "fib", "procs": 2})")) ==
+      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "fib", "procs": 2, "threads": 2})")) ==
       Lines{
-          R"(g.json: /nodes/1/procs: worker processes are not supported yet by this version (use "threads" for now))"});
+          R"(g.json: /nodes/1/procs: a node runs its step either on threads or in worker processes, not both (remove "threads" or "procs"))"});
   CHECK(codes_of(chain_with(R"({"id": "mid", "coroutine": "sleep", "procs": 1})")) ==
         Lines{"graph.not_worker_capable"});
 }

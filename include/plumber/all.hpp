@@ -10,3 +10,4 @@
 #include "plumber/plumber.hpp"
 #include "plumber/processor.hpp"
 #include "plumber/registry.hpp"
+#include "plumber/worker_pool.hpp"

@@ -25,6 +25,10 @@ class Blob {
   std::span<const std::byte> bytes() const noexcept { return bytes_; }
   const std::byte* data() const noexcept { return bytes_.data(); }
   std::size_t size() const noexcept { return bytes_.size(); }
+  /// Part of these bytes, sharing their owner (no copy).
+  Blob slice(std::size_t offset, std::size_t size) const {
+    return Blob(owner_, bytes_.subspan(offset, size));
+  }
   /// How many Blobs share these bytes (for tests that prove nothing was copied).
   long use_count() const noexcept { return owner_.use_count(); }
 

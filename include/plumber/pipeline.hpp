@@ -84,6 +84,9 @@ using ProcessSignature = void(std::exception_ptr, ProcessResult);
 struct PipelineOptions {
   /// Measure the time spent inside each step (costs two clock reads per call).
   bool collect_timings = false;
+  /// How long start() waits for the worker processes of a `procs` node to run
+  /// their on_start (and a restarted worker to be ready again).
+  std::chrono::milliseconds worker_start_timeout{10'000};
 };
 
 /// A running graph. Made by Plumber::build; runs on a strand of the executor it

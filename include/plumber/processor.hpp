@@ -1,7 +1,10 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
+
+#include "plumber/worker_pool.hpp"
 
 namespace plumber {
 
@@ -19,6 +22,7 @@ struct ProcessorStats {
   std::uint64_t batches = 0;      ///< calls of the step
   std::uint64_t busy_ns = 0;      ///< time inside the step (only with collect_timings)
   std::uint64_t queue_depth = 0;  ///< messages waiting in the input channel
+  std::optional<WorkerPoolStats> workers;  ///< for a node with `procs`
 };
 
 }  // namespace plumber

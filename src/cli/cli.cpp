@@ -266,6 +266,8 @@ int main(int argc, char** argv) {
     std::cerr << "plumber: " << e.what() << '\n';
     return kExitInvalid;
   }
+  // A worker process of a `procs` node: this program, re-executed.
+  if (auto code = run_worker_if_requested(registry)) return *code;
 
   if (*run_command) return run_graph(run, registry);
   if (*serve_command) {

@@ -78,6 +78,36 @@ void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline*
   reader->finished = true;
 }
 
+/// One line per worker pool (nodes with `procs`): what went through the
+/// workers, and where the time went (queued for a worker vs inside the step).
+void print_worker_stats(const Pipeline& pipeline) {
+  bool header = false;
+  for (const auto& s : pipeline.stats()) {
+    if (!s.workers) continue;
+    const WorkerPoolStats& w = *s.workers;
+    if (!header) {
+      std::fprintf(stderr, "%-14s %5s %10s %9s %8s %10s %8s %10s %10s  %s\n", "workers", "procs",
+                   "tasks", "in-flight", "batches", "mean-batch", "restarts", "queue-ms",
+                   "worker-ms", "pids");
+      header = true;
+    }
+    std::string pids;
+    for (const auto& one : w.workers) {
+      if (!pids.empty()) pids += ',';
+      pids += std::to_string(one.pid);
+    }
+    std::fprintf(stderr, "%-14s %5zu %10llu %9llu %8llu %10.1f %8llu %10.1f %10.1f  %s\n",
+                 s.node.c_str(), w.procs, static_cast<unsigned long long>(w.tasks_done),
+                 static_cast<unsigned long long>(w.in_flight),
+                 static_cast<unsigned long long>(w.batches_done),
+                 w.batches_done
+                     ? static_cast<double>(w.tasks_done) / static_cast<double>(w.batches_done)
+                     : 0.0,
+                 static_cast<unsigned long long>(w.restarts), static_cast<double>(w.queue_ns) / 1e6,
+                 static_cast<double>(w.worker_ns) / 1e6, pids.c_str());
+  }
+}
+
 void print_stats(const Pipeline& pipeline, std::chrono::steady_clock::duration wall) {
   const double seconds = std::chrono::duration<double>(wall).count();
   std::fprintf(stderr, "%-14s %-12s %10s %10s %7s %7s %8s %10s\n", "node", "coroutine", "received",
@@ -90,6 +120,7 @@ void print_stats(const Pipeline& pipeline, std::chrono::steady_clock::duration w
                  static_cast<unsigned long long>(s.skipped + s.expired),
                  static_cast<unsigned long long>(s.batches), static_cast<double>(s.busy_ns) / 1e6);
   }
+  print_worker_stats(pipeline);
   const auto emitted = pipeline.emitted_messages();
   std::fprintf(stderr, "%llu messages in %.3f s (%.0f msg/s)\n",
                static_cast<unsigned long long>(emitted), seconds,

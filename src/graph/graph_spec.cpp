@@ -243,6 +243,9 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
   spec.procs = static_cast<std::size_t>(integer(node, pointer, "procs", 0, 0, 256));
   // A thread pool is only useful with as many messages in flight as threads.
   if (spec.threads > 0 && !node.contains("concurrency")) spec.concurrency = spec.threads;
+  // Worker processes: a few batches queued per worker keep it busy while the
+  // parent handles the results of the previous ones.
+  if (spec.procs > 0 && !node.contains("concurrency")) spec.concurrency = 4 * spec.procs;
   spec.batch_size = static_cast<std::size_t>(integer(node, pointer, "batch_size", 1, 1, 100'000));
   spec.batch_timeout =
       std::chrono::milliseconds(integer(node, pointer, "batch_timeout_ms", 0, 0, 3'600'000));
@@ -277,9 +280,10 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
       error("graph.not_worker_capable", pointer + "/procs",
             "coroutine " + in_quotes(info->name) + " cannot run in a worker process",
             "it holds in-process state; use \"threads\" instead");
-    } else if (spec.procs > 0) {
-      error("graph.not_supported", pointer + "/procs",
-            "worker processes are not supported yet by this version", "use \"threads\" for now");
+    } else if (spec.procs > 0 && spec.threads > 0) {
+      error("graph.threads_and_procs", pointer + "/procs",
+            "a node runs its step either on threads or in worker processes, not both",
+            "remove \"threads\" or \"procs\"");
     }
     if (info->kind == CoroutineKind::source) {
       for (const char* key : {"join", "when", "batch_size", "batch_timeout_ms", "concurrency",

@@ -1,10 +1,25 @@
 #include "plumber/plugin.hpp"
 
 #include <dlfcn.h>
+#include <stdlib.h>
+
+#include <mutex>
+#include <vector>
 
 #include "plumber/error.hpp"
+#include "workers/worker_launch.hpp"
 
 namespace plumber {
+
+namespace {
+std::mutex g_plugins_mutex;
+std::vector<std::string> g_plugin_paths;  // absolute, for worker processes
+}  // namespace
+
+std::vector<std::string> detail::loaded_plugin_paths() {
+  std::lock_guard lock(g_plugins_mutex);
+  return g_plugin_paths;
+}
 
 #define PLUMBER_STRINGIFY_(x) #x
 #define PLUMBER_STRINGIFY(x) PLUMBER_STRINGIFY_(x)
@@ -28,6 +43,10 @@ void load_plugin(const std::string& path, Registry& registry) {
   } catch (const std::exception& e) {
     throw UsageError("plugin " + path + ": " + e.what());
   }
+  char* absolute = ::realpath(path.c_str(), nullptr);
+  std::lock_guard lock(g_plugins_mutex);
+  g_plugin_paths.push_back(absolute ? absolute : path);
+  ::free(absolute);
 }
 
 }  // namespace plumber

@@ -15,6 +15,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "runtime/pipeline_core.hpp"
+#include "workers/worker_pool.hpp"
 
 namespace plumber::detail {
 
@@ -63,6 +64,10 @@ Processor::Processor(PipelineCore& core, const NodeSpec& spec, const CoroutineIn
   batch_.reserve(spec_.batch_size);
   if (spec_.batch_timeout.count() > 0) batch_timer_.emplace(core_.strand());
   if (spec_.threads > 0) pool_.emplace(spec_.threads);
+  if (spec_.procs > 0) {
+    workers_ = std::make_unique<WorkerPool>(spec_, core_.strand(),
+                                            core_.options().worker_start_timeout);
+  }
   if (spec_.concurrency > 1) slots_.emplace(core_.strand(), spec_.concurrency);
 }
 
@@ -80,6 +85,8 @@ void Processor::connect(Processor& successor, std::uint16_t port) {
 void Processor::on_start() {
   if (source_) {
     source_->on_start();
+  } else if (workers_) {
+    workers_->start();  // on_start runs in each worker, never here
   } else {
     transform_->on_start();
   }
@@ -102,10 +109,12 @@ ProcessorStats Processor::stats() const {
   s.batches = batches_.get();
   s.busy_ns = busy_ns_.get();
   s.queue_depth = queued_.get();
+  if (workers_) s.workers = workers_->stats();
   return s;
 }
 
 asio::awaitable<void> Processor::run() {
+  if (workers_) workers_->run([this](asio::awaitable<void> task) { core_.spawn(std::move(task)); });
   if (source_) {
     co_await run_source();
   } else {
@@ -315,8 +324,9 @@ bool Processor::try_take(Packet& packet) {
 
 bool Processor::fast_path() const noexcept {
   // A synchronous step on the strand runs one message at a time whatever its
-  // concurrency: only async steps and thread pools take the slower path.
-  return !transform_->is_async() && !pool_;
+  // concurrency: only async steps, thread pools and worker pools take the
+  // slower path.
+  return !transform_->is_async() && !pool_ && !workers_;
 }
 
 asio::awaitable<void> Processor::run_transform() {
@@ -365,6 +375,7 @@ asio::awaitable<void> Processor::run_transform() {
           if (++ends_seen_ < inputs_) break;
           if (!batch_.empty()) co_await dispatch_batch();
           co_await wait_units_idle();
+          if (workers_) workers_->close();
           if (batch_timer_) batch_timer_->cancel();
           flush_zip_leftovers(out);
           if (!try_send_all(out)) co_await send_all(out);
@@ -559,7 +570,9 @@ asio::awaitable<void> Processor::compute_async(std::vector<Message>& batch, Outb
     errc failure_code = errc::step_failed;
     try {
       batches_.add();
-      if (transform_->is_async()) {
+      if (workers_) {
+        co_await workers_->process(batch, results, failure, spec_.timeout);
+      } else if (transform_->is_async()) {
         // An async step is interrupted at its timeout_ms, or when every message
         // of the batch is past its deadline (nobody waits for the result).
         const auto deadline = batch_deadline(batch);

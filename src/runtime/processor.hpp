@@ -22,6 +22,7 @@ namespace plumber::detail {
 
 class PipelineCore;
 class FeedQueue;
+class WorkerPool;
 struct FeedItem;
 
 /// One node at run time: its input channel (bounded: the back pressure), its
@@ -150,6 +151,7 @@ class Processor final : public SourceContext {
   std::optional<asio::steady_timer> batch_timer_;
   std::uint64_t batch_generation_ = 0;
   std::optional<asio::thread_pool> pool_;
+  std::unique_ptr<WorkerPool> workers_;  // `procs`: the step runs in worker processes
   /// Concurrency slots: a unit takes one by sending, gives it back by receiving.
   std::optional<asio::experimental::channel<void(error_code)>> slots_;
 

@@ -1,0 +1,135 @@
+#pragma once
+/// What travels on a worker's rings: requests (a batch) from the parent,
+/// results, failures and readiness from the worker. Values are CBOR; blobs
+/// travel as offsets into the shared arena, never as bytes.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "plumber/json.hpp"
+#include "workers/shm.hpp"
+
+namespace plumber::detail {
+
+enum class RecordType : std::uint8_t {
+  request = 1,       // parent -> worker: a batch
+  exit = 2,          // parent -> worker: finish and exit 0
+  result = 3,        // worker -> parent: the outputs of a batch
+  failure = 4,       // worker -> parent: the step threw (text)
+  ready = 5,         // worker -> parent: on_start done, taking work
+  start_failed = 6,  // worker -> parent: could not start (text)
+  out_of_line = 7,   // either way: the record is in the arena (offset, size)
+};
+
+/// How a result blob is handed back.
+enum class BlobMode : std::uint8_t {
+  borrowed = 0,     // a slice of a blob of the request: the parent still owns it
+  transferred = 1,  // allocated in the arena by the worker: the parent owns it now
+};
+
+/// Appends fixed-size integers, CBOR values and texts to a byte buffer.
+class Encoder {
+ public:
+  explicit Encoder(std::vector<std::uint8_t>& out) : out_(out) {}
+  void u8(std::uint8_t v) { out_.push_back(v); }
+  void u32(std::uint32_t v) { raw(&v, sizeof v); }
+  void u64(std::uint64_t v) { raw(&v, sizeof v); }
+  void value(const json& v);
+  void text(std::string_view s) {
+    u32(static_cast<std::uint32_t>(s.size()));
+    raw(s.data(), s.size());
+  }
+  /// Overwrites a u32 written earlier at `offset`.
+  void patch_u32(std::size_t offset, std::uint32_t v) { std::memcpy(&out_[offset], &v, sizeof v); }
+  std::size_t size() const noexcept { return out_.size(); }
+
+ private:
+  void raw(const void* p, std::size_t n) {
+    const auto* b = static_cast<const std::uint8_t*>(p);
+    out_.insert(out_.end(), b, b + n);
+  }
+  std::vector<std::uint8_t>& out_;
+};
+
+/// Reads what Encoder wrote; throws std::runtime_error on a truncated record.
+class Decoder {
+ public:
+  explicit Decoder(std::span<const std::byte> in) : p_(in.data()), end_(in.data() + in.size()) {}
+  std::uint8_t u8() {
+    std::uint8_t v;
+    raw(&v, 1);
+    return v;
+  }
+  std::uint32_t u32() {
+    std::uint32_t v;
+    raw(&v, sizeof v);
+    return v;
+  }
+  std::uint64_t u64() {
+    std::uint64_t v;
+    raw(&v, sizeof v);
+    return v;
+  }
+  json value();
+  std::string text();
+
+ private:
+  void need(std::size_t n) const {
+    if (static_cast<std::size_t>(end_ - p_) < n)
+      throw std::runtime_error("truncated worker record");
+  }
+  void raw(void* out, std::size_t n) {
+    need(n);
+    std::memcpy(out, p_, n);
+    p_ += n;
+  }
+  const std::byte* p_;
+  const std::byte* end_;
+};
+
+/// Publishes `record` on `ring`. A record larger than the ring's largest is
+/// placed in the arena and a reference travels instead. False when the ring
+/// has no room (nothing was published).
+bool push_record(ByteRing& ring, std::span<const std::uint8_t> record);
+
+/// A record read from a ring, with out-of-line records resolved. Frees the
+/// arena copy of an out-of-line record when destroyed.
+class IncomingRecord {
+ public:
+  explicit IncomingRecord(std::span<const std::byte> bytes);
+  IncomingRecord(const IncomingRecord&) = delete;
+  IncomingRecord& operator=(const IncomingRecord&) = delete;
+  ~IncomingRecord();
+  std::span<const std::byte> bytes() const noexcept { return bytes_; }
+
+ private:
+  std::span<const std::byte> bytes_;
+  const void* arena_copy_ = nullptr;
+};
+
+/// Nanoseconds of CLOCK_MONOTONIC: the same clock in every process.
+std::uint64_t monotonic_ns() noexcept;
+
+/// The owner of an arena allocation: frees it when the last Blob goes, unless
+/// its ownership was handed to another process.
+struct ArenaAllocation {
+  ArenaAllocation(void* p, std::size_t n);
+  ~ArenaAllocation();
+  ArenaAllocation(const ArenaAllocation&) = delete;
+  ArenaAllocation& operator=(const ArenaAllocation&) = delete;
+  void* pointer;
+  std::size_t size;
+  bool handed_over = false;
+};
+
+/// The live allocation of this process that contains [p, p+n), or nullptr
+/// (the bytes belong to another process: a blob the parent lent).
+ArenaAllocation* find_allocation(const void* p, std::size_t n);
+
+}  // namespace plumber::detail

@@ -1,0 +1,312 @@
+// The worker side: run_worker_if_requested and the loop of a worker process.
+#include <poll.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "plumber/plugin.hpp"
+#include "plumber/registry.hpp"
+#include "plumber/worker_pool.hpp"
+#include "workers/protocol.hpp"
+#include "workers/shm.hpp"
+#include "workers/worker_launch.hpp"
+
+namespace plumber {
+namespace detail {
+namespace {
+
+/// A worker process: reads batches from its request ring, runs the step,
+/// writes results.
+class WorkerLoop {
+ public:
+  WorkerLoop(const WorkerFds& fds)
+      : mapping_(Mapping::attach(fds.segment)),
+        segment_(WorkerSegment::open(mapping_)),
+        requests_efd_(fds.requests),
+        results_efd_(fds.results),
+        parent_(fds.parent) {
+    config_ = json::parse(segment_.config);
+    spin_ = std::chrono::microseconds(config_.value("spin_us", 50));
+  }
+
+  int run(const Registry& registry) {
+    if (!start(registry)) return 1;
+    for (;;) {
+      std::span<const std::byte> bytes = wait_for_request();
+      if (bytes.empty()) return 0;  // the parent is gone
+      // Decode first: the request's space in the ring is then free for more.
+      const IncomingRecord record(bytes);
+      Decoder d(record.bytes());
+      const auto type = static_cast<RecordType>(d.u8());
+      if (type == RecordType::exit) {
+        segment_.requests.pop();
+        return 0;
+      }
+      if (type != RecordType::request)
+        throw std::runtime_error("unexpected record from the parent");
+      const std::uint64_t request_id = d.u64();
+      d.u64();  // sent_ns: the parent keeps its own
+      std::vector<Message> batch = decode_batch(d);
+      segment_.header->current_request.store(request_id, std::memory_order_release);
+      segment_.requests.pop();
+      process(request_id, batch);
+    }
+  }
+
+ private:
+  bool start(const Registry& registry) {
+    std::string error;
+    try {
+      const std::string name = config_.at("coroutine").get<std::string>();
+      const CoroutineInfo* info = registry.find(name);
+      std::unique_ptr<Registry> extended;
+      if (!info && config_.contains("plugins")) {
+        // Plugins the parent loaded after this program registered its coroutines.
+        extended = std::make_unique<Registry>(registry);
+        for (const auto& path : config_["plugins"]) {
+          try {
+            load_plugin(path.get<std::string>(), *extended);
+          } catch (const std::exception&) {
+            // A plugin that clashes with what is registered: keep what we have.
+          }
+        }
+        info = extended->find(name);
+      }
+      if (!info || !info->make_transform) {
+        throw std::runtime_error("coroutine \"" + name +
+                                 "\" is not registered in the worker process (register it "
+                                 "before calling plumber::run_worker_if_requested)");
+      }
+      try {
+        transform_ = info->make_transform(config_.at("params"));
+      } catch (const std::exception& e) {
+        throw std::runtime_error(std::string("making the step failed: ") + e.what());
+      }
+      try {
+        transform_->on_start();
+      } catch (const std::exception& e) {
+        throw std::runtime_error(std::string("its on_start threw: ") + e.what());
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    std::vector<std::uint8_t> record;
+    Encoder e(record);
+    if (error.empty()) {
+      e.u8(static_cast<std::uint8_t>(RecordType::ready));
+      e.u64(static_cast<std::uint64_t>(::getpid()));
+    } else {
+      e.u8(static_cast<std::uint8_t>(RecordType::start_failed));
+      e.text(error);
+    }
+    push(record);
+    signal_parent(true);
+    return error.empty();
+  }
+
+  std::vector<Message> decode_batch(Decoder& d) {
+    auto& arena = Arena::instance();
+    const std::uint32_t count = d.u32();
+    std::vector<Message> batch(count);
+    for (Message& m : batch) {
+      m.id = d.u64();
+      m.priority = d.u8();
+      m.value = d.value();
+      const std::uint32_t blobs = d.u32();
+      m.blobs.reserve(blobs);
+      for (std::uint32_t i = 0; i < blobs; ++i) {
+        const std::uint64_t offset = d.u64();
+        const std::uint64_t size = d.u64();
+        const std::byte* at = arena.at(offset);
+        if (!arena.contains(at, size)) throw std::runtime_error("blob outside the arena");
+        // Lent by the parent for the length of the call: no owner here.
+        m.blobs.emplace_back(std::shared_ptr<const void>(), std::span<const std::byte>(at, size));
+      }
+    }
+    return batch;
+  }
+
+  void process(std::uint64_t request_id, std::vector<Message>& batch) {
+    std::vector<Message> out;
+    std::string failure;
+    const std::uint64_t started = monotonic_ns();
+    try {
+      if (transform_->is_async()) {
+        run_async(batch, out);
+      } else {
+        transform_->process(batch, out);
+      }
+    } catch (const std::exception& e) {
+      failure = e.what();
+    } catch (...) {
+      failure = "unknown exception";
+    }
+    const std::uint64_t finished = monotonic_ns();
+    record_.clear();
+    Encoder e(record_);
+    if (failure.empty()) {
+      try {
+        encode_results(e, request_id, started, finished, out);
+      } catch (const std::exception& error) {
+        record_.clear();
+        failure = std::string("could not return the results: ") + error.what();
+      }
+    }
+    if (!failure.empty()) {
+      e.u8(static_cast<std::uint8_t>(RecordType::failure));
+      e.u64(request_id);
+      e.u64(started);
+      e.u64(finished);
+      e.text(failure);
+    }
+    push(record_);
+    signal_parent(false);
+  }
+
+  void run_async(std::vector<Message>& batch, std::vector<Message>& out) {
+    boost::asio::io_context io;
+    std::exception_ptr error;
+    boost::asio::co_spawn(io, transform_->process_async(batch, out),
+                          [&](std::exception_ptr e) { error = e; });
+    io.run();
+    if (error) std::rethrow_exception(error);
+  }
+
+  void encode_results(Encoder& e, std::uint64_t request_id, std::uint64_t started,
+                      std::uint64_t finished, std::vector<Message>& out) {
+    auto& arena = Arena::instance();
+    e.u8(static_cast<std::uint8_t>(RecordType::result));
+    e.u64(request_id);
+    e.u64(started);
+    e.u64(finished);
+    const std::size_t copied_at = e.size();
+    e.u64(0);
+    std::uint64_t copied = 0;
+    e.u32(static_cast<std::uint32_t>(out.size()));
+    for (Message& m : out) {
+      e.u64(m.id);
+      e.u8(m.priority);
+      e.value(m.value);
+      e.u32(static_cast<std::uint32_t>(m.blobs.size()));
+      for (Blob& blob : m.blobs) {
+        if (!arena.contains(blob.data(), blob.size())) {
+          // Made in private memory: into the arena once, then handed over.
+          SharedBytes bytes = allocate_shared_bytes(blob.size());
+          if (blob.size()) std::memcpy(bytes.data(), blob.data(), blob.size());
+          copied += blob.size();
+          blob = std::move(bytes).freeze();
+        }
+        ArenaAllocation* allocation = find_allocation(blob.data(), blob.size());
+        if (allocation) {
+          allocation->handed_over = true;
+          e.u8(static_cast<std::uint8_t>(BlobMode::transferred));
+          e.u64(arena.offset_of(blob.data()));
+          e.u64(blob.size());
+          e.u64(arena.offset_of(allocation->pointer));
+          e.u64(allocation->size);
+        } else {
+          e.u8(static_cast<std::uint8_t>(BlobMode::borrowed));
+          e.u64(arena.offset_of(blob.data()));
+          e.u64(blob.size());
+        }
+      }
+    }
+    std::memcpy(&record_[copied_at], &copied, sizeof copied);
+  }
+
+  /// The next request, spinning briefly before sleeping; empty when the parent died.
+  std::span<const std::byte> wait_for_request() {
+    for (;;) {
+      auto bytes = segment_.requests.peek();
+      if (!bytes.empty()) return bytes;
+      if (!wait([&] { return !segment_.requests.empty(); })) return {};
+    }
+  }
+
+  void push(const std::vector<std::uint8_t>& record) {
+    while (!push_record(segment_.results, record)) {
+      // The parent has not read our results yet: wait for it to make room.
+      signal_parent(true);
+      if (!wait([] { return false; }, std::chrono::milliseconds(1))) std::exit(0);
+    }
+  }
+
+  /// Spins up to spin_ for `ready`, then sleeps on the request eventfd (at most
+  /// `limit`). False when the parent is gone.
+  template <class Ready>
+  bool wait(Ready ready, std::chrono::milliseconds limit = std::chrono::milliseconds(-1)) {
+    const auto spin_until = std::chrono::steady_clock::now() + spin_;
+    for (unsigned i = 1;; ++i) {
+      if (ready()) return true;
+      if ((i & 63) == 0) {
+        if (std::chrono::steady_clock::now() > spin_until) break;
+        // When the parent shares this core (a busy machine), let it run: a
+        // spin would only delay the request it is about to write.
+        ::sched_yield();
+      }
+      __builtin_ia32_pause();
+    }
+    auto& flag = segment_.header->worker_sleeping;
+    flag.store(1, std::memory_order_seq_cst);
+    bool alive = true;
+    if (!ready()) {
+      pollfd fds[2] = {{requests_efd_, POLLIN, 0}, {parent_, POLLIN, 0}};
+      while (::poll(fds, 2, static_cast<int>(limit.count())) < 0 && errno == EINTR) {
+      }
+      if (fds[1].revents != 0) alive = false;  // the parent's end of the pipe closed
+      if (fds[0].revents & POLLIN) {
+        eventfd_t value;
+        (void)::eventfd_read(requests_efd_, &value);
+      }
+    }
+    flag.store(0, std::memory_order_relaxed);
+    return alive;
+  }
+
+  void signal_parent(bool always) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (always || segment_.header->parent_waiting.load(std::memory_order_relaxed)) {
+      (void)::eventfd_write(results_efd_, 1);
+    }
+  }
+
+  Mapping mapping_;
+  WorkerSegment segment_;
+  int requests_efd_;
+  int results_efd_;
+  int parent_;
+  json config_;
+  std::chrono::microseconds spin_{50};
+  std::unique_ptr<Transform> transform_;
+  std::vector<std::uint8_t> record_;
+};
+
+}  // namespace
+}  // namespace detail
+
+std::optional<int> run_worker_if_requested(const Registry& registry) {
+  const std::optional<detail::WorkerFds> fds = detail::worker_fds_from_environment();
+  if (!fds) return std::nullopt;
+  try {
+    detail::Arena::attach(fds->arena);
+    detail::WorkerLoop loop(*fds);
+    return loop.run(registry);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "plumber worker: %s\n", e.what());
+    return 70;
+  }
+}
+
+}  // namespace plumber

@@ -1,0 +1,113 @@
+#pragma once
+/// The parent side of `procs`: a node's pool of worker processes.
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "plumber/graph_spec.hpp"
+#include "plumber/worker_pool.hpp"
+#include "runtime/packet.hpp"
+#include "workers/shm.hpp"
+
+namespace plumber::detail {
+
+/// `procs` worker processes running one node's step, fed through shared
+/// memory. Everything but start() and stats() runs on the pipeline's strand.
+///
+/// Life: start() (the caller's thread) spawns the workers and waits until each
+/// ran on_start; run() spawns one supervisor coroutine per worker on the strand
+/// (it reads results, forwards the worker's stderr, and restarts the worker
+/// when it dies); process() sends a batch and awaits its results; close() asks
+/// the workers to exit once the node has drained. stop(false) cancels the
+/// supervisors, which kill their workers. The destructor kills and reaps any
+/// worker still running: no zombies, and the segments are already unlinked.
+class WorkerPool {
+ public:
+  using Spawn = std::function<void(asio::awaitable<void>)>;
+
+  WorkerPool(const NodeSpec& node, const Strand& strand, std::chrono::milliseconds start_timeout);
+  ~WorkerPool();
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  /// Starts every worker and waits until all are ready. Throws std::runtime_error
+  /// naming the worker, with its error or stderr, when one cannot start in time.
+  void start();
+  /// Spawns the supervisors (with `spawn`, so that stop cancels and awaits them).
+  void run(const Spawn& spawn);
+  /// Runs the step on `batch` in a worker. Outputs go to `results`; a step
+  /// error, a worker death or a timeout sets `failure`. Throws
+  /// operation_aborted when cancelled. Blobs of `batch` not yet in shared memory
+  /// are moved there (once).
+  asio::awaitable<void> process(std::vector<Message>& batch, std::vector<Message>& results,
+                                std::string& failure,
+                                std::optional<std::chrono::milliseconds> timeout);
+  /// No more batches: workers exit when idle.
+  void close();
+  /// Thread-safe.
+  WorkerPoolStats stats() const;
+
+ private:
+  struct Pending;
+  struct Worker;
+  enum class State { stopped, starting, ready, broken };
+
+  void spawn(Worker& w);
+  void wait_ready_blocking(Worker& w);
+  void kill_and_reap(Worker& w) noexcept;
+  std::string reap(Worker& w);
+  void read_output_now(Worker& w);
+  void append_output(Worker& w, const char* data, std::size_t size);
+  std::string describe(const Worker& w) const;
+  std::string with_output(const Worker& w, std::string text) const;
+
+  asio::awaitable<void> supervise(Worker& w);
+  asio::awaitable<void> read_results(Worker& w);
+  asio::awaitable<void> wait_exit(Worker& w);
+  asio::awaitable<void> forward_output(Worker& w);
+  asio::awaitable<void> watch_start(Worker& w);
+  void after_death(Worker& w, const std::string& why, bool was_ready,
+                   std::uint64_t current_request);
+  void restart(Worker& w);
+
+  void encode_request(Pending& p);
+  Worker* choose_worker();
+  void submit(Worker& w, Pending& p);
+  void flush_backlog(Worker& w);
+  void forget(Pending& p) noexcept;
+  bool drain(Worker& w);
+  void handle_record(Worker& w, std::span<const std::byte> bytes);
+  void complete(Worker& w, Pending& p);
+  void fail_backlog(Worker& w, const std::string& why);
+  void kick(Worker& w);
+
+  NodeSpec node_;
+  Strand strand_;
+  std::chrono::milliseconds start_timeout_;
+  std::uint64_t parent_spin_ns_;
+  std::uint32_t worker_spin_us_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::uint64_t next_request_ = 0;
+  bool closing_ = false;
+  bool cancelled_ = false;  // stop(false): the supervisors are gone
+  std::string last_error_;  // why the last restart failed
+
+  Counter tasks_done_, batches_done_, in_flight_, restarts_, deaths_, queue_ns_, worker_ns_,
+      copied_, shared_;
+  std::atomic<std::uint64_t> max_batch_{0};
+};
+
+}  // namespace plumber::detail
