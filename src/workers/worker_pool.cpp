@@ -23,6 +23,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -96,7 +97,8 @@ struct WorkerPool::Pending {
   std::vector<Message>* batch = nullptr;
   std::vector<Message>* results = nullptr;
   std::string* failure = nullptr;
-  asio::steady_timer* timer = nullptr;
+  /// Where complete() signals the waiting process() call.
+  asio::experimental::channel<void(error_code)>* signal = nullptr;
   Worker* worker = nullptr;
   std::uint64_t sent_ns = 0;
   bool sent = false;  // in the worker's ring (else in its backlog)
@@ -534,9 +536,10 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
     failure = "no worker of node \"" + node_.id + "\" is running: " + last_error_;
     co_return;
   }
-  asio::steady_timer timer(strand_);
-  timer.expires_at(timeout ? Clock::now() + *timeout : Clock::time_point::max());
-  pending.timer = &timer;
+  // A channel of one, not a timer to cancel: arming a timer costs a
+  // timerfd_settime syscall per batch.
+  asio::experimental::channel<void(error_code)> signal(strand_, 1);
+  pending.signal = &signal;
   // Whatever ends this call (result, timeout, cancellation), the pool forgets it.
   struct Forget {
     WorkerPool* pool;
@@ -548,12 +551,25 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
     max_batch_.store(batch.size(), std::memory_order_relaxed);
   }
   submit(*worker, pending);
-  const std::tuple<error_code> waited = co_await timer.async_wait(asio::as_tuple(use_awaitable));
-  if (pending.aborted) throw boost::system::system_error(asio::error::operation_aborted);
-  if (pending.done) co_return;
-  if (std::get<0>(waited)) throw boost::system::system_error(asio::error::operation_aborted);
-  failure =
-      "timed out after " + std::to_string(timeout->count()) + " ms in " + describe(*pending.worker);
+  std::optional<asio::steady_timer> timer;
+  if (timeout) {
+    // Finds the batch by id when it fires: this call may be over by then.
+    timer.emplace(strand_, *timeout);
+    timer->async_wait(
+        [this, w = pending.worker, id = pending.request_id, limit = *timeout](error_code ec) {
+          if (ec) return;
+          auto it = w->in_flight.find(id);
+          if (it == w->in_flight.end()) return;
+          *it->second->failure =
+              "timed out after " + std::to_string(limit.count()) + " ms in " + describe(*w);
+          complete(*w, *it->second);
+        });
+  }
+  const std::tuple<error_code> waited =
+      co_await signal.async_receive(asio::as_tuple(use_awaitable));
+  if (pending.aborted || !pending.done || std::get<0>(waited)) {
+    throw boost::system::system_error(asio::error::operation_aborted);
+  }
 }
 
 void WorkerPool::encode_request(Pending& p) {
@@ -644,7 +660,7 @@ void WorkerPool::complete(Worker& w, Pending& p) {
   p.done = true;
   w.in_flight.erase(p.request_id);
   in_flight_.sub(p.batch->size());
-  p.timer->cancel();
+  p.signal->try_send(error_code{});
 }
 
 void WorkerPool::fail_backlog(Worker& w, const std::string& why) {
