@@ -93,6 +93,10 @@ void Metrics::finished(std::uint64_t key, const std::string& status) {
     t.skipped += s.skipped + s.expired;
     t.calls += s.batches;
     t.busy_ns += s.busy_ns;
+    if (s.workers) {
+      t.pool = true;
+      t.restarts += s.workers->restarts;
+    }
   }
   ++runs_total_[status];
   live_.erase(it);
@@ -128,6 +132,10 @@ std::string Metrics::render() {
         t.skipped += s.skipped + s.expired;
         t.calls += s.batches;
         t.busy_ns += s.busy_ns;
+        if (s.workers) {
+          t.pool = true;
+          t.restarts += s.workers->restarts;
+        }
         depth[name] += s.queue_depth;
       }
     }
@@ -163,6 +171,9 @@ std::string Metrics::render() {
       h.histogram.sample_sum = static_cast<double>(t.busy_ns) / 1e9;
       h.histogram.bucket.push_back({t.calls, std::numeric_limits<double>::infinity()});
       busy.metric.push_back(std::move(h));
+      if (t.pool) {
+        restarts.metric.push_back(sample(static_cast<double>(t.restarts), node_labels(key)));
+      }
     }
     for (auto* f : {&received, &sent, &errors, &skipped, &queue, &busy, &restarts})
       families.push_back(std::move(*f));
