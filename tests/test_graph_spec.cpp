@@ -665,7 +665,8 @@ TEST_CASE("GraphSpec.ProcsChecked") {
   CHECK(graph.nodes[1].concurrency == 8);
   // Threads and processes exclude each other.
   CHECK(
-      diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "fib", "procs": 2, "threads": 2})")) ==
+      diagnostics_of(
+          chain_with(R"({"id": "mid", "coroutine": "fib", "procs": 2, "threads": 2})")) ==
       Lines{
           R"(g.json: /nodes/1/procs: a node runs its step either on threads or in worker processes, not both (remove "threads" or "procs"))"});
   CHECK(codes_of(chain_with(R"({"id": "mid", "coroutine": "sleep", "procs": 1})")) ==

@@ -65,8 +65,8 @@ Processor::Processor(PipelineCore& core, const NodeSpec& spec, const CoroutineIn
   if (spec_.batch_timeout.count() > 0) batch_timer_.emplace(core_.strand());
   if (spec_.threads > 0) pool_.emplace(spec_.threads);
   if (spec_.procs > 0) {
-    workers_ = std::make_unique<WorkerPool>(spec_, core_.strand(),
-                                            core_.options().worker_start_timeout);
+    workers_ =
+        std::make_unique<WorkerPool>(spec_, core_.strand(), core_.options().worker_start_timeout);
   }
   if (spec_.concurrency > 1) slots_.emplace(core_.strand(), spec_.concurrency);
 }
