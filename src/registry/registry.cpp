@@ -5,8 +5,25 @@
 
 #include "plumber/builtins.hpp"
 #include "plumber/error.hpp"
+#include "registry/edit_distance.hpp"
 
 namespace plumber {
+
+std::size_t detail::edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
 
 std::string_view to_string(CoroutineKind kind) noexcept {
   switch (kind) {
@@ -180,28 +197,12 @@ std::string ValueTypes::to_string() const {
 
 namespace {
 
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j)
-    row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
-
 template <class Map>
 std::string nearest_key(const Map& map, std::string_view name) {
   std::string best;
   std::size_t best_distance = 0;
   for (const auto& [key, value] : map) {
-    const std::size_t d = edit_distance(name, key);
+    const std::size_t d = detail::edit_distance(name, key);
     if (best.empty() || d < best_distance) {
       best = key;
       best_distance = d;

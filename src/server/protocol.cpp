@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "plumber/graph_spec.hpp"
+#include "registry/edit_distance.hpp"
 
 namespace plumber::server {
 namespace {
@@ -18,22 +19,7 @@ std::string type_name(const json& value) {
   return value.type_name();
 }
 
-/// Levenshtein distance, for "did you mean" hints on ops and fields.
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j)
-    row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diagonal = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diagonal = above;
-    }
-  }
-  return row[b.size()];
-}
+using detail::edit_distance;
 
 template <class Choices>
 std::string did_you_mean(std::string_view name, const Choices& choices) {
