@@ -16,3 +16,10 @@ if(PLUMBER_SANITIZE)
     target_compile_options(plumber_sanitizers INTERFACE -Wno-tsan)
   endif()
 endif()
+
+# ccache (installed by tools/setup-deps) makes a rebuild after a small change,
+# or a second preset of the same sources, cheap on a 2-core machine.
+find_program(PLUMBER_CCACHE ccache)
+if(PLUMBER_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${PLUMBER_CCACHE})
+endif()
