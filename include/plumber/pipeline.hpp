@@ -133,8 +133,8 @@ class Pipeline {
     return boost::asio::async_initiate<CompletionToken, OutputSignature>(
         [this](auto handler) {
           auto executor = boost::asio::get_associated_executor(handler, executor_());
-          receive_output([handler = std::move(handler), executor](
-                             boost::system::error_code ec, OutputRecord record) mutable {
+          receive_output([handler = std::move(handler), executor](boost::system::error_code ec,
+                                                                  OutputRecord record) mutable {
             boost::asio::post(executor,
                               boost::asio::append(std::move(handler), ec, std::move(record)));
           });
@@ -160,10 +160,10 @@ class Pipeline {
     return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
         [this](auto handler) {
           auto executor = boost::asio::get_associated_executor(handler, executor_());
-          start_in_background([handler = std::move(handler), executor](
-                                  std::exception_ptr error) mutable {
-            boost::asio::post(executor, boost::asio::append(std::move(handler), error));
-          });
+          start_in_background(
+              [handler = std::move(handler), executor](std::exception_ptr error) mutable {
+                boost::asio::post(executor, boost::asio::append(std::move(handler), error));
+              });
         },
         token);
   }

@@ -31,7 +31,8 @@ void OutputStream::push(OutputRecord&& record) {
 }
 
 asio::awaitable<void> OutputStream::wait_taken() {
-  const std::tuple<error_code> woken = co_await taken_.async_wait(asio::as_tuple(asio::use_awaitable));
+  const std::tuple<error_code> woken =
+      co_await taken_.async_wait(asio::as_tuple(asio::use_awaitable));
   (void)woken;  // woken by cancel(): a record was taken, or the pipeline is cancelled
 }
 

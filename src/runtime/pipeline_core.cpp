@@ -188,8 +188,9 @@ void PipelineCore::output_cancelled(std::string_view node, std::uint64_t id) {
 
 void PipelineCore::start_request(std::shared_ptr<Request> request, json value) {
   if (!started_) {
-    finish(*request, std::make_exception_ptr(ProcessError(
-                         errc::not_started, "", "process() before start(): start the pipeline first")));
+    finish(*request,
+           std::make_exception_ptr(ProcessError(
+               errc::not_started, "", "process() before start(): start the pipeline first")));
     return;
   }
   if (!input_feed || input_feed->ended || cancelled_ || done()) {
@@ -206,7 +207,8 @@ void PipelineCore::start_request(std::shared_ptr<Request> request, json value) {
                      where.empty() ? "no result before the request's timeout (it had not "
                                      "entered the graph)"
                                    : "no result before the request's timeout (the message was "
-                                     "at node \"" + where + "\")")));
+                                     "at node \"" +
+                                         where + "\")")));
   });
   FeedItem item;
   item.value = std::move(value);
@@ -243,7 +245,8 @@ void PipelineCore::finish(Request& request, std::exception_ptr error) {
 }
 
 void PipelineCore::start() {
-  if (started_.exchange(true)) throw UsageError("Pipeline::start: the pipeline was already started");
+  if (started_.exchange(true))
+    throw UsageError("Pipeline::start: the pipeline was already started");
   // Two phases, so that the worker processes of every node start in parallel:
   // start takes as long as the slowest node, not the sum.
   std::size_t index = 0;

@@ -71,8 +71,8 @@ Pipeline Plumber::build(const GraphSpec& graph, boost::asio::any_io_executor exe
   }
   for (std::size_t from = 0; from < spec.nodes.size(); ++from) {
     if (spec.successors[from].size() != 1) continue;
-    auto* successor = dynamic_cast<detail::TransformProcessor*>(
-        core->processors[spec.successors[from][0]].get());
+    auto* successor =
+        dynamic_cast<detail::TransformProcessor*>(core->processors[spec.successors[from][0]].get());
     if (successor && core->processors[from]->may_fuse() && successor->fusible()) {
       core->processors[from]->fuse(*successor);
     }

@@ -21,9 +21,9 @@ namespace plumber::detail {
 
 /// How one attempt of a step ended.
 struct StepOutcome {
-  errc code{};          ///< 0 when it succeeded
-  std::string failure;  ///< what went wrong, when it failed
-  bool expired = false; ///< it gave up because the batch's deadline passed
+  errc code{};           ///< 0 when it succeeded
+  std::string failure;   ///< what went wrong, when it failed
+  bool expired = false;  ///< it gave up because the batch's deadline passed
   bool ok() const noexcept { return failure.empty(); }
 };
 

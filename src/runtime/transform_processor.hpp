@@ -53,8 +53,7 @@ class TransformProcessor final : public Processor {
   asio::awaitable<void> compute(std::vector<Message>& batch, Outbox& out);
   asio::awaitable<void> run_unit(std::vector<Message> batch, bool release_slot);
   asio::awaitable<void> wait_units_idle();
-  void collect_outputs(std::span<const Message> batch, std::vector<Message>& results,
-                       Outbox& out);
+  void collect_outputs(std::span<const Message> batch, std::vector<Message>& results, Outbox& out);
   void fail_batch(std::span<const Message> batch, const StepOutcome& outcome, Outbox& out);
   void cancel_everything_held(Outbox& out);
 

@@ -28,8 +28,8 @@ class ZipJoiner {
   /// An id that never completed, at the end of input.
   struct Leftover {
     std::uint64_t id = 0;
-    std::string missing;           ///< the predecessors that sent nothing, ", "-joined
-    std::int64_t data_parts = 0;   ///< data messages held for it
+    std::string missing;          ///< the predecessors that sent nothing, ", "-joined
+    std::int64_t data_parts = 0;  ///< data messages held for it
   };
   /// Everything still held, forgotten.
   std::vector<Leftover> take_leftovers();

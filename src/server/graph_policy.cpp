@@ -55,11 +55,11 @@ void apply_graph_policy(GraphSpec& graph, const GraphLimits& limits) {
     const std::string pointer = "/nodes/" + std::to_string(i);
     const Capabilities capabilities = node.info ? node.info->capabilities : Capabilities{};
     if (capabilities.writes_stdout) {
-      problems.push_back({"graph.not_allowed", pointer + "/coroutine",
-                          "\"" + node.coroutine +
-                              "\" writes to the server's stdout, which no client reads",
-                          "end the graph with \"identity\": a served graph's outputs go to the "
-                          "client"});
+      problems.push_back(
+          {"graph.not_allowed", pointer + "/coroutine",
+           "\"" + node.coroutine + "\" writes to the server's stdout, which no client reads",
+           "end the graph with \"identity\": a served graph's outputs go to the "
+           "client"});
     }
     if (capabilities.reads_files) {
       const std::string path = node.params.value("path", std::string("-"));

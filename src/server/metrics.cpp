@@ -117,7 +117,7 @@ std::string Metrics::render() {
     std::map<std::pair<std::string, std::string>, std::uint64_t> depth;
     for (const auto& [key, tracked] : live_) {
       for (const auto& s : tracked.pipeline->stats()) {
-            auto name = series(tracked.graph, s.node);
+        auto name = series(tracked.graph, s.node);
         NodeTotals& t = nodes[name];
         t.received += s.received;
         t.sent += s.emitted;

@@ -30,8 +30,8 @@ namespace plumber::detail {
 ///
 /// Life: launch() spawns the workers and wait_ready() (both on the caller's
 /// thread) waits until each ran on_start: the pipeline launches every pool
-/// before it waits for any, so nodes start in parallel; run() spawns one supervisor coroutine per worker on the strand
-/// (it reads results, forwards the worker's stderr, and restarts the worker
+/// before it waits for any, so nodes start in parallel; run() spawns one supervisor coroutine per
+/// worker on the strand (it reads results, forwards the worker's stderr, and restarts the worker
 /// when it dies); process() sends a batch and awaits its results; close() asks
 /// the workers to exit once the node has drained. stop(false) cancels the
 /// supervisors, which kill their workers. The destructor kills and reaps any
