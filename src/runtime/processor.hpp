@@ -84,8 +84,8 @@ class Processor {
 
   // --- the fused successor's side (its predecessor drives it) ----------------
   /// Sends what this node's outbox holds without suspending; false when blocked.
-  bool flush_outbox() { return outbox_.empty() || try_send_all(outbox_); }
-  bool outbox_pending() const noexcept { return !outbox_.empty(); }
+  bool flush_outbox() { return (outbox_.empty() && !fused_) || try_send_all(outbox_); }
+  /// Sends what this node, and the fused nodes after it, hold; suspends while blocked.
   asio::awaitable<void> send_outbox() { return send_all(outbox_); }
 
  protected:
