@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "build_info.hpp"
 #include "plumber/all.hpp"
 #include "server/client.hpp"
 
@@ -129,7 +130,7 @@ int main(int argc, char** argv) {
 
   CLI::App app{"plumber: async processing pipelines described as JSON graphs"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "plumber 0.1.0");
+  app.set_version_flag("--version", detail::version_text());
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
