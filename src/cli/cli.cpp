@@ -4,11 +4,11 @@
 #include <iostream>
 #include <sstream>
 
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
 #include "build_info.hpp"
+#include "log.hpp"
 #include "plumber/all.hpp"
 #include "server/client.hpp"
 
@@ -125,15 +125,21 @@ int list(bool as_json, const Registry& registry) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  spdlog::set_default_logger(spdlog::stderr_color_mt("plumber"));
-  spdlog::set_pattern("plumber: %^%l%$: %v");
+  detail::configure_logging(detail::LogFormat::text, spdlog::level::warn);
 
   CLI::App app{"plumber: async processing pipelines described as JSON graphs"};
   app.require_subcommand(1);
+  // --log-level and --log-format also after the command: `plumber serve --log-format json`.
+  app.fallthrough();
   app.set_version_flag("--version", detail::version_text());
-  std::string log_level = "warn";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+  std::string log_level;  // default: info for serve, warn for the others
+  app.add_option("--log-level", log_level,
+                 "trace, debug, info, warn, error, off (default: info for serve, else warn)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format,
+                 "text (time, level, message) or json (one object a line) on stderr")
+      ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
 
   std::vector<std::string> plugins;
@@ -257,7 +263,10 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? kExitOk : kExitInvalid;
   }
-  spdlog::set_level(spdlog::level::from_str(log_level));
+  if (log_level.empty()) log_level = *serve_command ? "info" : "warn";
+  detail::configure_logging(
+      log_format == "json" ? detail::LogFormat::json : detail::LogFormat::text,
+      spdlog::level::from_str(log_level));
 
   Registry registry = Registry::with_builtins();
   try {

@@ -17,6 +17,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "cli/cli.hpp"
+#include "log.hpp"
 #include "plumber/all.hpp"
 
 namespace plumber::cli {
@@ -224,6 +225,9 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     return kExitRuntimeError;
   }
   tick();
+  const detail::LogFields run_fields{.run = graph.name};
+  detail::log(spdlog::level::info, run_fields, "run started: {} ({} nodes)", options.graph,
+              graph.nodes.size());
 
   auto reader = std::make_shared<InputReader>();
   if (has_input) {
@@ -249,6 +253,11 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   int status = kExitOk;
   if (failed.load() + reader->malformed.load() > 0) status = kExitFailed;
   if (interrupted || cancelled.load() > 0) status = kExitInterrupted;
+  detail::log(status == kExitOk ? spdlog::level::info : spdlog::level::warn, run_fields,
+              "run {}: {} messages in {:.3f} s, {} failed, {} cancelled, {} malformed input lines",
+              interrupted ? "interrupted" : "finished", pipeline.emitted_messages(),
+              std::chrono::duration<double>(wall).count(), failed.load(), cancelled.load(),
+              reader->malformed.load());
   if (has_input && !reader->finished) {
     // The reader is blocked on a terminal that will not close: leave without it.
     std::fflush(nullptr);

@@ -108,6 +108,7 @@ ProcessorStats Processor::stats() const {
   s.retried = retried_.get();
   s.batches = batches_.get();
   s.busy_ns = busy_ns_.get();
+  s.busy_buckets = busy_histogram_.get();
   s.queue_depth = queued_.get();
   if (workers_) s.workers = workers_->stats();
   return s;
@@ -538,6 +539,7 @@ void Processor::compute_sync(std::span<Message> batch, Outbox& out) {
       if (timed) {
         const auto ns = elapsed_ns(started);
         busy_ns_.add(ns);
+        busy_histogram_.observe(ns);
         // A synchronous step cannot be interrupted: a late result is discarded.
         if (spec_.timeout && std::chrono::nanoseconds(ns) > *spec_.timeout) {
           throw std::runtime_error(timeout_text(*spec_.timeout));
@@ -607,7 +609,9 @@ asio::awaitable<void> Processor::compute_async(std::vector<Message>& batch, Outb
           failure_code = errc::timed_out;
         }
       }
-      busy_ns_.add(elapsed_ns(started));
+      const auto ns = elapsed_ns(started);
+      busy_ns_.add(ns);
+      busy_histogram_.observe(ns);
     } catch (const std::exception& e) {
       if (core_.cancelled()) throw;
       failure = e.what();

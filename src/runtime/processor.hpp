@@ -17,6 +17,7 @@
 #include "plumber/registry.hpp"
 #include "runtime/inbox.hpp"
 #include "runtime/packet.hpp"
+#include "runtime/step_histogram.hpp"
 
 namespace plumber::detail {
 
@@ -156,6 +157,7 @@ class Processor final : public SourceContext {
   std::optional<asio::experimental::channel<void(error_code)>> slots_;
 
   Counter received_, emitted_, errors_, skipped_, expired_, retried_, batches_, busy_ns_, queued_;
+  StepHistogram busy_histogram_;
 };
 
 }  // namespace plumber::detail
