@@ -1,5 +1,6 @@
 #include "cli/cli.hpp"
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -8,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "build_info.hpp"
+#include "cli/suggest.hpp"
 #include "log.hpp"
 #include "plumber/all.hpp"
 #include "server/client.hpp"
@@ -158,8 +160,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run_command->add_flag("--records", run.records, "print {\"id\",\"node\",\"value\"} records");
   run_command->add_flag("--stats", run.stats, "print per-node counts and timings at exit");
-  run_command->add_flag("--progress", run.progress,
-                        "progress line on stderr (default: when stderr is a terminal)");
+  auto* progress_flag = run_command->add_flag(
+      "--progress", run.progress, "progress line on stderr (default: when stderr is a terminal)");
+  run_command->add_flag("--no-progress", run.no_progress, "no progress line")
+      ->excludes(progress_flag);
   add_plugin_option(run_command);
 
   std::vector<std::string> validate_files;
@@ -256,7 +260,12 @@ int main(int argc, char** argv) {
   submit_command->add_flag("--records", submit_options.records,
                            "print {\"id\",\"node\",\"value\"} records");
   submit_command->add_flag("--stats", submit_options.stats, "print per-node counts at the end");
+  add_plugin_option(submit_command);
 
+  if (auto typo = find_typo(app, argc, argv)) {
+    std::cerr << "plumber: " << *typo << "\nRun with --help for more information.\n";
+    return kExitInvalid;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -286,7 +295,19 @@ int main(int argc, char** argv) {
     serve_options.process_timeout = std::chrono::milliseconds(process_timeout_ms);
     return serve(serve_options, serve_threads, registry);
   }
-  if (*submit_command) return server::submit(submit_options);
+  if (*submit_command) {
+    // With --plugin, a graph file is checked here, against the built-ins and
+    // the plugins, before it is sent (give the plugins the server loads).
+    if (!plugins.empty() && std::filesystem::is_regular_file(submit_options.graph)) {
+      try {
+        load_graph_file(submit_options.graph, registry);
+      } catch (const GraphError& e) {
+        print_graph_error(e);
+        return kExitInvalid;
+      }
+    }
+    return server::submit(submit_options);
+  }
   if (*validate_command) return validate(validate_files, registry);
   if (*dot_command) return dot(dot_file, registry);
   return list(list_json, registry);
