@@ -1,4 +1,5 @@
 // `plumber run`: one graph, run to completion on an io_context.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -17,6 +18,8 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "cli/cli.hpp"
+#include "cli/progress.hpp"
+#include "log.hpp"
 #include "plumber/all.hpp"
 
 namespace plumber::cli {
@@ -43,7 +46,18 @@ json error_record(const OutputRecord& r) {
 struct InputReader {
   std::atomic<bool> finished{false};
   std::atomic<std::uint64_t> malformed{0};
+  std::atomic<std::uint64_t> lines{0};  ///< read so far, for the progress line
+  std::atomic<std::uint64_t> bytes{0};
+  std::shared_ptr<ProgressLine> progress;
 };
+
+/// Bytes of the input when it is a regular file (--input, or stdin redirected
+/// from one); 0 when unknown (a pipe, a terminal).
+std::uint64_t input_size(const std::string& path) {
+  struct stat info {};
+  const int status = path.empty() ? ::fstat(STDIN_FILENO, &info) : ::stat(path.c_str(), &info);
+  return status == 0 && S_ISREG(info.st_mode) ? static_cast<std::uint64_t>(info.st_size) : 0;
+}
 
 void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline* pipeline) {
   std::ifstream file;
@@ -55,6 +69,8 @@ void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline*
   try {
     while (std::getline(in, line)) {
       ++number;
+      reader->lines.store(number, std::memory_order_relaxed);
+      reader->bytes.fetch_add(line.size() + 1, std::memory_order_relaxed);
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       json value;
       try {
@@ -65,6 +81,7 @@ void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline*
         json record = json::object();
         record["input"] = label + ":" + std::to_string(number);
         record["error"] = "malformed JSON: " + why;
+        auto lock = reader->progress->before_write(stderr);
         write_line(stderr, record);
         reader->malformed.fetch_add(1);
         continue;
@@ -154,7 +171,12 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   std::setvbuf(stdout, stdout_buffer, _IOFBF, sizeof stdout_buffer);
   std::atomic<std::uint64_t> failed{0};
   std::atomic<std::uint64_t> cancelled{0};
+  std::atomic<std::uint64_t> outputs{0};
+  const bool show_progress = !options.no_progress && (options.progress || ::isatty(STDERR_FILENO));
+  auto progress = std::make_shared<ProgressLine>(show_progress);
   pipeline.on_output([&, records = options.records](OutputRecord&& r) {
+    outputs.fetch_add(1, std::memory_order_relaxed);
+    auto lock = progress->before_write(r.kind == OutputRecord::Kind::value ? stdout : stderr);
     switch (r.kind) {
       case OutputRecord::Kind::value:
         if (records) {
@@ -178,8 +200,9 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     }
   });
 
-  const bool show_progress =
-      (options.progress || ::isatty(STDERR_FILENO)) && pipeline.expected_messages().has_value();
+  auto reader = std::make_shared<InputReader>();
+  reader->progress = progress;
+  const std::uint64_t input_bytes = has_input ? input_size(options.input) : 0;
   asio::steady_timer ticker(io);
   asio::signal_set signals(io, SIGINT, SIGTERM);
   bool interrupted = false;
@@ -188,18 +211,48 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     ticker.cancel();
     signals.cancel();
   });
-  auto print_progress = [&] {
-    const auto total = *pipeline.expected_messages();
-    const auto done = pipeline.emitted_messages();
-    std::fprintf(stderr, "\r%llu/%llu messages (%.0f%%)", static_cast<unsigned long long>(done),
-                 static_cast<unsigned long long>(total),
-                 total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
-    std::fflush(stderr);
+  // "7/11 messages (64%)" when the sources know their total; for the `input`
+  // source, what was read: "1200 lines read (56.0 KiB of 120.0 KiB, 47%), 1180 outputs".
+  auto progress_text = [&] {
+    char text[160];
+    if (const auto total = pipeline.expected_messages()) {
+      const auto done = pipeline.emitted_messages();
+      std::snprintf(
+          text, sizeof text, "%llu/%llu messages (%.0f%%)", static_cast<unsigned long long>(done),
+          static_cast<unsigned long long>(*total),
+          *total ? 100.0 * static_cast<double>(done) / static_cast<double>(*total) : 100.0);
+      return std::string(text);
+    }
+    const auto out = static_cast<unsigned long long>(outputs.load());
+    if (!has_input) {
+      std::snprintf(text, sizeof text, "%llu messages, %llu outputs",
+                    static_cast<unsigned long long>(pipeline.emitted_messages()), out);
+      return std::string(text);
+    }
+    // A last line without '\n' was counted with one.
+    auto bytes = static_cast<double>(reader->bytes.load());
+    if (input_bytes > 0) bytes = std::min(bytes, static_cast<double>(input_bytes));
+    std::string read = human_bytes(bytes);
+    if (input_bytes > 0) {
+      const double size = static_cast<double>(input_bytes);
+      std::snprintf(text, sizeof text, " of %s, %.0f%%", human_bytes(size).c_str(),
+                    std::min(100.0, 100.0 * bytes / size));
+      read += text;
+    }
+    std::snprintf(text, sizeof text, "%llu lines read (%s), %llu outputs",
+                  static_cast<unsigned long long>(reader->lines.load()), read.c_str(), out);
+    return std::string(text);
   };
   std::function<void()> tick = [&] {
-    std::fflush(stdout);
-    if (pipeline.done()) return;  // a tick queued before on_done must not re-arm
-    if (show_progress) print_progress();
+    if (pipeline.done()) {  // a tick queued before on_done must not re-arm
+      std::fflush(stdout);
+      return;
+    }
+    if (show_progress) {
+      progress->draw(progress_text());  // flushes stdout first
+    } else {
+      std::fflush(stdout);
+    }
     ticker.expires_after(std::chrono::milliseconds(100));
     ticker.async_wait([&](boost::system::error_code ec) {
       if (!ec) tick();
@@ -223,8 +276,10 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     return kExitRuntimeError;
   }
   tick();
+  const detail::LogFields run_fields{.run = graph.name};
+  detail::log(spdlog::level::info, run_fields, "run started: {} ({} nodes)", options.graph,
+              graph.nodes.size());
 
-  auto reader = std::make_shared<InputReader>();
   if (has_input) {
     std::thread(read_input, reader, options.input, &pipeline).detach();
   }
@@ -239,15 +294,19 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   const auto wall = std::chrono::steady_clock::now() - started;
 
   std::fflush(stdout);
-  if (show_progress) {
-    print_progress();  // the final count, however short the run
-    std::fputs("\n", stderr);
-  }
+  progress->finish(progress_text());  // the final count, however short the run
   if (options.stats) print_stats(pipeline, wall);
 
   int status = kExitOk;
   if (failed.load() + reader->malformed.load() > 0) status = kExitFailed;
   if (interrupted || cancelled.load() > 0) status = kExitInterrupted;
+  // Info even when messages failed: those are reported as records, and the
+  // exit status says so; stderr carries nothing else by default.
+  detail::log(spdlog::level::info, run_fields,
+              "run {}: {} messages in {:.3f} s, {} failed, {} cancelled, {} malformed input lines",
+              interrupted ? "interrupted" : "finished", pipeline.emitted_messages(),
+              std::chrono::duration<double>(wall).count(), failed.load(), cancelled.load(),
+              reader->malformed.load());
   if (has_input && !reader->finished) {
     // The reader is blocked on a terminal that will not close: leave without it.
     std::fflush(nullptr);

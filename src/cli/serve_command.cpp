@@ -12,6 +12,7 @@
 #include <boost/system/system_error.hpp>
 
 #include "cli/cli.hpp"
+#include "log.hpp"
 #include "plumber/all.hpp"
 #include "plumber/server.hpp"
 
@@ -62,6 +63,8 @@ int serve(const ServerOptions& options, int threads, const Registry& registry) {
                                                           : options.bind.c_str(),
               static_cast<unsigned>(server->port()));
   std::fflush(stdout);
+  spdlog::info("listening on {}:{} ({} threads, graphs from {})", options.bind, server->port(),
+               threads, options.graphs_dir.empty() ? "nowhere" : options.graphs_dir);
 
   std::vector<std::thread> pool;
   for (int i = 1; i < threads; ++i)
@@ -69,6 +72,7 @@ int serve(const ServerOptions& options, int threads, const Registry& registry) {
   io.run();
   for (auto& t : pool)
     t.join();
+  spdlog::info("stopped");
   std::printf("plumber: stopped\n");
   return kExitOk;
 }

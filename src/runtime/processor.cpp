@@ -41,6 +41,7 @@ ProcessorStats Processor::stats() const {
   s.retried = counters_.retried.get();
   s.batches = counters_.batches.get();
   s.busy_ns = counters_.busy_ns.get();
+  s.busy_buckets = counters_.busy_buckets.get();
   s.fused = fused_in_;
   return s;
 }

@@ -13,6 +13,7 @@
 #include "plumber/registry.hpp"
 #include "runtime/input_port.hpp"
 #include "runtime/packet.hpp"
+#include "runtime/step_histogram.hpp"
 
 namespace plumber::detail {
 
@@ -34,6 +35,7 @@ struct Outbox {
 /// A node's counters: written on the strand, read by stats() from any thread.
 struct NodeCounters {
   Counter received, emitted, errors, skipped, expired, retried, batches, busy_ns;
+  StepHistogram busy_buckets;  ///< calls by time inside the step, beside busy_ns
 };
 
 /// One node at run time. This base is what every role shares: where its
