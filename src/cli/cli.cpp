@@ -1,5 +1,8 @@
 #include "cli/cli.hpp"
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -13,6 +16,16 @@
 
 namespace plumber::cli {
 namespace {
+
+/// `status`, unless what was written to stdout did not all get there (disk
+/// full, closed pipe): then a message on stderr and kExitOutputFailed.
+int check_stdout(int status) {
+  std::cout.flush();
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout) && std::cout) return status;
+  const int error = errno != 0 ? errno : EIO;
+  std::fprintf(stderr, "plumber: cannot write the output to stdout: %s\n", std::strerror(error));
+  return kExitOutputFailed;
+}
 
 void print_graph_error(const GraphError& e) {
   for (const auto& d : e.diagnostics())
@@ -276,10 +289,10 @@ int main(int argc, char** argv) {
     serve_options.process_timeout = std::chrono::milliseconds(process_timeout_ms);
     return serve(serve_options, serve_threads, registry);
   }
-  if (*submit_command) return server::submit(submit_options);
-  if (*validate_command) return validate(validate_files, registry);
-  if (*dot_command) return dot(dot_file, registry);
-  return list(list_json, registry);
+  if (*submit_command) return check_stdout(server::submit(submit_options));
+  if (*validate_command) return check_stdout(validate(validate_files, registry));
+  if (*dot_command) return check_stdout(dot(dot_file, registry));
+  return check_stdout(list(list_json, registry));
 }
 
 }  // namespace plumber::cli

@@ -2,8 +2,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -17,6 +19,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "cli/cli.hpp"
+#include "json_parse.hpp"
 #include "plumber/all.hpp"
 
 namespace plumber::cli {
@@ -28,6 +31,14 @@ void write_line(std::FILE* stream, const json& record) {
   std::string line = record.dump(-1, ' ', false, json::error_handler_t::replace);
   line += '\n';
   std::fwrite(line.data(), 1, line.size(), stream);
+}
+
+/// Flushes stdout; false once a write to it has failed (disk full, closed
+/// pipe), with the first errno kept in `error`.
+bool flush_stdout(int& error) {
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return true;
+  if (error == 0) error = errno != 0 ? errno : EIO;
+  return false;
 }
 
 json error_record(const OutputRecord& r) {
@@ -58,13 +69,11 @@ void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline*
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       json value;
       try {
-        value = json::parse(line);
-      } catch (const json::parse_error& e) {
-        std::string why = e.what();
-        if (auto end = why.find("] "); end != std::string::npos) why.erase(0, end + 2);
+        value = detail::parse_json(line);
+      } catch (const detail::JsonParseError& e) {
         json record = json::object();
         record["input"] = label + ":" + std::to_string(number);
-        record["error"] = "malformed JSON: " + why;
+        record["error"] = "malformed JSON: " + std::string(e.what());
         write_line(stderr, record);
         reader->malformed.fetch_add(1);
         continue;
@@ -155,7 +164,10 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   std::setvbuf(stdout, stdout_buffer, _IOFBF, sizeof stdout_buffer);
   std::atomic<std::uint64_t> failed{0};
   std::atomic<std::uint64_t> cancelled{0};
+  int output_error = 0;                    // errno of the first failed write to stdout
+  std::atomic<bool> output_failed{false};  // then the run is cancelled, quietly
   pipeline.on_output([&, records = options.records](OutputRecord&& r) {
+    if (output_failed.load(std::memory_order_relaxed)) return;
     switch (r.kind) {
       case OutputRecord::Kind::value:
         if (records) {
@@ -198,7 +210,9 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     std::fflush(stderr);
   };
   std::function<void()> tick = [&] {
-    std::fflush(stdout);
+    if (!flush_stdout(output_error) && !output_failed.exchange(true)) {
+      pipeline.stop(/*graceful=*/false);  // nobody will read what is computed
+    }
     if (pipeline.done()) return;  // a tick queued before on_done must not re-arm
     if (show_progress) print_progress();
     ticker.expires_after(std::chrono::milliseconds(100));
@@ -239,7 +253,12 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     t.join();
   const auto wall = std::chrono::steady_clock::now() - started;
 
-  std::fflush(stdout);
+  if (!flush_stdout(output_error) || output_failed) {
+    std::fprintf(stderr, "plumber: cannot write the output to stdout: %s\n",
+                 std::strerror(output_error));
+    std::fflush(stderr);
+    std::_Exit(kExitOutputFailed);  // exit() would flush stdout again, and fail again
+  }
   if (show_progress) {
     print_progress();  // the final count, however short the run
     std::fputs("\n", stderr);

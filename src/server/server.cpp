@@ -1,6 +1,7 @@
 // `plumber serve`: accepting, HTTP routes, /v1 request/response, shutdown.
 // The WebSocket protocol is in ws_session.cpp.
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -17,6 +18,7 @@
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
 
+#include "json_parse.hpp"
 #include "plumber/plumber.hpp"
 #include "server/protocol.hpp"
 #include "server/server_impl.hpp"
@@ -306,8 +308,10 @@ void ServerCore::load_catalog() {
     } catch (const GraphError& e) {
       throw GraphError(file.string(), e.diagnostics());
     }
-    std::ifstream in(file);
-    entry.document = json::parse(in);
+    std::ifstream in(file, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
+    entry.document = detail::parse_json(text.str());  // it loaded above: within limits
     entry.description = entry.document.value("description", std::string());
     entry.has_input = std::any_of(entry.spec.nodes.begin(), entry.spec.nodes.end(),
                                   [](const NodeSpec& n) { return n.coroutine == "input"; });
@@ -524,6 +528,27 @@ void ServerCore::refuse(const Request&, Response& response, http::status status,
   set_json(response, status, error_body(code, message));
 }
 
+namespace {
+
+/// The credentials of `Authorization: Bearer TOKEN`; the scheme is
+/// case-insensitive (RFC 7235), and spaces may follow it.
+std::optional<std::string_view> bearer_token(std::string_view value) {
+  constexpr std::string_view scheme = "bearer";
+  if (value.size() <= scheme.size() ||
+      (value[scheme.size()] != ' ' && value[scheme.size()] != '\t')) {
+    return std::nullopt;
+  }
+  for (std::size_t i = 0; i < scheme.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(value[i])) != scheme[i]) return std::nullopt;
+  }
+  value.remove_prefix(scheme.size());
+  while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+    value.remove_prefix(1);
+  return value;
+}
+
+}  // namespace
+
 bool ServerCore::admit(const Request& request, Response& response) {
   const auto [path, query] = split_target(request.target());
   if (!options.token.empty() && path != "/healthz") {
@@ -531,7 +556,7 @@ bool ServerCore::admit(const Request& request, Response& response) {
     auto authorization = request.find(http::field::authorization);
     if (authorization != request.end()) {
       std::string_view value = authorization->value();
-      if (value.starts_with("Bearer ")) ok = same_secret(value.substr(7), options.token);
+      if (auto token = bearer_token(value)) ok = same_secret(*token, options.token);
     }
     if (!ok) {
       if (auto token = query_param(query, "token")) ok = same_secret(*token, options.token);
@@ -707,11 +732,9 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
   json value;
   if (bad.empty()) {
     try {
-      value = json::parse(request.body());
-    } catch (const json::parse_error& e) {
-      std::string why = e.what();
-      if (auto end = why.find("] "); end != std::string::npos) why.erase(0, end + 2);
-      bad = "the body is not JSON: " + why;
+      value = detail::parse_json(request.body());
+    } catch (const detail::JsonParseError& e) {
+      bad = "the body is not JSON: " + std::string(e.what());
     }
   }
   if (!bad.empty()) {

@@ -16,6 +16,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "json_parse.hpp"
 #include "plumber/plugin.hpp"
 #include "plumber/registry.hpp"
 #include "plumber/worker_pool.hpp"
@@ -37,7 +38,7 @@ class WorkerLoop {
         requests_efd_(fds.requests),
         results_efd_(fds.results),
         parent_(fds.parent) {
-    config_ = json::parse(segment_.config);
+    config_ = parse_json(segment_.config);
     spin_ = std::chrono::microseconds(config_.value("spin_us", 50));
   }
 
