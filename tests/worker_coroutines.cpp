@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <thread>
 
@@ -101,6 +102,14 @@ void register_worker_coroutines(Registry& registry) {
            },
            {{"value", ParamType::any, true, nullptr, "exit on this value"},
             {"code", ParamType::integer, false, 7, "exit code"}});
+  add_step(registry, "bad_alloc_on", nullptr,
+           [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
+             for (Message& m : batch) {
+               if (m.value == p.at("value")) throw std::bad_alloc();
+             }
+             pass(batch, out);
+           },
+           {{"value", ParamType::any, true, nullptr, "throw std::bad_alloc on this value"}});
   add_step(
       registry, "start_throws",
       [] { throw std::runtime_error("model file missing: /models/cat.bin"); },

@@ -63,8 +63,14 @@ class WorkerLoop {
       segment_.header->current_request.store(request_id, std::memory_order_release);
       segment_.requests.pop();
       process(request_id, batch);
+      // After std::bad_alloc the step's state cannot be trusted: leave, and the
+      // pool starts a fresh worker (its batches in flight are retried or reported).
+      if (out_of_memory_) return kExitOutOfMemory;
     }
   }
+
+  /// A worker that exits with this code ran out of memory in a step.
+  static constexpr int kExitOutOfMemory = 75;
 
  private:
   bool start(const Registry& registry) {
@@ -149,6 +155,9 @@ class WorkerLoop {
       } else {
         transform_->process(batch, out);
       }
+    } catch (const std::bad_alloc&) {
+      out_of_memory_ = true;
+      failure = "out of memory (std::bad_alloc) in the step; its worker process is replaced";
     } catch (const std::exception& e) {
       failure = e.what();
     } catch (...) {
@@ -289,6 +298,7 @@ class WorkerLoop {
   int results_efd_;
   int parent_;
   json config_;
+  bool out_of_memory_ = false;
   std::chrono::microseconds spin_{50};
   std::unique_ptr<Transform> transform_;
   std::vector<std::uint8_t> record_;
