@@ -1,10 +1,17 @@
 // Hostile input and bad days, end to end: each case runs the real `plumber`
 // binary on input that once crashed, hung or lost data (issue 12).
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -13,6 +20,7 @@
 #include "process.hpp"
 
 namespace fs = std::filesystem;
+extern char** environ;
 using nlohmann::json;
 using plumber::test::ProcessResult;
 using plumber::test::split_lines;
@@ -49,6 +57,34 @@ std::string values_graph(const std::string& values_text) {
   return R"({"plumber": 1, "nodes": [{"id": "v", "coroutine": "values", "params": {"values": )" +
          values_text +
          R"(}}, {"id": "out", "coroutine": "discard"}], "edges": [{"from": "v", "to": "out"}]})";
+}
+
+/// Fields of /proc/PID/stat after the command name: state, ppid, ... utime (13th).
+std::vector<std::string> proc_stat(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return {};
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  std::vector<std::string> fields;
+  for (std::string f; rest >> f;)
+    fields.push_back(f);
+  return fields;
+}
+
+std::vector<int> children_of(int parent) {
+  std::vector<int> pids;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const auto fields = proc_stat(std::stoi(name));
+    if (fields.size() > 1 && fields[1] == std::to_string(parent)) pids.push_back(std::stoi(name));
+  }
+  return pids;
+}
+
+bool ended(int pid) {
+  const auto fields = proc_stat(pid);
+  return fields.empty() || fields[0] == "Z" || fields[0] == "X";
 }
 
 }  // namespace
@@ -179,4 +215,48 @@ TEST_CASE("Cli.HostileStdoutFull") {
     CHECK(result.exit_code == 4);
     CHECK(result.err == "plumber: cannot write the output to stdout: No space left on device\n");
   }
+}
+
+TEST_CASE("Cli.HostileOrphanWorkerInAStepDiesWithItsHost") {
+  // A worker inside a step that does not return never read its lifeline: when
+  // the host was killed, it spun on as an orphan. Now PR_SET_PDEATHSIG kills it.
+  Scratch scratch;
+  const std::string graph = scratch.write("fib.json", R"({"plumber": 1, "nodes": [
+      {"id": "v", "coroutine": "values", "params": {"values": [90]}},
+      {"id": "f", "coroutine": "fib", "procs": 1}, {"id": "out", "coroutine": "discard"}],
+    "edges": [{"from": "v", "to": "f"}, {"from": "f", "to": "out"}]})");
+  std::vector<std::string> args{PLUMBER_EXE, "run", graph};
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  pid_t host = 0;
+  REQUIRE(posix_spawn(&host, argv[0], &actions, nullptr, argv.data(), environ) == 0);
+  posix_spawn_file_actions_destroy(&actions);
+
+  // Hang guard only: wait until the worker has spent 0.3 s of CPU inside fib(90).
+  const auto guard = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  int worker = 0;
+  while (std::chrono::steady_clock::now() < guard) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const auto children = children_of(host);
+    if (children.size() != 1) continue;
+    const auto fields = proc_stat(children[0]);
+    if (fields.size() > 12 && std::stol(fields[11]) >= 30) {
+      worker = children[0];
+      break;
+    }
+  }
+  REQUIRE(worker != 0);
+  REQUIRE(::kill(host, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(host, &status, 0) == host);
+  while (!ended(worker) && std::chrono::steady_clock::now() < guard)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(ended(worker));
+  if (!ended(worker)) ::kill(worker, SIGKILL);
 }

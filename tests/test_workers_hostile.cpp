@@ -76,3 +76,58 @@ TEST_CASE("Workers.BadAllocReplacesTheWorker") {
   CHECK(run.pool().restarts == 1);
   CHECK(no_children());
 }
+
+TEST_CASE("Workers.StuckStepIsKilledAndRetried") {
+  // A step that never returned held its worker, and the run, for ever.
+  Run run(R"({"id": "w", "coroutine": "hang_on", "params": {"value": 3}, "procs": 1,
+              "concurrency": 2, "kill_after_ms": 100, "retries": 1})",
+          6);
+  std::sort(run.values.begin(), run.values.end());
+  CHECK(run.values == std::vector<json>{0, 1, 2, 4, 5});
+  REQUIRE(run.errors.size() == 1);
+  CHECK(run.errors[0].find("of node \"w\" was killed: its step ran longer than kill_after_ms "
+                           "(100 ms)") != std::string::npos);
+  CHECK(run.pool().restarts == 2);  // tried twice
+  CHECK(no_children());
+}
+
+TEST_CASE("Workers.TimeoutKillsTheStuckWorker") {
+  // timeout_ms reported the message, but retries went back to the same stuck worker.
+  Run run(R"({"id": "w", "coroutine": "hang_on", "params": {"value": 2}, "procs": 1,
+              "concurrency": 1, "timeout_ms": 100, "retries": 1})",
+          5);
+  std::sort(run.values.begin(), run.values.end());
+  CHECK(run.values == std::vector<json>{0, 1, 3, 4});
+  REQUIRE(run.errors.size() == 1);
+  CHECK(run.errors[0].starts_with("timed out after 100 ms in worker 0 (pid "));
+  CHECK(run.pool().restarts >= 1);
+  CHECK(no_children());
+}
+
+TEST_CASE("Workers.StoppedWorkerIsKilled") {
+  // A worker stopped by SIGSTOP was never killed nor restarted.
+  Run run(R"({"id": "w", "coroutine": "stop_on", "params": {"value": 1}, "procs": 1,
+              "kill_after_ms": 100})",
+          4);
+  std::sort(run.values.begin(), run.values.end());
+  CHECK(run.values == std::vector<json>{0, 2, 3});
+  REQUIRE(run.errors.size() == 1);
+  CHECK(run.errors[0].find("was killed: its step ran longer than kill_after_ms") !=
+        std::string::npos);
+  CHECK(no_children());
+}
+
+TEST_CASE("GraphSpec.KillAfterNeedsProcs") {
+  const Registry registry = test::worker_test_registry();
+  try {
+    parse_graph(R"({"plumber": 1, "nodes": [{"id": "s", "coroutine": "range",
+      "params": {"stop": 1}}, {"id": "w", "coroutine": "identity", "kill_after_ms": 5}],
+      "edges": [{"from": "s", "to": "w"}]})",
+                registry, "g.json");
+    FAIL("kill_after_ms without procs was accepted");
+  } catch (const GraphError& e) {
+    CHECK(std::string(e.what()) ==
+          "g.json: /nodes/1/kill_after_ms: kill_after_ms applies to worker processes only (add "
+          "\"procs\", or use \"timeout_ms\")");
+  }
+}

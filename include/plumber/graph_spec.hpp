@@ -35,6 +35,9 @@ struct NodeSpec {
   std::string when;  ///< predicate name, empty for none
   std::size_t retries = 0;
   std::optional<std::chrono::milliseconds> timeout;
+  /// A worker process whose step runs longer than this is killed and replaced
+  /// (`kill_after_ms`; by default `timeout_ms`). Worker processes only.
+  std::optional<std::chrono::milliseconds> kill_after;
 };
 
 /// One edge, as indices into GraphSpec::nodes.

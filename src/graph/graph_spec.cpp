@@ -236,10 +236,10 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
     infos_.push_back(nullptr);
     return;
   }
-  unknown_fields(
-      node, pointer,
-      {"id", "coroutine", "params", "concurrency", "threads", "procs", "batch_size",
-       "batch_timeout_ms", "queue_size", "join", "when", "retries", "timeout_ms", "description"});
+  unknown_fields(node, pointer,
+                 {"id", "coroutine", "params", "concurrency", "threads", "procs", "batch_size",
+                  "batch_timeout_ms", "queue_size", "join", "when", "retries", "timeout_ms",
+                  "kill_after_ms", "description"});
 
   if (auto id = string(node, pointer, "id", true)) {
     if (!is_valid_id(*id)) {
@@ -284,6 +284,15 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
   if (node.contains("timeout_ms")) {
     spec.timeout =
         std::chrono::milliseconds(integer(node, pointer, "timeout_ms", 1, 1, 86'400'000));
+  }
+  if (node.contains("kill_after_ms")) {
+    spec.kill_after =
+        std::chrono::milliseconds(integer(node, pointer, "kill_after_ms", 1, 1, 86'400'000));
+    if (spec.procs == 0) {
+      error("graph.kill_after_without_procs", pointer + "/kill_after_ms",
+            "kill_after_ms applies to worker processes only",
+            "add \"procs\", or use \"timeout_ms\"");
+    }
   }
   if (auto join = string(node, pointer, "join", false)) {
     if (*join == "merge") {
