@@ -18,6 +18,8 @@ class Category final : public std::error_category {
         return "pipeline stopped";
       case errc::input_closed:
         return "input already ended";
+      case errc::not_started:
+        return "the pipeline was not started";
     }
     return "unknown plumber error";
   }

@@ -589,7 +589,7 @@ TEST_CASE("GraphSpec.TwoInputNodes") {
       {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "a", "to": "out"}, {"from": "b", "to": "out"}]})") ==
       Lines{
-          R"(g.json: /nodes/1: a graph has at most one "input" node (it receives what the host feeds; fan out from it with edges instead))"});
+          R"(g.json: /nodes/1: a graph has at most one source fed by the host (like "input") (it receives what the host feeds; fan out from it with edges instead))"});
 }
 
 TEST_CASE("GraphSpec.SourceOnlyFieldsRejected") {

@@ -1124,18 +1124,30 @@ TEST_CASE("Pipeline.OnStartFailureNamesNode") {
                     "No such file or directory");
 }
 
-TEST_CASE("Pipeline.BuildRejectsGraphTheRegistryLacks") {
+TEST_CASE("Pipeline.BuildUsesWhatLoadingResolved") {
   Registry extended = Registry::with_builtins();
-  extended.add_function("extra", [](const json& v) { return v; });
+  extended.add_function("extra", [](const json& v) { return json(v.get<int>() + 1); });
   const GraphSpec graph = parse_graph(R"({"plumber": 1, "nodes": [
       {"id": "src", "coroutine": "values", "params": {"values": [1]}},
       {"id": "x", "coroutine": "extra"}],
     "edges": [{"from": "src", "to": "x"}]})",
                                       extended, "ext.json");
+  // A loaded graph carries its coroutines: building looks nothing up again.
   const Registry plain = Registry::with_builtins();
   asio::io_context io;
+  Pipeline pipeline = Plumber(plain).build(graph, io.get_executor());
+  std::vector<json> values;
+  pipeline.on_output([&](OutputRecord&& r) { values.push_back(r.value); });
+  pipeline.start();
+  io.run();
+  CHECK(values == std::vector<json>{2});
+
+  // A spec made by hand is resolved by the registry that builds it.
+  GraphSpec by_hand = graph;
+  for (NodeSpec& node : by_hand.nodes)
+    node.info.reset();
   try {
-    (void)Plumber(plain).build(graph, io.get_executor());
+    (void)Plumber(plain).build(by_hand, io.get_executor());
     FAIL("expected a GraphError");
   } catch (const GraphError& e) {
     REQUIRE(e.diagnostics().size() == 1);

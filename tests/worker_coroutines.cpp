@@ -174,6 +174,42 @@ void register_worker_coroutines(Registry& registry) {
            },
            {{"size", ParamType::integer, false, 1024, "bytes"},
             {"shared", ParamType::boolean, false, true, "allocate in shared memory"}});
+
+  // on_start sleeps params.ms and appends "BEGIN END" (steady-clock ns, the
+  // same clock in every process) to params.path: tests see whether the
+  // on_starts of several nodes overlapped.
+  CoroutineInfo logs;
+  logs.name = "start_logs";
+  logs.description = "worker test step: on_start sleeps and logs when";
+  logs.worker_capable = true;
+  logs.params = {{"ms", ParamType::integer, false, 500, "on_start sleeps this long"},
+                 {"path", ParamType::string, true, nullptr, "where on_start logs"}};
+  logs.make_transform = [](const json& p) -> std::unique_ptr<Transform> {
+    struct StartLogs final : Transform {
+      explicit StartLogs(json params) : params_(std::move(params)) {}
+      void on_start() override {
+        const auto ns = [] {
+          return std::chrono::duration_cast<std::chrono::nanoseconds>(
+                     std::chrono::steady_clock::now().time_since_epoch())
+              .count();
+        };
+        const auto begin = ns();
+        std::this_thread::sleep_for(std::chrono::milliseconds(params_.at("ms").get<int>()));
+        const auto end = ns();
+        if (FILE* f = std::fopen(params_.at("path").get<std::string>().c_str(), "a")) {
+          std::fprintf(f, "%lld %lld\n", static_cast<long long>(begin),
+                       static_cast<long long>(end));
+          std::fclose(f);
+        }
+      }
+      void process(std::span<Message> batch, std::vector<Message>& out) override {
+        pass(batch, out);
+      }
+      json params_;
+    };
+    return std::make_unique<StartLogs>(p);
+  };
+  registry.add(std::move(logs));
 }
 
 Registry worker_test_registry() {

@@ -16,6 +16,7 @@ namespace plumber::test {
 ///   start_exits  on_start prints "loading failed: no GPU" to stderr and _exit(3)s
 ///   start_hangs  on_start sleeps for 30 s
 ///   blob_pass    passes messages on with their blobs; value = {"size", "first", "last"}
+///   start_logs   on_start sleeps params.ms and appends "BEGIN END" (steady ns) to params.path
 ///   blob_make    a new blob of params.size bytes, each = value % 256, made in
 ///                shared memory (params.shared = true) or in private memory
 void register_worker_coroutines(Registry& registry);

@@ -13,6 +13,7 @@ enum class errc {
   cancelled,         // stop(false) cancelled the message
   pipeline_stopped,  // the pipeline no longer accepts input
   input_closed,      // input was fed after end_input()
+  not_started,       // process() before start()
 };
 
 const std::error_category& error_category() noexcept;

@@ -2,6 +2,7 @@
 #include <chrono>
 #include <cstddef>
 #include <iosfwd>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -12,6 +13,8 @@
 namespace plumber {
 
 class Registry;
+struct CoroutineInfo;
+struct PredicateInfo;
 
 /// How a node with several predecessors combines their messages.
 enum class JoinPolicy {
@@ -38,6 +41,11 @@ struct NodeSpec {
   /// A worker process whose step runs longer than this is killed and replaced
   /// (`kill_after_ms`; by default `timeout_ms`). Worker processes only.
   std::optional<std::chrono::milliseconds> kill_after;
+  /// What loading resolved `coroutine` and `when` to: building a pipeline looks
+  /// nothing up again. Null in a spec made by hand (Plumber::build then asks its
+  /// registry).
+  std::shared_ptr<const CoroutineInfo> info;
+  std::shared_ptr<const PredicateInfo> when_info;
 };
 
 /// One edge, as indices into GraphSpec::nodes.
@@ -66,6 +74,8 @@ struct GraphSpec {
 
   /// Index of the node called `id`.
   std::optional<std::size_t> find(std::string_view id) const;
+  /// Index of the source fed by the host (Capabilities::host_fed), if any.
+  std::optional<std::size_t> host_fed_input() const;
 };
 
 /// Reads and validates a graph file; throws GraphError with every diagnostic.

@@ -49,6 +49,17 @@ struct Message {
   std::uint8_t priority = 0;
   /// A step skips a message whose deadline has passed.
   Clock::time_point deadline = Clock::time_point::max();
+  /// A trace context (0: not traced), carried like the deadline.
+  std::uint64_t trace = 0;
 };
+
+/// What travels with a message besides its value and blobs: its envelope. Every
+/// output of a step keeps the envelope of the input it derives from (same id),
+/// whatever ran the step: inline, a thread pool, an awaitable, a worker process.
+inline void inherit_envelope(Message& output, const Message& input) noexcept {
+  if (output.priority == 0) output.priority = input.priority;
+  if (input.deadline < output.deadline) output.deadline = input.deadline;
+  if (!output.trace) output.trace = input.trace;
+}
 
 }  // namespace plumber

@@ -17,6 +17,7 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/system/error_code.hpp>
 
 #include "plumber/error.hpp"
 
@@ -46,6 +47,22 @@ struct OutputRecord {
 /// Called on the pipeline's strand for every output record, in the order produced.
 using OutputHandler = std::function<void(OutputRecord&& record)>;
 
+/// What the output stream does with a value when its consumer is behind.
+enum class OutputOverflow {
+  block,  // the sinks wait for the consumer: the graph holds still (back pressure)
+  drop    // the value is dropped and counted (error and cancellation records are kept)
+};
+
+/// The pipeline's outputs as a bounded stream (Pipeline::stream_outputs).
+struct OutputStreamOptions {
+  std::size_t capacity = 1024;  ///< records held for the consumer
+  OutputOverflow overflow = OutputOverflow::block;
+};
+
+/// Completion signature of Pipeline::async_receive_output: a record, or
+/// boost::asio::error::eof once the pipeline is done and every record was taken.
+using OutputSignature = void(boost::system::error_code, OutputRecord);
+
 /// What the sinks emitted for one message sent with Pipeline::process.
 struct ProcessResult {
   std::vector<OutputRecord> outputs;  ///< value records, in the order the sinks emitted them
@@ -54,8 +71,9 @@ struct ProcessResult {
   json value() const;
 };
 
-/// Why Pipeline::process failed: code() is errc::timed_out, errc::step_failed
-/// (node() names the step), errc::cancelled or errc::pipeline_stopped.
+/// Why Pipeline::process failed: code() is errc::timed_out (node() names where
+/// the message was), errc::step_failed (node() names the step),
+/// errc::cancelled, errc::pipeline_stopped or errc::not_started.
 class ProcessError : public std::runtime_error {
  public:
   ProcessError(errc code, std::string node, const std::string& what);
@@ -100,14 +118,55 @@ class Pipeline {
   /// executor running until done() if you need every record.
   ~Pipeline();
 
-  /// Where outputs go; set it before start().
+  /// Where outputs go, as they are produced (the handler cannot make the graph
+  /// wait: use stream_outputs for that); set it before start().
   void on_output(OutputHandler handler);
+  /// Makes the outputs a bounded stream instead: read it with
+  /// async_receive_output. When the reader is behind, the sinks wait (or, with
+  /// OutputOverflow::drop, values are dropped and counted). Call before start().
+  void stream_outputs(OutputStreamOptions options = {});
+  /// The next output record (see OutputSignature). One call at a time; from
+  /// any thread; completes on the token's associated executor.
+  template <
+      class CompletionToken = boost::asio::default_completion_token_t<boost::asio::any_io_executor>>
+  auto async_receive_output(CompletionToken&& token = {}) {
+    return boost::asio::async_initiate<CompletionToken, OutputSignature>(
+        [this](auto handler) {
+          auto executor = boost::asio::get_associated_executor(handler, executor_());
+          receive_output([handler = std::move(handler), executor](boost::system::error_code ec,
+                                                                  OutputRecord record) mutable {
+            boost::asio::post(executor,
+                              boost::asio::append(std::move(handler), ec, std::move(record)));
+          });
+        },
+        token);
+  }
+  /// Values the output stream dropped (OutputOverflow::drop).
+  std::uint64_t dropped_outputs() const noexcept;
   /// Called once, on the strand, when every processor has finished.
   void on_done(std::function<void()> handler);
 
   /// Runs every step's on_start, then spawns the processors on the executor.
-  /// Throws what an on_start throws, naming the node.
+  /// Worker processes of every `procs` node start in parallel. Throws what an
+  /// on_start throws, naming the node. Blocks: from a coroutine or a server,
+  /// use async_start.
   void start();
+  /// start() without blocking the caller: it runs on a thread of its own and
+  /// completes on the token's associated executor with the exception start()
+  /// would have thrown (null when it started).
+  template <
+      class CompletionToken = boost::asio::default_completion_token_t<boost::asio::any_io_executor>>
+  auto async_start(CompletionToken&& token = {}) {
+    return boost::asio::async_initiate<CompletionToken, void(std::exception_ptr)>(
+        [this](auto handler) {
+          auto executor = boost::asio::get_associated_executor(handler, executor_());
+          start_in_background(
+              [handler = std::move(handler), executor](std::exception_ptr error) mutable {
+                boost::asio::post(executor, boost::asio::append(std::move(handler), error));
+              });
+        },
+        token);
+  }
 
   /// Feeds one value to the graph's `input` source. Blocks while its queue is
   /// full (back pressure). Call it from a thread that is not running the
@@ -167,6 +226,8 @@ class Pipeline {
  private:
   void start_process(json value, ProcessOptions options,
                      boost::asio::any_completion_handler<ProcessSignature> handler);
+  void receive_output(boost::asio::any_completion_handler<OutputSignature> handler);
+  void start_in_background(boost::asio::any_completion_handler<void(std::exception_ptr)> handler);
   boost::asio::any_io_executor executor_() const;
 
   std::shared_ptr<detail::PipelineCore> core_;

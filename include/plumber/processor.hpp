@@ -23,6 +23,7 @@ struct ProcessorStats {
   std::uint64_t busy_ns = 0;      ///< time inside the step (only with collect_timings)
   std::uint64_t queue_depth = 0;  ///< messages waiting in the input channel
   std::optional<WorkerPoolStats> workers;  ///< for a node with `procs`
+  bool fused = false;  ///< runs inline in its predecessor's coroutine (no channel hop)
 };
 
 }  // namespace plumber

@@ -131,6 +131,18 @@ class Source {
   virtual std::optional<std::uint64_t> size_hint() const { return std::nullopt; }
 };
 
+/// What a coroutine does besides computing values. The loader, the CLI and the
+/// server's policy decide by these flags, never by a coroutine's name.
+struct Capabilities {
+  /// A source that emits what the host feeds: Pipeline::feed and process(), stdin
+  /// or --input under `plumber run`, a client's inputs under `plumber serve`.
+  bool host_fed = false;
+  /// Opens the file named by its `path` param ("-" is stdin).
+  bool reads_files = false;
+  /// Writes to the process's stdout.
+  bool writes_stdout = false;
+};
+
 /// A registered coroutine: what `plumber list` shows and what graphs name.
 struct CoroutineInfo {
   std::string name;
@@ -144,6 +156,7 @@ struct CoroutineInfo {
   /// The step emits the kind of value it receives (identity, sleep): its output
   /// kinds are its input's, whatever `emits` says.
   bool emits_input_type = false;
+  Capabilities capabilities;
   /// Checks params beyond their declared types when a graph loads; throws
   /// std::invalid_argument with the reason. Optional.
   std::function<void(const json& params)> check_params;
@@ -168,6 +181,7 @@ struct CoroutineOptions {
   /// See CoroutineInfo::accepts, emits and emits_input_type.
   ValueTypes accepts, emits;
   bool emits_input_type = false;
+  Capabilities capabilities;
   /// For add_function / add_async: `sink` forbids successors.
   CoroutineKind kind = CoroutineKind::transform;
   /// See CoroutineInfo::check_params.
@@ -216,6 +230,9 @@ class Registry {
 
   const CoroutineInfo* find(std::string_view name) const;
   const PredicateInfo* find_predicate(std::string_view name) const;
+  /// The same, shared: a loaded graph keeps what it resolved (NodeSpec::info).
+  std::shared_ptr<const CoroutineInfo> find_shared(std::string_view name) const;
+  std::shared_ptr<const PredicateInfo> find_predicate_shared(std::string_view name) const;
   /// Every coroutine, sorted by name.
   std::vector<const CoroutineInfo*> coroutines() const;
   /// Every predicate, sorted by name.
@@ -231,8 +248,8 @@ class Registry {
                           std::function<json(const json& value, const json& params)> function,
                           CoroutineOptions options);
 
-  std::map<std::string, CoroutineInfo, std::less<>> coroutines_;
-  std::map<std::string, PredicateInfo, std::less<>> predicates_;
+  std::map<std::string, std::shared_ptr<const CoroutineInfo>, std::less<>> coroutines_;
+  std::map<std::string, std::shared_ptr<const PredicateInfo>, std::less<>> predicates_;
 };
 
 template <class F>

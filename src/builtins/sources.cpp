@@ -142,6 +142,7 @@ void register_builtin_sources(Registry& registry) {
   auto input = source_info(
       "input", "emits the values the host feeds (stdin or --input under `plumber run`)", {});
   input.make_source = [](const json&) { return std::make_unique<InputSource>(); };
+  input.capabilities.host_fed = true;
   registry.add(std::move(input));
 
   const ParamSpec path{"path", ParamType::string, false, "-", "file to read; \"-\" is stdin"};
@@ -150,12 +151,14 @@ void register_builtin_sources(Registry& registry) {
     return std::make_unique<LineSource>(p.at("path").get<std::string>(), false);
   };
   lines.emits = {ValueTypes::string};
+  lines.capabilities.reads_files = true;
   registry.add(std::move(lines));
 
   auto jsonl = source_info("jsonl", "emits each line of a file parsed as JSON", {path});
   jsonl.make_source = [](const json& p) {
     return std::make_unique<LineSource>(p.at("path").get<std::string>(), true);
   };
+  jsonl.capabilities.reads_files = true;
   registry.add(std::move(jsonl));
 
   auto range = source_info("range", "emits the integers start, start+step, ... below stop",

@@ -268,6 +268,7 @@ void register_builtin_transforms(Registry& registry) {
     sink.kind = CoroutineKind::sink;
     sink.description = print ? "writes each value as a JSON line to stdout" : "drops every value";
     sink.make_transform = [print](const json&) { return std::make_unique<SinkStep>(print); };
+    sink.capabilities.writes_stdout = print;
     registry.add(std::move(sink));
   }
 

@@ -147,8 +147,7 @@ int run_graph(const RunOptions& options, const Registry& registry) {
       std::cerr << d.format(e.file()) << '\n';
     return kExitInvalid;
   }
-  const bool has_input = std::any_of(graph.nodes.begin(), graph.nodes.end(),
-                                     [](const NodeSpec& n) { return n.coroutine == "input"; });
+  const bool has_input = graph.host_fed_input().has_value();
   if (!options.input.empty() && !has_input) {
     std::cerr << "plumber: " << options.graph
               << ": --input feeds the `input` source, and this graph has none\n";

@@ -342,6 +342,11 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
     }
   }
   infos_.push_back(info);
+  if (info) spec.info = registry_.find_shared(spec.coroutine);
+  if (!spec.when.empty()) spec.when_info = registry_.find_predicate_shared(spec.when);
+  // A batch is gathered from what waits in the input: the input holds at
+  // least one batch (docs/graph-format.md).
+  spec.queue_size = std::max(spec.queue_size, spec.batch_size);
   graph.nodes.push_back(std::move(spec));
 }
 
@@ -488,8 +493,9 @@ void Checker::check_structure(GraphSpec& graph, const std::vector<std::string>& 
     const CoroutineInfo* info = infos_[i];
     const std::string pointer = "/nodes/" + std::to_string(i);
     if (!info) continue;
-    if (node.coroutine == "input" && ++inputs == 2) {
-      error("graph.two_inputs", pointer, "a graph has at most one \"input\" node",
+    if (info->capabilities.host_fed && ++inputs == 2) {
+      error("graph.two_inputs", pointer,
+            "a graph has at most one source fed by the host (like \"input\")",
             "it receives what the host feeds; fan out from it with edges instead");
     }
     const bool is_source = info->kind == CoroutineKind::source;
@@ -597,6 +603,13 @@ void Checker::check_types(const GraphSpec& graph, const std::vector<std::string>
 }
 
 }  // namespace
+
+std::optional<std::size_t> GraphSpec::host_fed_input() const {
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    if (nodes[i].info && nodes[i].info->capabilities.host_fed) return i;
+  }
+  return std::nullopt;
+}
 
 std::optional<std::size_t> GraphSpec::find(std::string_view id) const {
   for (std::size_t i = 0; i < nodes.size(); ++i) {

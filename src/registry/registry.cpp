@@ -176,6 +176,7 @@ CoroutineInfo info_from(std::string name, CoroutineOptions& options) {
   info.accepts = options.accepts;
   info.emits = options.emits;
   info.emits_input_type = options.emits_input_type;
+  info.capabilities = options.capabilities;
   info.check_params = std::move(options.check_params);
   return info;
 }
@@ -232,7 +233,7 @@ void Registry::add(CoroutineInfo info) {
     throw UsageError("coroutine \"" + info.name + "\" is already registered");
   }
   auto name = info.name;
-  coroutines_.emplace(std::move(name), std::move(info));
+  coroutines_.emplace(std::move(name), std::make_shared<const CoroutineInfo>(std::move(info)));
 }
 
 void Registry::add_predicate(PredicateInfo info) {
@@ -243,7 +244,7 @@ void Registry::add_predicate(PredicateInfo info) {
     throw UsageError("predicate \"" + info.name + "\" is already registered");
   }
   auto name = info.name;
-  predicates_.emplace(std::move(name), std::move(info));
+  predicates_.emplace(std::move(name), std::make_shared<const PredicateInfo>(std::move(info)));
 }
 
 void Registry::add_value_function(std::string name,
@@ -305,25 +306,35 @@ void Registry::add_async_source(
 
 const CoroutineInfo* Registry::find(std::string_view name) const {
   auto it = coroutines_.find(name);
-  return it == coroutines_.end() ? nullptr : &it->second;
+  return it == coroutines_.end() ? nullptr : it->second.get();
 }
 
 const PredicateInfo* Registry::find_predicate(std::string_view name) const {
   auto it = predicates_.find(name);
-  return it == predicates_.end() ? nullptr : &it->second;
+  return it == predicates_.end() ? nullptr : it->second.get();
+}
+
+std::shared_ptr<const CoroutineInfo> Registry::find_shared(std::string_view name) const {
+  auto it = coroutines_.find(name);
+  return it == coroutines_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<const PredicateInfo> Registry::find_predicate_shared(std::string_view name) const {
+  auto it = predicates_.find(name);
+  return it == predicates_.end() ? nullptr : it->second;
 }
 
 std::vector<const CoroutineInfo*> Registry::coroutines() const {
   std::vector<const CoroutineInfo*> all;
   for (const auto& [name, info] : coroutines_)
-    all.push_back(&info);
+    all.push_back(info.get());
   return all;
 }
 
 std::vector<const PredicateInfo*> Registry::predicates() const {
   std::vector<const PredicateInfo*> all;
   for (const auto& [name, info] : predicates_)
-    all.push_back(&info);
+    all.push_back(info.get());
   return all;
 }
 

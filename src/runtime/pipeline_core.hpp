@@ -20,6 +20,7 @@
 
 #include "plumber/error.hpp"
 #include "plumber/pipeline.hpp"
+#include "runtime/output_stream.hpp"
 #include "runtime/packet.hpp"
 #include "runtime/processor.hpp"
 
@@ -42,6 +43,8 @@ struct Request {
   bool finished = false;
   std::uint8_t priority = 0;
   Clock::time_point deadline = Clock::time_point::max();
+  /// The node that last took the message (for a timeout's error).
+  std::string where;
 };
 
 /// One value entering the graph from another thread: a value to emit, an error
@@ -94,7 +97,14 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   bool cancelled() const noexcept { return cancelled_; }
   /// Spawns a coroutine that stop(false) cancels and that done() waits for.
   void spawn(asio::awaitable<void> task);
-  void output_value(std::string_view node, Message&& message);
+  /// A sink's value leaves the pipeline: to a process() request, the output
+  /// handler, or the output stream. False (message untouched) when the stream
+  /// is full: wait_output_room, then try again.
+  bool try_output_value(std::string_view node, Message& message);
+  /// True when the output stream is full (a source waits before it goes on).
+  bool output_full() const noexcept { return output_stream_ && output_stream_->full(); }
+  /// Suspends until the output stream has room; throws when cancelled.
+  asio::awaitable<void> wait_output_room();
   void output_error(std::string_view node, std::uint64_t id, std::string error,
                     errc code = errc::step_failed);
   /// Reports a cancelled message once, however many branches held it.
@@ -109,6 +119,8 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
     if (!requests_.empty()) track_request(id, delta);
   }
   bool tracking() const noexcept { return !requests_.empty(); }
+  /// A node took the message of a request (tracking() only).
+  void note_position(std::uint64_t id, std::string_view node);
   /// Completes `request` once (later calls do nothing).
   void finish(Request& request, std::exception_ptr error);
   /// Starts the timeout of a request and sends it to the input feed.
@@ -116,10 +128,19 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
 
   // --- any thread ------------------------------------------------------------
   void start();
+  bool started() const noexcept { return started_.load(); }
+  void stream_outputs(OutputStreamOptions options);
+  void receive_output(OutputStream::Handler handler);
+  std::uint64_t dropped_outputs() const noexcept {
+    return output_stream_ ? output_stream_->dropped() : 0;
+  }
   void stop(bool graceful);
   bool done() const noexcept { return done_flag_.load(std::memory_order_acquire); }
   void wait() const;
 
+  /// What the nodes' coroutines and predicates resolved to, kept alive here.
+  std::vector<std::shared_ptr<const CoroutineInfo>> resolved;
+  std::vector<std::shared_ptr<const PredicateInfo>> resolved_predicates;
   std::vector<std::unique_ptr<Processor>> processors;  // indexed like graph().nodes
   std::shared_ptr<FeedQueue> input_feed;               // when the graph has an `input` node
   std::vector<std::shared_ptr<FeedQueue>> feeds;       // every feed, input_feed included
@@ -132,6 +153,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   void cancel_all();
   void end_feeds();
   void start_blocking_readers();
+  void deliver(OutputRecord&& record);
 
   GraphSpec graph_;
   PipelineOptions options_;
@@ -139,7 +161,8 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   std::uint64_t last_id_ = 0;
   bool sources_stopping_ = false;
   bool cancelled_ = false;
-  bool started_ = false;
+  std::atomic<bool> started_{false};
+  std::optional<OutputStream> output_stream_;
   std::list<asio::cancellation_signal> signals_;
   std::size_t live_tasks_ = 0;
   std::unordered_set<std::uint64_t> cancelled_ids_;

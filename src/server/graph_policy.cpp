@@ -3,14 +3,12 @@
 #include <string>
 #include <system_error>
 
+#include "plumber/registry.hpp"
+
 namespace plumber::server {
 namespace fs = std::filesystem;
 
 namespace {
-
-bool is_file_source(const std::string& coroutine) {
-  return coroutine == "lines" || coroutine == "jsonl";
-}
 
 /// `path` made absolute under `root` and resolved (symlinks, ".."), when it stays inside.
 std::optional<fs::path> inside(const fs::path& root, const std::string& path) {
@@ -55,13 +53,15 @@ void apply_graph_policy(GraphSpec& graph, const GraphLimits& limits) {
   for (std::size_t i = 0; i < graph.nodes.size(); ++i) {
     NodeSpec& node = graph.nodes[i];
     const std::string pointer = "/nodes/" + std::to_string(i);
-    if (node.coroutine == "print") {
-      problems.push_back({"graph.not_allowed", pointer + "/coroutine",
-                          "\"print\" writes to the server's stdout, which no client reads",
-                          "end the graph with \"identity\": a served graph's outputs go to the "
-                          "client"});
+    const Capabilities capabilities = node.info ? node.info->capabilities : Capabilities{};
+    if (capabilities.writes_stdout) {
+      problems.push_back(
+          {"graph.not_allowed", pointer + "/coroutine",
+           "\"" + node.coroutine + "\" writes to the server's stdout, which no client reads",
+           "end the graph with \"identity\": a served graph's outputs go to the "
+           "client"});
     }
-    if (is_file_source(node.coroutine)) {
+    if (capabilities.reads_files) {
       const std::string path = node.params.value("path", std::string("-"));
       if (!limits.allow_files) {
         problems.push_back({"graph.file_not_allowed", pointer + "/params/path",

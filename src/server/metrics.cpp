@@ -34,11 +34,6 @@ ClientMetric sample(double value, std::vector<ClientMetric::Label> labels = {}) 
   return m;
 }
 
-/// The server's own steps (a run's delivery to its client) are not the graph's.
-bool hidden(const std::string& node) {
-  return node.starts_with('@');
-}
-
 std::vector<ClientMetric::Label> node_labels(const std::pair<std::string, std::string>& key) {
   return {{"graph", key.first}, {"node", key.second}};
 }
@@ -74,7 +69,7 @@ std::uint64_t Metrics::track(const std::string& graph, std::shared_ptr<Pipeline>
   std::lock_guard lock(mutex_);
   const std::uint64_t key = ++next_key_;
   for (const auto& node : pipeline->graph().nodes) {
-    if (!hidden(node.id)) totals_.try_emplace(series(graph, node.id));
+    totals_.try_emplace(series(graph, node.id));
   }
   live_.emplace(key, Tracked{graph, std::move(pipeline)});
   return key;
@@ -85,7 +80,6 @@ void Metrics::finished(std::uint64_t key, const std::string& status) {
   auto it = live_.find(key);
   if (it == live_.end()) return;
   for (const auto& s : it->second.pipeline->stats()) {
-    if (hidden(s.node)) continue;
     NodeTotals& t = totals_[series(it->second.graph, s.node)];
     t.received += s.received;
     t.sent += s.emitted;
@@ -123,7 +117,6 @@ std::string Metrics::render() {
     std::map<std::pair<std::string, std::string>, std::uint64_t> depth;
     for (const auto& [key, tracked] : live_) {
       for (const auto& s : tracked.pipeline->stats()) {
-        if (hidden(s.node)) continue;
         auto name = series(tracked.graph, s.node);
         NodeTotals& t = nodes[name];
         t.received += s.received;

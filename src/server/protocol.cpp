@@ -283,8 +283,7 @@ json graph_shape(const std::string& name, const GraphSpec& graph) {
   shape["nodes"] = std::move(nodes);
   shape["edges"] = std::move(edges);
   shape["order"] = std::move(order);
-  shape["input"] = std::any_of(graph.nodes.begin(), graph.nodes.end(),
-                               [](const NodeSpec& n) { return n.coroutine == "input"; });
+  shape["input"] = graph.host_fed_input().has_value();
   return shape;
 }
 

@@ -119,21 +119,6 @@ std::string_view origin_host(std::string_view origin) {
   return origin.substr(0, origin.find('/'));
 }
 
-/// The delivery step (kDeliverCoroutine): waits while its client is behind.
-asio::awaitable<json> deliver(json value, std::shared_ptr<SendQueueState> queue) {
-  if (queue && queue->bytes.load() > queue->room && !queue->gone.load()) {
-    // The client is behind: poll its queue while it is (the queue lives on the
-    // connection's strand; a short timer is simpler than a cross-strand wake-up,
-    // and costs nothing while clients keep up).
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    while (queue->bytes.load() > queue->room && !queue->gone.load()) {
-      timer.expires_after(std::chrono::milliseconds(2));
-      co_await timer.async_wait(asio::use_awaitable);
-    }
-  }
-  co_return value;
-}
-
 /// One HTTP connection: requests in a loop until the client closes, an error,
 /// an idle timeout, or a WebSocket upgrade hands the socket over.
 class HttpSession : public Connection, public std::enable_shared_from_this<HttpSession> {
@@ -265,17 +250,6 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
       strand_(asio::make_strand(executor)),
       acceptor_(strand_),
       grace_timer_(strand_) {
-  auto runs = std::make_shared<Registry>(registry);
-  CoroutineOptions deliver_options;
-  deliver_options.description = "passes values on once their WebSocket client has room (internal)";
-  deliver_options.emits_input_type = true;
-  runs->add_async(
-      std::string(kDeliverCoroutine),
-      [queues = send_queues](json value, const json& params) {
-        return deliver(std::move(value), queues->find(params.value("queue", std::uint64_t{0})));
-      },
-      std::move(deliver_options));
-  run_registry = std::move(runs);
   limits.max_nodes = options.max_nodes;
   limits.max_threads = options.max_threads;
   if (!options.allow_files.empty()) limits.allow_files = fs::path(options.allow_files);
@@ -313,8 +287,7 @@ void ServerCore::load_catalog() {
     text << in.rdbuf();
     entry.document = detail::parse_json(text.str());  // it loaded above: within limits
     entry.description = entry.document.value("description", std::string());
-    entry.has_input = std::any_of(entry.spec.nodes.begin(), entry.spec.nodes.end(),
-                                  [](const NodeSpec& n) { return n.coroutine == "input"; });
+    entry.has_input = entry.spec.host_fed_input().has_value();
     catalog_.emplace(entry.name, std::move(entry));
   }
 }

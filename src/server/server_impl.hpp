@@ -56,46 +56,6 @@ struct Service {
   std::atomic<bool> done{false};
 };
 
-/// How full one WebSocket client's send queue is, shared with the hidden
-/// delivery step of its runs (which waits while the client is behind).
-struct SendQueueState {
-  std::atomic<std::size_t> bytes{0};  ///< queued, not yet written
-  std::size_t room = 0;               ///< delivery waits while bytes > room
-  std::atomic<bool> gone{false};      ///< the connection is closing: wait no more
-};
-
-/// Every WebSocket connection's send queue, by key (a delivery step's param).
-class SendQueues {
- public:
-  std::uint64_t add(std::shared_ptr<SendQueueState> state) {
-    std::lock_guard lock(mutex_);
-    const std::uint64_t key = ++next_;
-    queues_.emplace(key, std::move(state));
-    return key;
-  }
-  void remove(std::uint64_t key) {
-    std::lock_guard lock(mutex_);
-    queues_.erase(key);
-  }
-  std::shared_ptr<SendQueueState> find(std::uint64_t key) {
-    std::lock_guard lock(mutex_);
-    auto it = queues_.find(key);
-    return it == queues_.end() ? nullptr : it->second.lock();
-  }
-
- private:
-  std::mutex mutex_;
-  std::uint64_t next_ = 0;
-  std::map<std::uint64_t, std::weak_ptr<SendQueueState>> queues_;
-};
-
-/// The coroutine the server appends after every terminal node of a run:
-/// it passes values on once their client has room (back pressure for runs
-/// whose sources produce on their own). Node ids start with this prefix,
-/// which graph files cannot use, and are hidden from clients and metrics.
-inline constexpr std::string_view kDeliverCoroutine = "__plumber_deliver";
-inline constexpr std::string_view kDeliverPrefix = "@deliver:";
-
 /// An open TCP connection (HTTP or WebSocket), as the server sees it at shutdown.
 class Connection {
  public:
@@ -134,8 +94,6 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   void replace_connection(std::uint64_t id, const std::shared_ptr<Connection>& connection);
   void remove_connection(std::uint64_t id);
   bool stopping() const noexcept { return stopping_.load(); }
-  /// Every connection's send queue, for its runs' delivery steps.
-  std::shared_ptr<SendQueues> send_queues = std::make_shared<SendQueues>();
   /// Where pipelines run (not a connection's strand: a busy graph must not hold up its client).
   const asio::any_io_executor& executor() const noexcept { return executor_; }
   std::string stop_reason() const;
@@ -157,8 +115,6 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   bool admit(const Request& request, Response& response);
 
   const Registry& registry;
-  /// `registry` plus the delivery step; kept alive by every run built with it.
-  std::shared_ptr<const Registry> run_registry;
   const ServerOptions options;
   GraphLimits limits;
   Metrics metrics;

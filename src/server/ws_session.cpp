@@ -58,16 +58,14 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         id_(id),
         writer_wake_(ws_.get_executor()),
         reader_wake_(ws_.get_executor()),
-        hard_close_(ws_.get_executor()) {
+        hard_close_(ws_.get_executor()),
+        room_(ws_.get_executor(), asio::steady_timer::time_point::max()) {
     ++server_->metrics.websockets;
-    queue_->room = server_->options.max_send_queue / 2;
-    queue_key_ = server_->send_queues->add(queue_);
   }
 
   ~WsSession() override {
-    server_->send_queues->remove(queue_key_);
     --server_->metrics.websockets;
-    server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(queue_->bytes.load());
+    server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(queued_bytes_);
   }
 
   asio::awaitable<void> run(Request request) {
@@ -90,8 +88,8 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     // The client is gone (or the connection failed): nobody reads the runs any more.
     cancel_runs("the connection closed");
     closing_ = true;
-    queue_->gone = true;
     writer_wake_.cancel();
+    room_.cancel();
     server_->remove_connection(id_);
   }
 
@@ -122,7 +120,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     for (;;) {
       // Back pressure: while the client does not read what is queued for it,
       // its frames (inputs, new runs) wait in its socket.
-      while (queue_->bytes.load() > server_->options.max_send_queue / 2 && !closing_) {
+      while (queued_bytes_ > server_->options.max_send_queue / 2 && !closing_) {
         reader_wake_.expires_at(asio::steady_timer::time_point::max());
         co_await reader_wake_.async_wait(tuple_awaitable);
       }
@@ -185,7 +183,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         break;
       case Op::stats:
         if (Run* run = find_run(request)) {
-          send(stats_frame(run->id, visible_stats(*run->pipeline)));
+          send(stats_frame(run->id, run->pipeline->stats()));
         }
         break;
     }
@@ -250,51 +248,31 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     }
 
     json accepted = accepted_frame(0, request.ref, name, spec);
-    add_delivery_steps(spec);
     auto run = std::make_shared<Run>();
     try {
       run->pipeline = std::make_shared<Pipeline>(
-          Plumber(*server_->run_registry)
-              .build(spec, server_->executor(), {.collect_timings = true}));
+          Plumber(server_->registry).build(spec, server_->executor(), {.collect_timings = true}));
     } catch (const GraphError& e) {
       send_error(graph_error(e), 0, request.ref);
       return;
     }
     run->id = ++last_run_;
-    run->has_input = std::any_of(spec.nodes.begin(), spec.nodes.end(),
-                                 [](const NodeSpec& n) { return n.coroutine == "input"; });
+    run->has_input = spec.host_fed_input().has_value();
     run->stats_ms = request.stats_ms;
+    // The outputs come to this connection as a bounded stream: when the client
+    // reads slowly, delivery waits, the stream fills, and the graph holds still.
+    run->pipeline->stream_outputs({.capacity = 256, .overflow = OutputOverflow::block});
 
-    std::weak_ptr<WsSession> weak = weak_from_this();
-    const std::uint64_t run_id = run->id;
-    auto shared = run->shared;
-    run->pipeline->on_output([weak, run_id, shared](OutputRecord&& record) {
-      switch (record.kind) {
-        case OutputRecord::Kind::value:
-          ++shared->outputs;
-          break;
-        case OutputRecord::Kind::error:
-          ++shared->failed;
-          break;
-        case OutputRecord::Kind::cancelled:
-          ++shared->cancelled;
-          break;
-      }
-      if (record.node.starts_with(kDeliverPrefix)) record.node.remove_prefix(kDeliverPrefix.size());
-      if (auto self = weak.lock()) self->queue_from_pipeline(dump(record_frame(run_id, record)));
-    });
     // Every handler is set before start(): with several threads the pipeline
     // may finish before start() returns.
     run->metrics_key = server_->metrics.track(name, run->pipeline);
     ++server_->metrics.runs;
     Metrics* metrics = &server_->metrics;
     const std::uint64_t key = run->metrics_key;
-    run->pipeline->on_done([weak, run_id, shared, metrics, key, server = server_] {
+    auto shared = run->shared;
+    run->pipeline->on_done([shared, metrics, key] {
       metrics->finished(key, shared->cancel_requested ? "cancelled" : "completed");
       --metrics->runs;
-      if (auto self = weak.lock()) {
-        asio::post(self->ws_.get_executor(), [self, run_id] { self->finish_run(run_id); });
-      }
     });
     try {
       run->pipeline->start();
@@ -310,44 +288,41 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     accepted["run"] = run->id;
     send(accepted);
     runs_.emplace(run->id, run);
+    asio::co_spawn(ws_.get_executor(), deliver_outputs(shared_from_this(), run), asio::detached);
     if (run->stats_ms > 0) {
       run->stats_timer = std::make_unique<asio::steady_timer>(ws_.get_executor());
       asio::co_spawn(ws_.get_executor(), push_stats(shared_from_this(), run), asio::detached);
     }
   }
 
-  /// Appends a delivery step after every node whose values go to the client,
-  /// so that a run cannot outrun its client: the step waits while the
-  /// connection's send queue is over half its limit, and back pressure does
-  /// the rest, up to the sources.
-  void add_delivery_steps(GraphSpec& spec) const {
-    const std::size_t count = spec.nodes.size();
-    for (std::size_t i = 0; i < count; ++i) {
-      if (!spec.successors[i].empty()) continue;
-      const CoroutineInfo* info = server_->registry.find(spec.nodes[i].coroutine);
-      if (info && info->kind == CoroutineKind::sink) continue;  // emits nothing
-      NodeSpec step;
-      step.id = std::string(kDeliverPrefix) + spec.nodes[i].id;
-      step.coroutine = std::string(kDeliverCoroutine);
-      step.params = json::object();
-      step.params["queue"] = queue_key_;
-      step.queue_size = 16;
-      const std::size_t index = spec.nodes.size();
-      spec.nodes.push_back(std::move(step));
-      spec.edges.push_back({i, index});
-      spec.successors[i].push_back(index);
-      spec.successors.emplace_back();
-      spec.predecessors.push_back({i});
-      spec.topological_order.push_back(index);
+  /// Sends a run's outputs to the client as it reads them, then its "done":
+  /// every output is delivered before "done", whatever the speed of the client.
+  static asio::awaitable<void> deliver_outputs(std::shared_ptr<WsSession> self,
+                                               std::shared_ptr<Run> run) {
+    RunShared& counts = *run->shared;
+    for (;;) {
+      // The client is behind: wait until the writer has sent some of its queue.
+      while (self->queued_bytes_ > self->server_->options.max_send_queue / 2 && !self->closing_) {
+        co_await self->room_.async_wait(tuple_awaitable);
+      }
+      std::tuple<error_code, OutputRecord> next =
+          co_await run->pipeline->async_receive_output(tuple_awaitable);
+      if (std::get<0>(next)) break;  // eof: the pipeline is done
+      const OutputRecord& record = std::get<1>(next);
+      switch (record.kind) {
+        case OutputRecord::Kind::value:
+          ++counts.outputs;
+          break;
+        case OutputRecord::Kind::error:
+          ++counts.failed;
+          break;
+        case OutputRecord::Kind::cancelled:
+          ++counts.cancelled;
+          break;
+      }
+      self->send(record_frame(run->id, record));
     }
-  }
-
-  /// A run's counters without the delivery steps.
-  static std::vector<ProcessorStats> visible_stats(const Pipeline& pipeline) {
-    std::vector<ProcessorStats> stats = pipeline.stats();
-    std::erase_if(stats,
-                  [](const ProcessorStats& s) { return s.node.starts_with(kDeliverPrefix); });
-    return stats;
+    self->finish_run(run->id);
   }
 
   /// Sends a run's counters every stats_ms until it finishes.
@@ -357,7 +332,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
       run->stats_timer->expires_after(std::chrono::milliseconds(run->stats_ms));
       co_await run->stats_timer->async_wait(tuple_awaitable);
       if (run->finished || self->closing_) break;
-      self->send(stats_frame(run->id, visible_stats(*run->pipeline)));
+      self->send(stats_frame(run->id, run->pipeline->stats()));
     }
   }
 
@@ -446,7 +421,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     summary.outputs = run->shared->outputs;
     summary.failed = run->shared->failed;
     summary.cancelled = run->shared->cancelled;
-    send(done_frame(id, summary, visible_stats(*run->pipeline)));
+    send(done_frame(id, summary, run->pipeline->stats()));
     if (shutting_down_ && runs_.empty()) {
       close(websocket::close_code::going_away, shutdown_reason_);
     }
@@ -462,49 +437,32 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   /// Queues a frame made on this strand.
   void send(const json& frame) { push(dump(frame)); }
 
-  /// `counted`: the queue already includes it (a frame posted by a pipeline).
-  void push(std::string frame, bool counted = false) {
-    if (!counted) {
-      queue_->bytes += frame.size();
-      server_->metrics.send_queue_bytes += static_cast<std::int64_t>(frame.size());
-    }
-    if (closing_) {
-      uncount(frame.size());
+  void push(std::string frame) {
+    if (closing_) return;
+    if (queued_bytes_ + frame.size() > server_->options.max_send_queue) {
+      overflow();
       return;
     }
+    queued_bytes_ += frame.size();
+    server_->metrics.send_queue_bytes += static_cast<std::int64_t>(frame.size());
     outbox_.push_back(std::move(frame));
     writer_wake_.cancel();
   }
 
   void uncount(std::size_t bytes) {
-    queue_->bytes -= bytes;
+    queued_bytes_ -= bytes;
     server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(bytes);
-    if (queue_->bytes.load() <= server_->options.max_send_queue / 2) reader_wake_.cancel();
-  }
-
-  /// Queues a frame from a pipeline's strand; over the limit, the client is
-  /// not reading: its runs are cancelled and it is closed.
-  void queue_from_pipeline(std::string frame) {
-    if (overflowed_.load()) return;
-    const std::size_t size = frame.size();
-    if (queue_->bytes.fetch_add(size) + size > server_->options.max_send_queue) {
-      queue_->bytes -= size;
-      if (!overflowed_.exchange(true)) {
-        asio::post(ws_.get_executor(), [self = shared_from_this()] { self->overflow(); });
-      }
-      return;
+    if (queued_bytes_ <= server_->options.max_send_queue / 2) {
+      reader_wake_.cancel();
+      room_.cancel();
     }
-    server_->metrics.send_queue_bytes += static_cast<std::int64_t>(size);
-    asio::post(ws_.get_executor(), [self = shared_from_this(), frame = std::move(frame)]() mutable {
-      if (self->overflowed_) {
-        self->uncount(frame.size());
-      } else {
-        self->push(std::move(frame), true);
-      }
-    });
   }
 
+  /// A frame does not fit in the send queue: the client does not read (or an
+  /// output is larger than the limit). Its runs are cancelled and it is closed.
   void overflow() {
+    if (overflowed_) return;
+    overflowed_ = true;
     const std::string reason = "the client does not read: over " +
                                std::to_string(server_->options.max_send_queue) +
                                " bytes queued for it";
@@ -519,7 +477,11 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     ProtocolError error;
     error.code = "connection.send_queue_full";
     error.message = reason;
-    send_error(error);
+    const std::string frame = dump(error_frame(error, 0, nullptr));
+    server_->metrics.count_ws_error(error.code);
+    queued_bytes_ += frame.size();
+    server_->metrics.send_queue_bytes += static_cast<std::int64_t>(frame.size());
+    outbox_.push_back(frame);
     close(websocket::close_code::policy_error, "send queue full: the client does not read",
           "send_queue_full");
     // A client that reads nothing will not read the close either: give it a
@@ -537,9 +499,9 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     close_ = websocket::close_reason(code, reason.substr(0, 120));
     close_kind_ = std::move(kind);
     closing_ = true;
-    queue_->gone = true;
     writer_wake_.cancel();
     reader_wake_.cancel();
+    room_.cancel();
   }
 
   static asio::awaitable<void> write_loop(std::shared_ptr<WsSession> self) {
@@ -579,11 +541,12 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   asio::steady_timer writer_wake_;
   asio::steady_timer reader_wake_;
   asio::steady_timer hard_close_;
+  /// Woken (cancel(), never re-armed) when the send queue has room again: the
+  /// runs' output delivery waits on it.
+  asio::steady_timer room_;
   std::deque<std::string> outbox_;
-  /// Bytes in the outbox and posted to it; shared with the runs' delivery steps.
-  std::shared_ptr<SendQueueState> queue_ = std::make_shared<SendQueueState>();
-  std::uint64_t queue_key_ = 0;
-  std::atomic<bool> overflowed_{false};
+  std::size_t queued_bytes_ = 0;  ///< in the outbox or being written
+  bool overflowed_ = false;
   std::map<std::uint64_t, std::shared_ptr<Run>> runs_;
   std::uint64_t last_run_ = 0;
   bool shutting_down_ = false;

@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <new>
 #include <stdexcept>
@@ -92,11 +93,16 @@ asio::awaitable<void> throw_if_cancelled() {
 
 /// One batch in flight: lives in the frame of the process() call that waits for it.
 struct WorkerPool::Pending {
+  explicit Pending(const Strand& strand) : timer(strand) {}
   std::uint64_t request_id = 0;
+  std::uint8_t priority = 0;
   std::vector<std::uint8_t> record;  // the encoded request
   std::vector<Message>* batch = nullptr;
   std::vector<Message>* results = nullptr;
   std::string* failure = nullptr;
+  errc* code = nullptr;
+  std::optional<std::chrono::milliseconds> timeout;
+  asio::steady_timer timer;  // timeout, armed when a worker is handed the batch
   /// Where complete() signals the waiting process() call.
   asio::experimental::channel<void(error_code)>* signal = nullptr;
   Worker* worker = nullptr;
@@ -136,10 +142,11 @@ struct WorkerPool::Worker {
 };
 
 WorkerPool::WorkerPool(const NodeSpec& node, const Strand& strand,
-                       std::chrono::milliseconds start_timeout)
+                       std::chrono::milliseconds start_timeout, std::size_t priorities)
     : node_(node),
       strand_(strand),
       start_timeout_(start_timeout),
+      depth_(priorities > 1 || node.timeout ? 1 : std::numeric_limits<std::size_t>::max()),
       parent_spin_ns_(env_number("PLUMBER_PARENT_SPIN_US", 50) * 1000),
       worker_spin_us_(static_cast<std::uint32_t>(env_number("PLUMBER_WORKER_SPIN_US", 50))) {
   for (std::size_t i = 0; i < node_.procs; ++i)
@@ -210,11 +217,20 @@ void WorkerPool::spawn(Worker& w) {
   w.output_tail.clear();
 }
 
-void WorkerPool::start() {
+void WorkerPool::launch() {
   remove_stale_segments();
   try {
     for (auto& w : workers_)
       spawn(*w);
+  } catch (...) {
+    for (auto& w : workers_)
+      kill_and_reap(*w);
+    throw;
+  }
+}
+
+void WorkerPool::wait_ready() {
+  try {
     for (auto& w : workers_)
       wait_ready_blocking(*w);
   } catch (...) {
@@ -528,15 +544,19 @@ asio::awaitable<void> WorkerPool::watch_start(Worker& w) {
 // --- requests --------------------------------------------------------------------------
 
 asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
-                                          std::vector<Message>& results, std::string& failure,
+                                          std::vector<Message>& results, StepOutcome& outcome,
                                           std::optional<std::chrono::milliseconds> timeout) {
   if (cancelled_) throw boost::system::system_error(asio::error::operation_aborted);
-  Pending pending;
+  std::string& failure = outcome.failure;
+  Pending pending(strand_);
   pending.request_id = ++next_request_;
-
+  for (const Message& m : batch)
+    pending.priority = std::max(pending.priority, m.priority);
   pending.batch = &batch;
   pending.results = &results;
   pending.failure = &failure;
+  pending.code = &outcome.code;
+  pending.timeout = timeout;
   try {
     encode_request(pending);
   } catch (const std::bad_alloc&) {
@@ -563,20 +583,6 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
     max_batch_.store(batch.size(), std::memory_order_relaxed);
   }
   submit(*worker, pending);
-  std::optional<asio::steady_timer> timer;
-  if (timeout) {
-    // Finds the batch by id when it fires: this call may be over by then.
-    timer.emplace(strand_, *timeout);
-    timer->async_wait(
-        [this, w = pending.worker, id = pending.request_id, limit = *timeout](error_code ec) {
-          if (ec) return;
-          auto it = w->in_flight.find(id);
-          if (it == w->in_flight.end()) return;
-          *it->second->failure =
-              "timed out after " + std::to_string(limit.count()) + " ms in " + describe(*w);
-          complete(*w, *it->second);
-        });
-  }
   const std::tuple<error_code> waited =
       co_await signal.async_receive(asio::as_tuple(use_awaitable));
   if (pending.aborted || !pending.done || std::get<0>(waited)) {
@@ -630,14 +636,18 @@ WorkerPool::Worker* WorkerPool::choose_worker() {
 void WorkerPool::submit(Worker& w, Pending& p) {
   p.worker = &w;
   w.in_flight[p.request_id] = &p;
-  w.backlog.push_back(&p);
+  // After every batch of its lane or a higher one: the highest lane goes first
+  // when the worker frees.
+  auto at = std::find_if(w.backlog.begin(), w.backlog.end(),
+                         [&](const Pending* queued) { return queued->priority < p.priority; });
+  w.backlog.insert(at, &p);
   flush_backlog(w);
 }
 
 void WorkerPool::flush_backlog(Worker& w) {
   if (w.state != State::ready) return;
   bool pushed = false;
-  while (!w.backlog.empty()) {
+  while (!w.backlog.empty() && w.in_flight.size() - w.backlog.size() < depth_) {
     Pending& p = *w.backlog.front();
     const std::uint64_t now = monotonic_ns();
     std::memcpy(p.record.data() + 1 + sizeof(std::uint64_t), &now, sizeof now);
@@ -647,8 +657,23 @@ void WorkerPool::flush_backlog(Worker& w) {
     w.last_sent_ns = now;
     w.backlog.pop_front();
     pushed = true;
+    if (p.timeout) arm_timeout(w, p);
   }
   if (pushed) kick(w);
+}
+
+void WorkerPool::arm_timeout(Worker& w, Pending& p) {
+  // Finds the batch by id when it fires: it may be over by then.
+  p.timer.expires_after(*p.timeout);
+  p.timer.async_wait([this, w = &w, id = p.request_id, limit = *p.timeout](error_code ec) {
+    if (ec) return;
+    auto it = w->in_flight.find(id);
+    if (it == w->in_flight.end()) return;
+    *it->second->failure =
+        "timed out after " + std::to_string(limit.count()) + " ms in " + describe(*w);
+    *it->second->code = errc::timed_out;
+    complete(*w, *it->second);
+  });
 }
 
 void WorkerPool::kick(Worker& w) {
@@ -670,9 +695,13 @@ void WorkerPool::forget(Pending& p) noexcept {
 
 void WorkerPool::complete(Worker& w, Pending& p) {
   p.done = true;
+  p.timer.cancel();
   w.in_flight.erase(p.request_id);
   in_flight_.sub(p.batch->size());
   p.signal->try_send(error_code{});
+  // A slot freed: the next batch (highest lane first) goes to the worker. Not
+  // for a worker that died: its backlog waits for the restart.
+  if (w.state == State::ready) flush_backlog(w);
 }
 
 void WorkerPool::fail_backlog(Worker& w, const std::string& why) {

@@ -20,6 +20,7 @@
 #include "plumber/graph_spec.hpp"
 #include "plumber/worker_pool.hpp"
 #include "runtime/packet.hpp"
+#include "runtime/step_runner.hpp"
 #include "workers/shm.hpp"
 
 namespace plumber::detail {
@@ -27,9 +28,10 @@ namespace plumber::detail {
 /// `procs` worker processes running one node's step, fed through shared
 /// memory. Everything but start() and stats() runs on the pipeline's strand.
 ///
-/// Life: start() (the caller's thread) spawns the workers and waits until each
-/// ran on_start; run() spawns one supervisor coroutine per worker on the strand
-/// (it reads results, forwards the worker's stderr, and restarts the worker
+/// Life: launch() spawns the workers and wait_ready() (both on the caller's
+/// thread) waits until each ran on_start: the pipeline launches every pool
+/// before it waits for any, so nodes start in parallel; run() spawns one supervisor coroutine per
+/// worker on the strand (it reads results, forwards the worker's stderr, and restarts the worker
 /// when it dies); process() sends a batch and awaits its results; close() asks
 /// the workers to exit once the node has drained. stop(false) cancels the
 /// supervisors, which kill their workers. The destructor kills and reaps any
@@ -38,22 +40,33 @@ class WorkerPool {
  public:
   using Spawn = std::function<void(asio::awaitable<void>)>;
 
-  WorkerPool(const NodeSpec& node, const Strand& strand, std::chrono::milliseconds start_timeout);
+  WorkerPool(const NodeSpec& node, const Strand& strand, std::chrono::milliseconds start_timeout,
+             std::size_t priorities = 1);
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
-  /// Starts every worker and waits until all are ready. Throws std::runtime_error
-  /// naming the worker, with its error or stderr, when one cannot start in time.
-  void start();
+  /// Spawns every worker (returns at once).
+  void launch();
+  /// Waits until every launched worker is ready. Throws std::runtime_error
+  /// naming the worker, with its error or stderr, when one cannot start in time
+  /// (and kills them all).
+  void wait_ready();
+  /// launch() and wait_ready().
+  void start() {
+    launch();
+    wait_ready();
+  }
   /// Spawns the supervisors (with `spawn`, so that stop cancels and awaits them).
   void run(const Spawn& spawn);
   /// Runs the step on `batch` in a worker. Outputs go to `results`; a step
-  /// error, a worker death or a timeout sets `failure`. Throws
+  /// error, a worker death or a timeout sets `outcome`. Throws
   /// operation_aborted when cancelled. Blobs of `batch` not yet in shared memory
-  /// are moved there (once).
+  /// are moved there (once). Batches wait for a worker in priority order (the
+  /// highest lane of their messages); `timeout` counts from the moment a
+  /// worker is handed the batch.
   asio::awaitable<void> process(std::vector<Message>& batch, std::vector<Message>& results,
-                                std::string& failure,
+                                StepOutcome& outcome,
                                 std::optional<std::chrono::milliseconds> timeout);
   /// No more batches: workers exit when idle.
   void close();
@@ -87,6 +100,7 @@ class WorkerPool {
   Worker* choose_worker();
   void submit(Worker& w, Pending& p);
   void flush_backlog(Worker& w);
+  void arm_timeout(Worker& w, Pending& p);
   void forget(Pending& p) noexcept;
   bool drain(Worker& w);
   void handle_record(Worker& w, std::span<const std::byte> bytes);
@@ -98,6 +112,10 @@ class WorkerPool {
   NodeSpec node_;
   Strand strand_;
   std::chrono::milliseconds start_timeout_;
+  /// Batches handed to one worker at a time. Several keep a worker busy while
+  /// the parent reads results; one makes priorities and timeout_ms exact (a
+  /// batch waits in the parent, in priority order, until a worker is free).
+  std::size_t depth_;
   std::uint64_t parent_spin_ns_;
   std::uint32_t worker_spin_us_;
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -1,0 +1,164 @@
+#include "runtime/source_processor.hpp"
+
+#include <exception>
+#include <tuple>
+#include <utility>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "runtime/pipeline_core.hpp"
+
+namespace plumber::detail {
+
+using asio::use_awaitable;
+
+namespace {
+/// A source whose successors never fill (a fused chain) would otherwise hold
+/// the strand until it ends: it lets stop() and timers in this often.
+constexpr std::uint64_t kYieldEvery = 512;
+}  // namespace
+
+SourceProcessor::SourceProcessor(PipelineCore& core, const NodeSpec& spec,
+                                 const CoroutineInfo& info)
+    : Processor(core, spec, info), source_(info.make_source(spec_.params)) {}
+
+SourceProcessor::~SourceProcessor() = default;
+
+void SourceProcessor::set_feed(std::shared_ptr<FeedQueue> feed) {
+  feed_ = std::move(feed);
+}
+
+bool SourceProcessor::stopping() const noexcept {
+  return core_.sources_stopping() || core_.cancelled();
+}
+
+ProcessorStats SourceProcessor::stats() const {
+  ProcessorStats s = Processor::stats();
+  s.received = s.emitted;
+  return s;
+}
+
+asio::awaitable<void> SourceProcessor::emit(json value, std::uint8_t priority) {
+  Outbox out;
+  Message message;
+  message.id = core_.next_id();
+  message.value = std::move(value);
+  message.priority = priority;
+  out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
+  if (!try_send_all(out)) co_await send_all(out);
+}
+
+asio::awaitable<void> SourceProcessor::run() {
+  if (feed_) {
+    co_await run_fed();
+  } else if (source_->is_async()) {
+    try {
+      co_await source_->run(*this);
+    } catch (const std::exception& e) {
+      if (core_.cancelled()) throw;
+      counters_.errors.add();
+      core_.output_error(spec_.id, core_.next_id(), e.what());
+    }
+  } else {
+    co_await run_generator();
+  }
+  co_await send_end();
+}
+
+asio::awaitable<void> SourceProcessor::run_generator() {
+  Outbox& out = outbox_;
+  for (std::uint64_t emitted = 1; !stopping(); ++emitted) {
+    if (emitted % kYieldEvery == 0) co_await asio::post(core_.strand(), use_awaitable);
+    std::optional<json> value;
+    bool failed = false, last = false;
+    try {
+      value = source_->next();
+    } catch (const SourceItemError& e) {  // one bad item: the source goes on
+      counters_.errors.add();
+      core_.output_error(spec_.id, core_.next_id(), e.what());
+      failed = true;
+    } catch (const std::exception& e) {
+      counters_.errors.add();
+      core_.output_error(spec_.id, core_.next_id(), e.what());
+      last = true;
+    }
+    if (last || (!failed && !value)) break;
+    if (failed) {
+      // An error record waits for room like a value would: memory stays bounded.
+      if (core_.output_full()) co_await core_.wait_output_room();
+    } else {
+      Message message;
+      message.id = core_.next_id();
+      message.value = std::move(*value);
+      out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
+      if (!try_send_all(out)) co_await send_all(out);
+    }
+  }
+}
+
+asio::awaitable<void> SourceProcessor::run_fed() {
+  auto& channel = feed_->channel;
+  Outbox& out = outbox_;
+  bool open = true;
+  while (open) {
+    std::optional<FeedItem> item = take_feed_item();
+    if (!item) {
+      // No structured binding of a co_await result, and no `continue` past a
+      // live local: g++ 12 destroys such locals twice.
+      std::tuple<error_code, FeedItem> received =
+          co_await channel.async_receive(asio::as_tuple(use_awaitable));
+      if (!std::get<0>(received)) item = std::move(std::get<1>(received));
+    }
+    open = item && accept_feed_item(std::move(*item), out);
+    if (!out.empty() && !try_send_all(out)) co_await send_all(out);
+    if (core_.output_full()) co_await core_.wait_output_room();
+  }
+  refuse_leftover_feed();
+}
+
+void SourceProcessor::refuse_leftover_feed() {
+  // Anything fed after the end (or after stop) is refused, never left unread:
+  // close() alone would drop what is buffered.
+  feed_->ended = true;
+  for (std::optional<FeedItem> left = take_feed_item(); left; left = take_feed_item()) {
+    if (left->request) {
+      core_.finish(*left->request,
+                   std::make_exception_ptr(ProcessError(errc::pipeline_stopped, spec_.id,
+                                                        "input ended before this request")));
+    } else if (left->value) {
+      core_.output_cancelled(spec_.id, core_.next_id());
+    }
+  }
+  feed_->channel.close();
+}
+
+std::optional<FeedItem> SourceProcessor::take_feed_item() {
+  std::optional<FeedItem> item;
+  feed_->channel.try_receive([&](error_code, FeedItem i) { item = std::move(i); });
+  return item;
+}
+
+bool SourceProcessor::accept_feed_item(FeedItem&& item, Outbox& out) {
+  if (item.error.is_string()) {
+    counters_.errors.add();
+    core_.output_error(spec_.id, core_.next_id(), item.error.get<std::string>());
+  }
+  if (item.value) {
+    // A request that timed out while queued was answered already: it never enters.
+    if (item.request && item.request->finished) return !item.end;
+    Packet packet;
+    packet.msg.id = core_.next_id();
+    packet.msg.value = std::move(*item.value);
+    if (item.request) {
+      packet.msg.priority = item.request->priority;
+      packet.msg.deadline = item.request->deadline;
+      core_.admit_request(packet.msg.id, item.request);
+    }
+    out.packets.push_back(std::move(packet));
+  }
+  return !item.end;
+}
+
+}  // namespace plumber::detail

@@ -1,0 +1,85 @@
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+
+#include "plumber/error.hpp"
+#include "plumber/graph_spec.hpp"
+#include "plumber/message.hpp"
+#include "plumber/registry.hpp"
+#include "plumber/worker_pool.hpp"
+#include "runtime/packet.hpp"
+
+namespace plumber::detail {
+
+/// How one attempt of a step ended.
+struct StepOutcome {
+  errc code{};           ///< 0 when it succeeded
+  std::string failure;   ///< what went wrong, when it failed
+  bool expired = false;  ///< it gave up because the batch's deadline passed
+  bool ok() const noexcept { return failure.empty(); }
+};
+
+/// The limits of one attempt.
+struct AttemptLimits {
+  /// timeout_ms: counted from the moment the runner starts the step on the
+  /// batch (for worker processes, when a worker takes it), never from when it
+  /// was queued.
+  std::optional<std::chrono::milliseconds> timeout;
+  /// The latest deadline of the batch's messages: past it nobody waits for the result.
+  Clock::time_point deadline = Clock::time_point::max();
+};
+
+/// One way of running a node's step. The node (TransformProcessor) hands it
+/// batches; the retry/timeout/deadline policy around it (Attempts) is the same
+/// whatever runs the step. Implementations: inline on the strand, an
+/// awaitable on the strand, a thread pool, worker processes.
+class StepRunner {
+ public:
+  virtual ~StepRunner() = default;
+  /// True when run_now may be used: the step completes on the strand without
+  /// suspending (the node's fast path: no coroutine frame per message).
+  virtual bool synchronous() const noexcept { return false; }
+  /// Runs the step on `batch` now (synchronous runners). Throws what the step throws.
+  virtual void run_now(std::span<Message> batch, std::vector<Message>& results);
+  /// Runs one attempt. A failure of the step is an outcome, not an exception;
+  /// throws only when cancelled (stop(false)).
+  virtual asio::awaitable<StepOutcome> run(std::vector<Message>& batch,
+                                           std::vector<Message>& results,
+                                           const AttemptLimits& limits) = 0;
+
+  /// Start, first phase: spawn what takes long (worker processes).
+  virtual void launch() {}
+  /// Start, second phase: wait for launch(), run on_start.
+  virtual void on_start() = 0;
+  /// Spawns the runner's own coroutines (worker supervisors) with `spawn`.
+  virtual void serve(const std::function<void(asio::awaitable<void>)>& /*spawn*/) {}
+  /// The node drained: no more batches.
+  virtual void close() {}
+  virtual std::optional<WorkerPoolStats> worker_stats() const { return std::nullopt; }
+};
+
+/// What a runner needs to know about its node.
+struct RunnerContext {
+  const NodeSpec& node;
+  const Strand& strand;
+  std::size_t priorities = 1;
+  std::chrono::milliseconds worker_start_timeout{10'000};
+};
+
+/// The runner for a node: worker processes (`procs`), a thread pool
+/// (`threads`), an awaitable step, or inline.
+std::unique_ptr<StepRunner> make_step_runner(const RunnerContext& context,
+                                             std::unique_ptr<Transform> step);
+
+/// "timed out after N ms"
+std::string timeout_text(std::chrono::milliseconds limit);
+
+}  // namespace plumber::detail

@@ -1,0 +1,165 @@
+// The in-process step runners: inline, awaitable, thread pool. The worker
+// process runner is in workers/worker_runner.cpp.
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <stdexcept>
+#include <utility>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "runtime/step_runner.hpp"
+
+namespace plumber::detail {
+
+std::unique_ptr<StepRunner> make_worker_runner(const RunnerContext& context,
+                                               std::unique_ptr<Transform> step);
+
+std::string timeout_text(std::chrono::milliseconds limit) {
+  return "timed out after " + std::to_string(limit.count()) + " ms";
+}
+
+void StepRunner::run_now(std::span<Message>, std::vector<Message>&) {
+  throw std::logic_error("StepRunner::run_now called on an asynchronous runner");
+}
+
+namespace {
+
+using asio::use_awaitable;
+
+/// A synchronous step on the strand.
+class InlineRunner final : public StepRunner {
+ public:
+  explicit InlineRunner(std::unique_ptr<Transform> step) : step_(std::move(step)) {}
+  bool synchronous() const noexcept override { return true; }
+  void run_now(std::span<Message> batch, std::vector<Message>& results) override {
+    step_->process(batch, results);
+  }
+  asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
+                                   const AttemptLimits&) override {
+    StepOutcome outcome;
+    try {
+      step_->process(batch, results);
+    } catch (const std::exception& e) {
+      outcome.code = errc::step_failed;
+      outcome.failure = e.what();
+    }
+    co_return outcome;
+  }
+  void on_start() override { step_->on_start(); }
+
+ private:
+  std::unique_ptr<Transform> step_;
+};
+
+/// An awaitable step on the strand: interrupted at its timeout, or when every
+/// message of the batch is past its deadline (nobody waits for the result).
+class AwaitableRunner final : public StepRunner {
+ public:
+  explicit AwaitableRunner(std::unique_ptr<Transform> step) : step_(std::move(step)) {}
+  asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
+                                   const AttemptLimits& limits) override {
+    using namespace asio::experimental::awaitable_operators;
+    StepOutcome outcome;
+    const auto started = Clock::now();
+    const auto timeout_at = limits.timeout ? started + *limits.timeout : Clock::time_point::max();
+    const auto give_up_at = std::min(limits.deadline, timeout_at);
+    try {
+      if (give_up_at == Clock::time_point::max()) {
+        co_await step_->process_async(batch, results);
+        co_return outcome;
+      }
+      asio::steady_timer timer(co_await asio::this_coro::executor, give_up_at);
+      auto winner =
+          co_await (step_->process_async(batch, results) || timer.async_wait(use_awaitable));
+      if (winner.index() == 1) {
+        outcome.code = errc::timed_out;
+        if (timeout_at <= limits.deadline) {
+          outcome.failure = timeout_text(*limits.timeout);
+        } else {
+          outcome.failure = "deadline passed while the step ran";
+          outcome.expired = true;
+        }
+      }
+    } catch (const boost::system::system_error& e) {
+      if (e.code() == asio::error::operation_aborted) throw;
+      outcome.code = errc::step_failed;
+      outcome.failure = e.what();
+    } catch (const std::exception& e) {
+      outcome.code = errc::step_failed;
+      outcome.failure = e.what();
+    }
+    co_return outcome;
+  }
+  void on_start() override { step_->on_start(); }
+
+ private:
+  std::unique_ptr<Transform> step_;
+};
+
+/// A synchronous step on a thread pool of the node's own. It cannot be
+/// interrupted: a result later than timeout_ms is discarded.
+class ThreadPoolRunner final : public StepRunner {
+ public:
+  ThreadPoolRunner(std::unique_ptr<Transform> step, std::size_t threads)
+      : step_(std::move(step)), pool_(threads) {}
+  ~ThreadPoolRunner() override { pool_.join(); }
+  asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
+                                   const AttemptLimits& limits) override {
+    StepOutcome outcome;
+    // Measured on the pool thread: time queued for a thread is not the step's.
+    std::chrono::nanoseconds ran{0};
+    std::exception_ptr failure;
+    co_await asio::co_spawn(
+        pool_.get_executor(),
+        [&]() -> asio::awaitable<void> {
+          const auto started = Clock::now();
+          try {
+            step_->process(batch, results);
+          } catch (...) {
+            failure = std::current_exception();
+          }
+          ran = Clock::now() - started;
+          co_return;
+        },
+        use_awaitable);
+    if (failure) {
+      outcome.code = errc::step_failed;
+      try {
+        std::rethrow_exception(failure);
+      } catch (const std::exception& e) {
+        outcome.failure = e.what();
+      } catch (...) {
+        outcome.failure = "unknown exception";
+      }
+    } else if (limits.timeout && ran > *limits.timeout) {
+      outcome.code = errc::timed_out;
+      outcome.failure = timeout_text(*limits.timeout);
+    }
+    co_return outcome;
+  }
+  void on_start() override { step_->on_start(); }
+
+ private:
+  std::unique_ptr<Transform> step_;
+  asio::thread_pool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<StepRunner> make_step_runner(const RunnerContext& context,
+                                             std::unique_ptr<Transform> step) {
+  if (context.node.procs > 0) return make_worker_runner(context, std::move(step));
+  if (step->is_async()) return std::make_unique<AwaitableRunner>(std::move(step));
+  if (context.node.threads > 0) {
+    return std::make_unique<ThreadPoolRunner>(std::move(step), context.node.threads);
+  }
+  return std::make_unique<InlineRunner>(std::move(step));
+}
+
+}  // namespace plumber::detail

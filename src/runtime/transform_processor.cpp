@@ -1,0 +1,356 @@
+#include "runtime/transform_processor.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+#include <boost/asio/use_awaitable.hpp>
+
+#include "runtime/attempts.hpp"
+#include "runtime/pipeline_core.hpp"
+
+namespace plumber::detail {
+
+using asio::use_awaitable;
+
+namespace {
+
+std::uint64_t elapsed_ns(Clock::time_point since) {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - since).count());
+}
+
+}  // namespace
+
+TransformProcessor::TransformProcessor(PipelineCore& core, const NodeSpec& spec,
+                                       const CoroutineInfo& info, const PredicateInfo* when)
+    : Processor(core, spec, info),
+      when_(when),
+      // A batch is gathered from what waits in the input: the input holds at
+      // least a batch (docs/graph-format.md, batch_size).
+      input_(core.strand(), std::max(spec.queue_size, spec.batch_size),
+             core.graph().settings.priorities),
+      runner_(make_step_runner({spec_, core.strand(), core.graph().settings.priorities,
+                                core.options().worker_start_timeout},
+                               info.make_transform(spec_.params))),
+      batcher_(core.strand(), spec.batch_size, spec.batch_timeout) {
+  if (spec_.concurrency > 1 && !fast_path()) slots_.emplace(core_.strand(), spec_.concurrency);
+}
+
+TransformProcessor::~TransformProcessor() = default;
+
+void TransformProcessor::add_predecessor(std::uint16_t port, const std::string& name) {
+  if (input_names_.size() <= port) input_names_.resize(port + 1);
+  input_names_[port] = name;
+}
+
+bool TransformProcessor::fusible() const noexcept {
+  return fast_path() && spec_.batch_size == 1 && spec_.join != JoinPolicy::zip &&
+         input_names_.size() == 1;
+}
+
+ProcessorStats TransformProcessor::stats() const {
+  ProcessorStats s = Processor::stats();
+  s.queue_depth = input_.depth();
+  s.workers = runner_->worker_stats();
+  return s;
+}
+
+asio::awaitable<void> TransformProcessor::run() {
+  if (spec_.join == JoinPolicy::zip) zip_.emplace(input_names_);
+  runner_->serve([this](asio::awaitable<void> task) { core_.spawn(std::move(task)); });
+  try {
+    co_await receive_loop();
+  } catch (...) {
+    if (!core_.cancelled()) throw;
+    cancel_everything_held(outbox_);
+  }
+}
+
+asio::awaitable<void> TransformProcessor::receive_loop() {
+  Outbox& out = outbox_;
+  for (;;) {
+    Packet packet;
+    if (!input_.try_receive(packet)) {
+      if (!batcher_.empty() && !batcher_.waits()) {
+        // Batch timeout 0: take what is queued, never wait for more.
+        co_await dispatch_batch();
+        if (!out.empty() && !try_send_all(out)) co_await send_all(out);
+        continue;
+      }
+      packet = co_await input_.async_receive();
+    }
+    switch (packet.kind) {
+      case PacketKind::data: {
+        counters_.received.add();
+        if (zip_) {
+          std::int64_t tokens = 0;
+          if (!zip_->add(packet, tokens)) break;
+          core_.track(packet.msg.id, tokens);
+          if (packet.kind == PacketKind::dropped) {  // the zip lost one of its parts
+            if (feeds_zip_) out.packets.push_back(std::move(packet));
+            break;
+          }
+        }
+        if (!accept_data(packet, out)) break;
+        const bool full = batcher_.add(std::move(packet.msg));
+        if (!full) {
+          if (auto timer = batcher_.arm(input_)) core_.spawn(std::move(*timer));
+          break;
+        }
+        if (fast_path()) {  // the hot path: no coroutine frame per message
+          compute_now(batcher_.current(), out);
+          batcher_.clear();
+        } else {
+          co_await dispatch_batch();
+        }
+        break;
+      }
+      case PacketKind::dropped:
+        take_dropped(packet, out);
+        break;
+      case PacketKind::flush:
+        if (batcher_.due(packet.msg.id)) co_await dispatch_batch();
+        break;
+      case PacketKind::end:
+        if (++ends_seen_ < input_names_.size()) break;
+        co_await finish_input(out);
+        co_return;
+    }
+    if (!out.empty() && !try_send_all(out)) co_await send_all(out);
+  }
+}
+
+void TransformProcessor::take_dropped(Packet& packet, Outbox& out) {
+  if (zip_) {
+    std::int64_t tokens = 0;
+    if (!zip_->add(packet, tokens)) return;  // a dropped part drops the whole id
+    core_.track(packet.msg.id, tokens);
+  }
+  if (feeds_zip_) out.packets.push_back(std::move(packet));
+}
+
+asio::awaitable<void> TransformProcessor::finish_input(Outbox& out) {
+  if (!batcher_.empty()) co_await dispatch_batch();
+  co_await wait_units_idle();
+  runner_->close();
+  batcher_.cancel_timer();
+  if (zip_) {
+    for (const ZipJoiner::Leftover& left : zip_->take_leftovers()) {
+      // Ids already reported upstream (dropped parts) need no second record.
+      if (left.data_parts > 0) {
+        counters_.errors.add();
+        core_.output_error(spec_.id, left.id, "zip: no message with this id from " + left.missing);
+        core_.track(left.id, -left.data_parts);
+      }
+      if (feeds_zip_) out.packets.push_back(dropped_packet(left.id));
+    }
+  }
+  if (!try_send_all(out)) co_await send_all(out);
+  co_await send_end();
+}
+
+bool TransformProcessor::accept_data(Packet& packet, Outbox& out) {
+  Message& message = packet.msg;
+  if (core_.tracking()) core_.note_position(message.id, spec_.id);
+  if (message.deadline != Clock::time_point::max() && Clock::now() > message.deadline) {
+    counters_.expired.add();
+    counters_.errors.add();
+    core_.output_error(spec_.id, message.id, "deadline passed before the step ran",
+                       errc::timed_out);
+    core_.track(message.id, -1);
+    if (feeds_zip_) out.packets.push_back(dropped_packet(message.id));
+    return false;
+  }
+  if (when_ && !when_->test(message.value)) {
+    counters_.skipped.add();
+    out.packets.push_back(std::move(packet));
+    return false;
+  }
+  return true;
+}
+
+void TransformProcessor::handle_inline(Packet&& packet) {
+  switch (packet.kind) {
+    case PacketKind::data:
+      counters_.received.add();
+      if (accept_data(packet, outbox_)) compute_now({&packet.msg, 1}, outbox_);
+      return;
+    case PacketKind::dropped:
+      if (feeds_zip_) outbox_.packets.push_back(std::move(packet));
+      return;
+    case PacketKind::end:  // the only predecessor ended: so does this node
+      outbox_.packets.push_back(std::move(packet));
+      return;
+    case PacketKind::flush:
+      return;
+  }
+}
+
+// --- running the step ------------------------------------------------------------
+
+asio::awaitable<void> TransformProcessor::dispatch_batch() {
+  if (fast_path()) {  // the hot path: no coroutine frame per batch
+    compute_now(batcher_.current(), outbox_);
+    batcher_.clear();
+    co_return;
+  }
+  // Wait for a free slot while the batch is still the batcher's: cancelled
+  // here, the batch is reported from there.
+  batcher_.cancel_timer();
+  if (slots_) co_await slots_->async_send(error_code{}, use_awaitable);
+  std::vector<Message> batch = batcher_.take();
+  if (slots_) {
+    core_.spawn(run_unit(std::move(batch), true));
+  } else {
+    co_await run_unit(std::move(batch), false);
+  }
+}
+
+void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
+  const bool timed = core_.options().collect_timings || spec_.timeout.has_value();
+  Attempts attempts(spec_, batch);
+  StepOutcome outcome;
+  for (;;) {
+    outcome = StepOutcome{};
+    results_.clear();
+    const auto started = timed ? Clock::now() : Clock::time_point{};
+    counters_.batches.add();
+    try {
+      runner_->run_now(batch, results_);
+    } catch (const std::exception& e) {
+      outcome.code = errc::step_failed;
+      outcome.failure = e.what();
+    }
+    if (timed) {
+      const auto ns = elapsed_ns(started);
+      counters_.busy_ns.add(ns);
+      // A synchronous step cannot be interrupted: a late result is discarded.
+      if (outcome.ok() && spec_.timeout && std::chrono::nanoseconds(ns) > *spec_.timeout) {
+        outcome.code = errc::timed_out;
+        outcome.failure = timeout_text(*spec_.timeout);
+      }
+    }
+    if (!attempts.retry(outcome, batch, results_)) break;
+    counters_.retried.add();
+  }
+  if (outcome.ok()) {
+    collect_outputs(batch, results_, out);
+  } else {
+    fail_batch(batch, outcome, out);
+  }
+}
+
+asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, Outbox& out) {
+  std::vector<Message> results;
+  Attempts attempts(spec_, batch);
+  StepOutcome outcome;
+  for (;;) {
+    const auto started = Clock::now();
+    counters_.batches.add();
+    outcome = co_await runner_->run(batch, results, attempts.limits());
+    if (core_.cancelled()) throw boost::system::system_error(asio::error::operation_aborted);
+    counters_.busy_ns.add(elapsed_ns(started));
+    if (outcome.expired) counters_.expired.add(batch.size());
+    if (!attempts.retry(outcome, batch, results)) break;
+    counters_.retried.add();
+  }
+  if (outcome.ok()) {
+    collect_outputs(batch, results, out);
+  } else {
+    fail_batch(batch, outcome, out);
+  }
+}
+
+asio::awaitable<void> TransformProcessor::run_unit(std::vector<Message> batch, bool release_slot) {
+  // Gives the concurrency slot back however the unit ends.
+  struct SlotRelease {
+    TransformProcessor* self;
+    ~SlotRelease() {
+      if (self) self->slots_->try_receive([](error_code) {});
+    }
+  } release{release_slot ? this : nullptr};
+  Outbox out;
+  try {
+    co_await compute(batch, out);
+    if (!try_send_all(out)) co_await send_all(out);
+  } catch (...) {
+    if (!core_.cancelled()) throw;
+    cancel_held(out, batch);
+  }
+}
+
+asio::awaitable<void> TransformProcessor::wait_units_idle() {
+  if (!slots_) co_return;
+  // Taking every slot means every unit has finished.
+  for (std::size_t i = 0; i < spec_.concurrency; ++i) {
+    co_await slots_->async_send(error_code{}, use_awaitable);
+  }
+  for (std::size_t i = 0; i < spec_.concurrency; ++i)
+    slots_->try_receive([](error_code) {});
+}
+
+void TransformProcessor::collect_outputs(std::span<const Message> batch,
+                                         std::vector<Message>& results, Outbox& out) {
+  // Every output keeps the envelope of its input, whatever ran the step.
+  if (batch.size() == 1) {
+    for (Message& m : results) {
+      if (m.id == batch.front().id) inherit_envelope(m, batch.front());
+    }
+  } else if (!results.empty()) {
+    std::unordered_map<std::uint64_t, const Message*> by_id;
+    for (const Message& m : batch)
+      by_id.emplace(m.id, &m);
+    for (Message& m : results) {
+      if (auto it = by_id.find(m.id); it != by_id.end()) inherit_envelope(m, *it->second);
+    }
+  }
+  if (feeds_zip_) {
+    // A zip downstream must learn which ids produced nothing here.
+    std::unordered_set<std::uint64_t> produced;
+    for (const Message& m : results)
+      produced.insert(m.id);
+    for (const Message& m : batch) {
+      if (!produced.contains(m.id)) out.packets.push_back(dropped_packet(m.id));
+    }
+  }
+  if (core_.tracking()) {  // results first: a request must not see zero in between
+    for (const Message& m : results)
+      core_.track(m.id, +1);
+    for (const Message& m : batch)
+      core_.track(m.id, -1);
+  }
+  for (Message& m : results)
+    out.packets.emplace_back(PacketKind::data, std::uint16_t{0}, std::move(m));
+  results.clear();
+}
+
+void TransformProcessor::fail_batch(std::span<const Message> batch, const StepOutcome& outcome,
+                                    Outbox& out) {
+  for (const Message& m : batch) {
+    counters_.errors.add();
+    core_.output_error(spec_.id, m.id, outcome.failure, outcome.code);
+    core_.track(m.id, -1);
+    if (feeds_zip_) out.packets.push_back(dropped_packet(m.id));
+  }
+}
+
+// --- cancellation ------------------------------------------------------------------
+
+void TransformProcessor::cancel_everything_held(Outbox& out) {
+  cancel_held(out, batcher_.current());
+  batcher_.clear();
+  if (zip_) {
+    for (std::uint64_t id : zip_->take_ids())
+      core_.output_cancelled(spec_.id, id);
+  }
+  Packet packet;
+  while (input_.try_receive(packet)) {
+    if (packet.kind == PacketKind::data) core_.output_cancelled(spec_.id, packet.msg.id);
+  }
+}
+
+}  // namespace plumber::detail

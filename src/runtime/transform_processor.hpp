@@ -1,0 +1,72 @@
+#pragma once
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <boost/asio/experimental/channel.hpp>
+
+#include "runtime/batcher.hpp"
+#include "runtime/processor.hpp"
+#include "runtime/step_runner.hpp"
+#include "runtime/zip_joiner.hpp"
+
+namespace plumber::detail {
+
+/// A transform or a sink: takes messages from its input port (merged, or
+/// zipped by its ZipJoiner), skips expired ones and those its `when` rejects,
+/// gathers batches (Batcher), runs them through its StepRunner under the
+/// node's retry/timeout policy (Attempts) with up to `concurrency` batches at
+/// once, and sends the results on.
+class TransformProcessor final : public Processor {
+ public:
+  TransformProcessor(PipelineCore& core, const NodeSpec& spec, const CoroutineInfo& info,
+                     const PredicateInfo* when);
+  ~TransformProcessor() override;
+
+  InputPort* input() noexcept override { return &input_; }
+  void add_predecessor(std::uint16_t port, const std::string& name) override;
+  bool may_fuse() const noexcept override { return successors_.size() == 1 && fast_path(); }
+  /// True when this node can run inline in its only predecessor's coroutine:
+  /// a synchronous step on the strand, one input, no batching, no zip.
+  bool fusible() const noexcept;
+
+  void launch() override { runner_->launch(); }
+  void on_start() override { runner_->on_start(); }
+  asio::awaitable<void> run() override;
+  ProcessorStats stats() const override;
+
+  /// The fused predecessor hands over one packet (see Processor::fuse).
+  void handle_inline(Packet&& packet);
+
+ private:
+  bool fast_path() const noexcept { return runner_->synchronous(); }
+  asio::awaitable<void> receive_loop();
+  bool accept_data(Packet& packet, Outbox& out);
+  void take_dropped(Packet& packet, Outbox& out);
+  asio::awaitable<void> finish_input(Outbox& out);
+
+  /// Runs what the batcher holds (the fast path in place; else in a unit).
+  asio::awaitable<void> dispatch_batch();
+  void compute_now(std::span<Message> batch, Outbox& out);
+  asio::awaitable<void> compute(std::vector<Message>& batch, Outbox& out);
+  asio::awaitable<void> run_unit(std::vector<Message> batch, bool release_slot);
+  asio::awaitable<void> wait_units_idle();
+  void collect_outputs(std::span<const Message> batch, std::vector<Message>& results, Outbox& out);
+  void fail_batch(std::span<const Message> batch, const StepOutcome& outcome, Outbox& out);
+  void cancel_everything_held(Outbox& out);
+
+  const PredicateInfo* when_;
+  InputPort input_;
+  std::unique_ptr<StepRunner> runner_;
+  std::vector<std::string> input_names_;  // predecessor id by port
+  std::size_t ends_seen_ = 0;
+  std::optional<ZipJoiner> zip_;
+  Batcher batcher_;
+  std::vector<Message> results_;  // the fast path's, reused
+  /// Concurrency slots: a unit takes one by sending, gives it back by receiving.
+  std::optional<asio::experimental::channel<void(error_code)>> slots_;
+};
+
+}  // namespace plumber::detail

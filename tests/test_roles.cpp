@@ -1,0 +1,365 @@
+// The runtime's roles tested alone (ZipJoiner, Batcher, InputPort), and what
+// the roles give a pipeline: fusion, the bounded output stream, batches as
+// large as asked, start/process errors.
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "plumber/all.hpp"
+#include "runtime/batcher.hpp"
+#include "runtime/input_port.hpp"
+#include "runtime/zip_joiner.hpp"
+#include "test_support.hpp"
+
+using namespace plumber;
+using namespace plumber::detail;
+using namespace std::chrono_literals;
+
+namespace {
+
+Packet data(std::uint64_t id, std::uint16_t port, json value) {
+  Packet p;
+  p.kind = PacketKind::data;
+  p.port = port;
+  p.msg.id = id;
+  p.msg.value = std::move(value);
+  return p;
+}
+
+Packet dropped(std::uint64_t id, std::uint16_t port) {
+  Packet p;
+  p.kind = PacketKind::dropped;
+  p.port = port;
+  p.msg.id = id;
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("Processor.ZipJoinerPairsByIdWhateverTheOrder") {
+  ZipJoiner zip({"left", "right"});
+  std::int64_t tokens = 0;
+  Packet a = data(2, 1, "r2");
+  CHECK_FALSE(zip.add(a, tokens));
+  Packet b = data(1, 0, "l1");
+  CHECK_FALSE(zip.add(b, tokens));
+  Packet c = data(2, 0, "l2");
+  REQUIRE(zip.add(c, tokens));
+  CHECK(c.kind == PacketKind::data);
+  CHECK(c.msg.id == 2);
+  CHECK(c.msg.value == json::parse(R"({"left": "l2", "right": "r2"})"));
+  CHECK(tokens == -1);  // two messages became one
+  // A dropped part drops the whole id.
+  Packet d = dropped(1, 1);
+  REQUIRE(zip.add(d, tokens));
+  CHECK(d.kind == PacketKind::dropped);
+  CHECK(d.msg.id == 1);
+  CHECK(tokens == -1);
+  CHECK(zip.empty());
+}
+
+TEST_CASE("Processor.ZipJoinerKeepsLaterMessagesOfAnIdInOrder") {
+  ZipJoiner zip({"a", "b"});
+  std::int64_t tokens = 0;
+  for (json v : {json("a1"), json("a2")}) {
+    Packet p = data(7, 0, v);
+    CHECK_FALSE(zip.add(p, tokens));
+  }
+  Packet b1 = data(7, 1, "b1");
+  REQUIRE(zip.add(b1, tokens));
+  CHECK(b1.msg.value == json::parse(R"({"a": "a1", "b": "b1"})"));
+  Packet b2 = data(7, 1, "b2");
+  REQUIRE(zip.add(b2, tokens));
+  CHECK(b2.msg.value == json::parse(R"({"a": "a2", "b": "b2"})"));
+  CHECK(zip.empty());
+}
+
+TEST_CASE("Processor.ZipJoinerReportsLeftovers") {
+  ZipJoiner zip({"a", "b", "c"});
+  std::int64_t tokens = 0;
+  Packet p = data(5, 1, 1);
+  CHECK_FALSE(zip.add(p, tokens));
+  const auto leftovers = zip.take_leftovers();
+  REQUIRE(leftovers.size() == 1);
+  CHECK(leftovers[0].id == 5);
+  CHECK(leftovers[0].missing == "a, c");
+  CHECK(leftovers[0].data_parts == 1);
+  CHECK(zip.empty());
+}
+
+TEST_CASE("Processor.BatcherFillsAndFlushesAtItsTimeout") {
+  boost::asio::io_context io;
+  const Strand strand = boost::asio::make_strand(io.get_executor());
+  InputPort input(strand, 8, 1);
+  Batcher batcher(strand, 3, 20ms);
+  Message m;
+  CHECK_FALSE(batcher.add(Message(m)));
+  auto timer = batcher.arm(input);
+  REQUIRE(timer);
+  CHECK_FALSE(batcher.add(Message(m)));
+  CHECK_FALSE(batcher.arm(input));  // armed once per batch
+  boost::asio::co_spawn(strand, std::move(*timer), boost::asio::detached);
+  io.run();
+  // The timer sent a flush packet for this batch into the node's own input.
+  Packet flush;
+  REQUIRE(input.try_receive(flush));
+  CHECK(flush.kind == PacketKind::flush);
+  CHECK(batcher.due(flush.msg.id));
+  CHECK(batcher.take().size() == 2);
+  CHECK_FALSE(batcher.due(flush.msg.id));  // nothing left to flush
+  CHECK(batcher.add(Message(m)) == false);
+  CHECK(batcher.add(Message(m)) == false);
+  CHECK(batcher.add(Message(m)) == true);  // full at batch_size
+}
+
+TEST_CASE("Processor.InputPortServesTheHighestLaneFirst") {
+  boost::asio::io_context io;
+  const Strand strand = boost::asio::make_strand(io.get_executor());
+  InputPort input(strand, 4, 2);
+  for (int i = 0; i < 3; ++i) {
+    Packet p = data(static_cast<std::uint64_t>(i + 1), 0, i);
+    REQUIRE(input.try_send(p));
+  }
+  Packet high = data(9, 0, "P");
+  high.msg.priority = 1;
+  REQUIRE(input.try_send(high));
+  CHECK(input.depth() == 4);
+  std::vector<std::uint64_t> order;
+  Packet p;
+  while (input.try_receive(p))
+    order.push_back(p.msg.id);
+  CHECK(order == std::vector<std::uint64_t>{9, 1, 2, 3});
+  CHECK(input.depth() == 0);
+  // A full lane refuses, leaving the packet as it was.
+  for (int i = 0; i < 4; ++i) {
+    Packet q = data(20, 0, i);
+    REQUIRE(input.try_send(q));
+  }
+  Packet refused = data(21, 0, "kept");
+  CHECK_FALSE(input.try_send(refused));
+  CHECK(refused.msg.value == "kept");
+}
+
+// --- what the roles give a pipeline --------------------------------------------
+
+namespace {
+
+struct Run {
+  Registry registry = Registry::with_builtins();
+  boost::asio::io_context io;
+  GraphSpec graph;
+  std::optional<Pipeline> pipeline;
+
+  Pipeline& build(std::string_view text) {
+    graph = parse_graph(text, registry);
+    pipeline.emplace(Plumber(registry).build(graph, io.get_executor()));
+    return *pipeline;
+  }
+  ProcessorStats stats(std::string_view node) const {
+    for (const auto& s : pipeline->stats()) {
+      if (s.node == node) return s;
+    }
+    FAIL("no node " << node);
+    return {};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("Pipeline.ChainOfSyncStepsIsFused") {
+  Run r;
+  r.registry.add_async("wait_a_bit",
+                       [](json v, const json&) -> boost::asio::awaitable<json> { co_return v; });
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 100}},
+      {"id": "a", "coroutine": "identity"}, {"id": "b", "coroutine": "identity"},
+      {"id": "c", "coroutine": "identity"}, {"id": "w", "coroutine": "wait_a_bit"},
+      {"id": "d", "coroutine": "identity"}],
+    "edges": [{"from": "src", "to": "a"}, {"from": "a", "to": "b"}, {"from": "b", "to": "c"},
+              {"from": "c", "to": "w"}, {"from": "w", "to": "d"}]})");
+  std::size_t outputs = 0;
+  p.on_output([&](OutputRecord&&) { ++outputs; });
+  p.start();
+  r.io.run();
+  CHECK(outputs == 100);
+  // a, b and c run inline in the source's coroutine; the async step w has its
+  // own, and d (after an async step, which does not fuse) has its own too.
+  CHECK(r.stats("a").fused);
+  CHECK(r.stats("b").fused);
+  CHECK(r.stats("c").fused);
+  CHECK_FALSE(r.stats("w").fused);
+  CHECK_FALSE(r.stats("d").fused);
+  CHECK(r.stats("c").received == 100);
+}
+
+TEST_CASE("Pipeline.OutputStreamHoldsTheGraphWhileTheReaderWaits") {
+  Run r;
+  Pipeline& p = r.build(R"({"plumber": 1, "settings": {"queue_size": 8}, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 5000}},
+      {"id": "sq", "coroutine": "identity"}, {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "src", "to": "sq"}, {"from": "sq", "to": "out"}]})");
+  p.stream_outputs({.capacity = 16});
+  p.start();
+  // Nobody reads: the graph fills its queues and the output stream, then holds.
+  for (int i = 0; i < 2000 && r.io.poll() > 0; ++i) {
+  }
+  CHECK_FALSE(p.done());
+  CHECK(p.emitted_messages() <= 16 + 8 + 8 + 2);
+  // Reading at last, every output comes, in order, then eof.
+  std::vector<json> values;
+  boost::system::error_code end;
+  boost::asio::co_spawn(
+      r.io,
+      [&]() -> boost::asio::awaitable<void> {
+        for (;;) {
+          auto [ec, record] =
+              co_await p.async_receive_output(boost::asio::as_tuple(boost::asio::use_awaitable));
+          if (ec) {
+            end = ec;
+            break;
+          }
+          values.push_back(record.value);
+        }
+      },
+      boost::asio::detached);
+  r.io.restart();
+  r.io.run();
+  CHECK(p.done());
+  CHECK(end == boost::asio::error::eof);
+  REQUIRE(values.size() == 5000);
+  CHECK(values.front() == 0);
+  CHECK(values.back() == 4999);
+  CHECK(p.dropped_outputs() == 0);
+}
+
+TEST_CASE("Pipeline.OutputStreamDropPolicyCounts") {
+  Run r;
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 1000}},
+      {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "src", "to": "out"}]})");
+  p.stream_outputs({.capacity = 10, .overflow = OutputOverflow::drop});
+  p.start();
+  r.io.run();  // nobody reads: with `drop`, the run still ends
+  CHECK(p.done());
+  CHECK(p.dropped_outputs() == 990);
+  std::size_t received = 0;
+  boost::asio::co_spawn(
+      r.io,
+      [&]() -> boost::asio::awaitable<void> {
+        for (;;) {
+          auto [ec, record] =
+              co_await p.async_receive_output(boost::asio::as_tuple(boost::asio::use_awaitable));
+          if (ec) break;
+          ++received;
+        }
+      },
+      boost::asio::detached);
+  r.io.restart();
+  r.io.run();
+  CHECK(received == 10);
+}
+
+TEST_CASE("Pipeline.BatchesAreNotCappedByTheQueueSize") {
+  Run r;
+  std::vector<std::size_t> sizes;
+  r.registry.add_batch_function("sizes", [&](std::vector<json> values, const json&) {
+    sizes.push_back(values.size());
+    return values;
+  });
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 1000}},
+      {"id": "b", "coroutine": "sizes", "batch_size": 100, "batch_timeout_ms": 60000},
+      {"id": "out", "coroutine": "discard"}],
+    "edges": [{"from": "src", "to": "b"}, {"from": "b", "to": "out"}]})");
+  // batch_size 100 over the default queue_size 64: the input holds a batch.
+  CHECK(r.graph.nodes[1].queue_size == 100);
+  p.start();
+  r.io.run();
+  CHECK(sizes == std::vector<std::size_t>(10, 100));
+}
+
+TEST_CASE("Process.BeforeStartFailsAtOnce") {
+  Run r;
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "in", "coroutine": "input"}, {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "in", "to": "out"}]})");
+  std::optional<errc> code;
+  std::string text;
+  boost::asio::co_spawn(
+      r.io,
+      [&]() -> boost::asio::awaitable<void> {
+        try {
+          co_await p.process(json(1), std::chrono::hours(1));
+        } catch (const ProcessError& e) {
+          code = e.code();
+          text = e.what();
+        }
+      },
+      boost::asio::detached);
+  r.io.run();  // returns at once: nothing waits for the hour
+  REQUIRE(code);
+  CHECK(*code == errc::not_started);
+  CHECK(text == "process() before start(): start the pipeline first");
+}
+
+TEST_CASE("Process.TimeoutNamesTheNodeThatHeldTheMessage") {
+  Run r;
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "in", "coroutine": "input"}, {"id": "quick", "coroutine": "identity"},
+      {"id": "slow", "coroutine": "sleep", "params": {"ms": 60000}},
+      {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "in", "to": "quick"}, {"from": "quick", "to": "slow"},
+              {"from": "slow", "to": "out"}]})");
+  p.start();
+  std::optional<ProcessError> error;
+  boost::asio::co_spawn(
+      r.io,
+      [&]() -> boost::asio::awaitable<void> {
+        try {
+          co_await p.process(json(1), 30ms);
+        } catch (const ProcessError& e) {
+          error = e;
+        }
+        p.end_input();
+      },
+      boost::asio::detached);
+  r.io.run();
+  REQUIRE(error);
+  CHECK(error->code() == errc::timed_out);
+  CHECK(error->node() == "slow");
+  CHECK(std::string(error->what()) ==
+        "no result before the request's timeout (the message was at node \"slow\")");
+}
+
+TEST_CASE("Pipeline.AsyncStartCompletesOnTheCallersExecutor") {
+  Run r;
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 3}},
+      {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "src", "to": "out"}]})");
+  std::vector<json> values;
+  p.on_output([&](OutputRecord&& record) { values.push_back(record.value); });
+  bool started = false;
+  // start() runs on a thread of its own: keep io.run() from returning meanwhile.
+  auto work = boost::asio::make_work_guard(r.io);
+  p.async_start([&](std::exception_ptr error) {
+    CHECK_FALSE(error);
+    started = true;
+    work.reset();
+  });
+  r.io.run();
+  CHECK(started);
+  CHECK(values == std::vector<json>{0, 1, 2});
+}
