@@ -188,6 +188,7 @@ int main(int argc, char** argv) {
   std::int64_t grace_ms = serve_options.grace.count();
   std::int64_t idle_s = serve_options.idle_timeout.count();
   std::int64_t process_timeout_ms = serve_options.process_timeout.count();
+  std::int64_t max_run_ms = 0;
   auto* serve_command = app.add_subcommand("serve", "the socket server: WebSocket, HTTP, web page");
   serve_command->add_option("--bind", serve_options.bind, "address to listen on")
       ->capture_default_str();
@@ -244,6 +245,32 @@ int main(int argc, char** argv) {
                    "default timeout of POST /v1/graphs/NAME/process")
       ->check(CLI::Range(1, 3'600'000))
       ->capture_default_str();
+  serve_command
+      ->add_option("--pipeline-threads", serve_options.pipeline_threads,
+                   "threads running the served graphs (apart from the connections')")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-run-ms", max_run_ms,
+                   "a WebSocket run still going after this long is cancelled (0: no limit)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{31'536'000'000}))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-total-runs", serve_options.max_total_runs,
+                   "runs at once, all connections together")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-total-procs", serve_options.max_total_procs,
+                   "worker processes of all runs together")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-total-send-queue", serve_options.max_total_send_queue,
+                   "bytes queued for all WebSocket clients together; past it the client with "
+                   "the most is closed")
+      ->check(CLI::Range(std::size_t{4096}, std::size_t{1} << 40))
+      ->capture_default_str();
   add_plugin_option(serve_command);
 
   server::SubmitOptions submit_options;
@@ -287,6 +314,7 @@ int main(int argc, char** argv) {
     serve_options.grace = std::chrono::milliseconds(grace_ms);
     serve_options.idle_timeout = std::chrono::seconds(idle_s);
     serve_options.process_timeout = std::chrono::milliseconds(process_timeout_ms);
+    serve_options.max_run = std::chrono::milliseconds(max_run_ms);
     return serve(serve_options, serve_threads, registry);
   }
   if (*submit_command) return check_stdout(server::submit(submit_options));

@@ -250,6 +250,16 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
       strand_(asio::make_strand(executor)),
       acceptor_(strand_),
       grace_timer_(strand_) {
+  pipeline_work_.emplace(pipeline_io_.get_executor());
+  pipeline_running_ = std::max<std::size_t>(1, options.pipeline_threads);
+  for (std::size_t i = 0; i < pipeline_running_; ++i) {
+    pipeline_threads_.emplace_back([this] {
+      pipeline_io_.run();
+      std::lock_guard lock(pipeline_mutex_);
+      --pipeline_running_;
+      pipeline_exited_.notify_all();
+    });
+  }
   limits.max_nodes = options.max_nodes;
   limits.max_threads = options.max_threads;
   if (!options.allow_files.empty()) limits.allow_files = fs::path(options.allow_files);
@@ -260,6 +270,72 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
   acceptor_.set_option(asio::socket_base::reuse_address(true));
   acceptor_.bind(endpoint);
   acceptor_.listen(asio::socket_base::max_listen_connections);
+}
+
+ServerCore::~ServerCore() {
+  for (auto& [name, service] : services_)
+    service->pipeline->stop(false);
+  if (!wait_pipelines(std::chrono::seconds(5))) {
+    spdlog::warn("a step of a served graph still runs; stopping its threads anyway");
+  }
+  pipeline_io_.stop();
+  for (auto& t : pipeline_threads_)
+    t.join();  // blocks while a synchronous step runs: it cannot be interrupted
+}
+
+bool ServerCore::wait_pipelines(std::chrono::milliseconds limit) {
+  pipeline_work_.reset();
+  std::unique_lock lock(pipeline_mutex_);
+  return pipeline_exited_.wait_for(lock, limit, [this] { return pipeline_running_ == 0; });
+}
+
+std::optional<std::pair<std::string, std::string>> ServerCore::reserve_run(std::size_t procs,
+                                                                           bool count_run) {
+  if (count_run && ++total_runs_ > options.max_total_runs) {
+    --total_runs_;
+    return std::pair<std::string, std::string>(
+        "server.too_many_runs", "the server runs " + std::to_string(options.max_total_runs) +
+                                    " graphs at once (--max-total-runs); try again later");
+  }
+  if ((total_procs_ += procs) > options.max_total_procs) {
+    total_procs_ -= procs;
+    if (count_run) --total_runs_;
+    return std::pair<std::string, std::string>(
+        "server.too_many_procs", "the graph needs " + std::to_string(procs) +
+                                     " worker processes, and the server has no more than " +
+                                     std::to_string(options.max_total_procs) +
+                                     " in all (--max-total-procs); try again later");
+  }
+  return std::nullopt;
+}
+
+void ServerCore::release_run(std::size_t procs, bool count_run) {
+  total_procs_ -= procs;
+  if (count_run) --total_runs_;
+}
+
+void ServerCore::check_total_send_queue() {
+  const std::int64_t limit = static_cast<std::int64_t>(options.max_total_send_queue);
+  if (metrics.send_queue_bytes.load() <= limit) return;
+  std::shared_ptr<Connection> slowest;
+  std::size_t most = 0;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, weak] : connections_) {
+      auto c = weak.lock();
+      const std::size_t queued = c ? c->queued_bytes() : 0;
+      if (queued > most) {
+        most = queued;
+        slowest = std::move(c);
+      }
+    }
+  }
+  if (slowest) {
+    slowest->close_for("the server's send queues are full (--max-total-send-queue " +
+                       std::to_string(options.max_total_send_queue) +
+                       " bytes), and this client has the most queued: " + std::to_string(most) +
+                       " bytes");
+  }
 }
 
 void ServerCore::load_catalog() {
@@ -300,10 +376,17 @@ void ServerCore::start() {
 void ServerCore::start_services() {
   for (const auto& [name, entry] : catalog_) {
     if (!entry.has_input) continue;
+    std::size_t procs = 0;
+    for (const NodeSpec& node : entry.spec.nodes)
+      procs += node.procs;
+    if (auto refused = reserve_run(procs, /*count_run=*/false)) {
+      spdlog::error("graph {}: not served on /v1: {}", name, refused->second);
+      continue;
+    }
     auto service = std::make_unique<Service>();
     service->name = name;
     service->pipeline = std::make_shared<Pipeline>(
-        Plumber(registry).build(entry.spec, executor_, {.collect_timings = true}));
+        Plumber(registry).build(entry.spec, executor(), {.collect_timings = true}));
     Service* raw = service.get();
     service->pipeline->on_done([self = weak_from_this(), raw] {
       raw->done = true;
@@ -450,16 +533,19 @@ void ServerCore::cancel_everything(const std::string& reason) {
     c->cancel(reason);
   for (auto& [name, service] : services_)
     service->pipeline->stop(false);
+  check_stopped();  // it no longer waits for the services (a step may never return)
 }
 
 void ServerCore::check_stopped() {
   asio::post(strand_, [self = shared_from_this()] {
+    bool cancelled = false;
     {
       std::lock_guard lock(self->mutex_);
       if (!self->stopping_ || self->stopped_ || !self->connections_.empty()) return;
+      cancelled = self->cancelled_;
     }
     for (auto& [name, service] : self->services_) {
-      if (!service->done) return;
+      if (!service->done && !cancelled) return;
     }
     {
       std::lock_guard lock(self->mutex_);
@@ -771,6 +857,10 @@ void Server::shutdown(std::string reason) {
 
 void Server::on_stopped(std::function<void()> handler) {
   core_->stopped_handler = std::move(handler);
+}
+
+bool Server::wait_pipelines(std::chrono::milliseconds limit) {
+  return core_->wait_pipelines(limit);
 }
 
 }  // namespace plumber
