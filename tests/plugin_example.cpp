@@ -1,6 +1,8 @@
 // A plugin for the tests: registers "shout" (upper-cases a string and appends
-// params.suffix) and the predicate "is_long" (a string of more than 5 bytes).
+// params.suffix), "crash" (kills its process on the value "crash": a worker
+// death) and the predicate "is_long" (a string of more than 5 bytes).
 #include <cctype>
+#include <csignal>
 #include <stdexcept>
 #include <string>
 
@@ -21,6 +23,16 @@ PLUMBER_PLUGIN(registry) {
         return plumber::json(text + params.at("suffix").get<std::string>());
       },
       std::move(options));
+  plumber::CoroutineOptions crash;
+  crash.description = "passes a value on; kills its own process (SIGKILL) on \"crash\"";
+  crash.worker_capable = true;
+  registry.add_function(
+      "crash",
+      [](const plumber::json& value) {
+        if (value == "crash") std::raise(SIGKILL);
+        return value;
+      },
+      std::move(crash));
   registry.add_predicate({"is_long", "a string longer than 5 bytes", [](const plumber::json& v) {
                             return v.is_string() && v.get_ref<const std::string&>().size() > 5;
                           }});

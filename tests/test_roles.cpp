@@ -1,6 +1,7 @@
 // The runtime's roles tested alone (ZipJoiner, Batcher, InputPort), and what
 // the roles give a pipeline: fusion, the bounded output stream, batches as
 // large as asked, start/process errors.
+#include <algorithm>
 #include <chrono>
 #include <optional>
 #include <string>
@@ -14,6 +15,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "plumber/all.hpp"
@@ -362,4 +364,33 @@ TEST_CASE("Pipeline.AsyncStartCompletesOnTheCallersExecutor") {
   r.io.run();
   CHECK(started);
   CHECK(values == std::vector<json>{0, 1, 2});
+}
+
+TEST_CASE("Pipeline.FusedChainBlockedFarDownstreamLosesNothing") {
+  // a, b and c run inline in the source; c feeds an async step whose input
+  // holds one message, so the chain blocks two fused nodes below its head.
+  Run r;
+  r.registry.add_async("yield", [](json v, const json&) -> boost::asio::awaitable<json> {
+    co_await boost::asio::post(co_await boost::asio::this_coro::executor,
+                               boost::asio::use_awaitable);
+    co_return v;
+  });
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 3000}},
+      {"id": "a", "coroutine": "identity"}, {"id": "b", "coroutine": "identity"},
+      {"id": "c", "coroutine": "identity"},
+      {"id": "slow", "coroutine": "yield", "queue_size": 1, "concurrency": 4},
+      {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "src", "to": "a"}, {"from": "a", "to": "b"}, {"from": "b", "to": "c"},
+              {"from": "c", "to": "slow"}, {"from": "slow", "to": "out"}]})");
+  std::vector<json> values;
+  p.on_output([&](OutputRecord&& record) { values.push_back(record.value); });
+  p.start();
+  r.io.run();
+  CHECK(p.done());
+  REQUIRE(values.size() == 3000);
+  std::sort(values.begin(), values.end());
+  CHECK(values.front() == 0);
+  CHECK(values.back() == 2999);
+  CHECK(r.stats("c").fused);
 }

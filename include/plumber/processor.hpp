@@ -1,4 +1,5 @@
 #pragma once
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -7,6 +8,12 @@
 #include "plumber/worker_pool.hpp"
 
 namespace plumber {
+
+/// Upper bounds, in seconds, of the buckets of ProcessorStats::busy_buckets.
+inline constexpr std::array<double, 12> kStepSecondsBuckets{1e-6, 5e-6, 2.5e-5, 1e-4, 5e-4, 2.5e-3,
+                                                            1e-2, 5e-2, 0.25,   1,    5,    30};
+/// Calls of a step per bucket of kStepSecondsBuckets (not cumulative).
+using StepBuckets = std::array<std::uint64_t, kStepSecondsBuckets.size()>;
 
 /// Counters of one node at run time (a Processor). Read them at any time with
 /// Pipeline::stats(); they are updated by the pipeline's strand only.
@@ -21,6 +28,7 @@ struct ProcessorStats {
   std::uint64_t retried = 0;      ///< attempts repeated after a failure
   std::uint64_t batches = 0;      ///< calls of the step
   std::uint64_t busy_ns = 0;      ///< time inside the step (only with collect_timings)
+  StepBuckets busy_buckets{};     ///< calls by time inside the step (only with collect_timings)
   std::uint64_t queue_depth = 0;  ///< messages waiting in the input channel
   std::optional<WorkerPoolStats> workers;  ///< for a node with `procs`
   bool fused = false;  ///< runs inline in its predecessor's coroutine (no channel hop)

@@ -55,7 +55,8 @@ struct ServerOptions {
 class Server {
  public:
   /// Loads the graphs of `options.graphs_dir` (throws GraphError) and binds
-  /// (throws boost::system::system_error). `registry` must outlive the server.
+  /// (throws std::system_error: "cannot listen on 127.0.0.1:8080: Address
+  /// already in use"). `registry` must outlive the server.
   Server(const Registry& registry, boost::asio::any_io_executor executor, ServerOptions options);
   ~Server();
   Server(const Server&) = delete;

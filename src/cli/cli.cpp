@@ -3,14 +3,17 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "build_info.hpp"
+#include "cli/suggest.hpp"
+#include "log.hpp"
 #include "plumber/all.hpp"
 #include "server/client.hpp"
 
@@ -137,15 +140,21 @@ int list(bool as_json, const Registry& registry) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  spdlog::set_default_logger(spdlog::stderr_color_mt("plumber"));
-  spdlog::set_pattern("plumber: %^%l%$: %v");
+  detail::configure_logging(detail::LogFormat::text, spdlog::level::warn);
 
   CLI::App app{"plumber: async processing pipelines described as JSON graphs"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "plumber 0.1.0");
-  std::string log_level = "warn";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+  // --log-level and --log-format also after the command: `plumber serve --log-format json`.
+  app.fallthrough();
+  app.set_version_flag("--version", detail::version_text());
+  std::string log_level;  // default: info for serve, warn for the others
+  app.add_option("--log-level", log_level,
+                 "trace, debug, info, warn, error, off (default: info for serve, else warn)")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format,
+                 "text (time, level, message) or json (one object a line) on stderr")
+      ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
 
   std::vector<std::string> plugins;
@@ -164,8 +173,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run_command->add_flag("--records", run.records, "print {\"id\",\"node\",\"value\"} records");
   run_command->add_flag("--stats", run.stats, "print per-node counts and timings at exit");
-  run_command->add_flag("--progress", run.progress,
-                        "progress line on stderr (default: when stderr is a terminal)");
+  auto* progress_flag = run_command->add_flag(
+      "--progress", run.progress, "progress line on stderr (default: when stderr is a terminal)");
+  run_command->add_flag("--no-progress", run.no_progress, "no progress line")
+      ->excludes(progress_flag);
   add_plugin_option(run_command);
 
   std::vector<std::string> validate_files;
@@ -289,14 +300,22 @@ int main(int argc, char** argv) {
   submit_command->add_flag("--records", submit_options.records,
                            "print {\"id\",\"node\",\"value\"} records");
   submit_command->add_flag("--stats", submit_options.stats, "print per-node counts at the end");
+  add_plugin_option(submit_command);
 
+  if (auto typo = find_typo(app, argc, argv)) {
+    std::cerr << "plumber: " << *typo << "\nRun with --help for more information.\n";
+    return kExitInvalid;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     return code == 0 ? kExitOk : kExitInvalid;
   }
-  spdlog::set_level(spdlog::level::from_str(log_level));
+  if (log_level.empty()) log_level = *serve_command ? "info" : "warn";
+  detail::configure_logging(
+      log_format == "json" ? detail::LogFormat::json : detail::LogFormat::text,
+      spdlog::level::from_str(log_level));
 
   Registry registry = Registry::with_builtins();
   try {
@@ -317,7 +336,19 @@ int main(int argc, char** argv) {
     serve_options.max_run = std::chrono::milliseconds(max_run_ms);
     return serve(serve_options, serve_threads, registry);
   }
-  if (*submit_command) return check_stdout(server::submit(submit_options));
+  if (*submit_command) {
+    // With --plugin, a graph file is checked here, against the built-ins and
+    // the plugins, before it is sent (give the plugins the server loads).
+    if (!plugins.empty() && std::filesystem::is_regular_file(submit_options.graph)) {
+      try {
+        load_graph_file(submit_options.graph, registry);
+      } catch (const GraphError& e) {
+        print_graph_error(e);
+        return kExitInvalid;
+      }
+    }
+    return check_stdout(server::submit(submit_options));
+  }
   if (*validate_command) return check_stdout(validate(validate_files, registry));
   if (*dot_command) return check_stdout(dot(dot_file, registry));
   return check_stdout(list(list_json, registry));

@@ -20,7 +20,8 @@ struct RunOptions {
   int threads = 1;
   bool records = false;
   bool stats = false;
-  bool progress = false;
+  bool progress = false;     ///< the progress line even when stderr is not a terminal
+  bool no_progress = false;  ///< never the progress line
 };
 
 /// `plumber ...`: parses the command line and runs the command.

@@ -1,4 +1,5 @@
 // `plumber run`: one graph, run to completion on an io_context.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -19,7 +20,9 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "cli/cli.hpp"
+#include "cli/progress.hpp"
 #include "json_parse.hpp"
+#include "log.hpp"
 #include "plumber/all.hpp"
 
 namespace plumber::cli {
@@ -54,7 +57,18 @@ json error_record(const OutputRecord& r) {
 struct InputReader {
   std::atomic<bool> finished{false};
   std::atomic<std::uint64_t> malformed{0};
+  std::atomic<std::uint64_t> lines{0};  ///< read so far, for the progress line
+  std::atomic<std::uint64_t> bytes{0};
+  std::shared_ptr<ProgressLine> progress;
 };
+
+/// Bytes of the input when it is a regular file (--input, or stdin redirected
+/// from one); 0 when unknown (a pipe, a terminal).
+std::uint64_t input_size(const std::string& path) {
+  struct stat info {};
+  const int status = path.empty() ? ::fstat(STDIN_FILENO, &info) : ::stat(path.c_str(), &info);
+  return status == 0 && S_ISREG(info.st_mode) ? static_cast<std::uint64_t>(info.st_size) : 0;
+}
 
 void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline* pipeline) {
   std::ifstream file;
@@ -66,6 +80,8 @@ void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline*
   try {
     while (std::getline(in, line)) {
       ++number;
+      reader->lines.store(number, std::memory_order_relaxed);
+      reader->bytes.fetch_add(line.size() + 1, std::memory_order_relaxed);
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       json value;
       try {
@@ -74,6 +90,7 @@ void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline*
         json record = json::object();
         record["input"] = label + ":" + std::to_string(number);
         record["error"] = "malformed JSON: " + std::string(e.what());
+        auto lock = reader->progress->before_write(stderr);
         write_line(stderr, record);
         reader->malformed.fetch_add(1);
         continue;
@@ -165,8 +182,13 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   std::atomic<std::uint64_t> cancelled{0};
   int output_error = 0;                    // errno of the first failed write to stdout
   std::atomic<bool> output_failed{false};  // then the run is cancelled, quietly
+  std::atomic<std::uint64_t> outputs{0};
+  const bool show_progress = !options.no_progress && (options.progress || ::isatty(STDERR_FILENO));
+  auto progress = std::make_shared<ProgressLine>(show_progress);
   pipeline.on_output([&, records = options.records](OutputRecord&& r) {
     if (output_failed.load(std::memory_order_relaxed)) return;
+    outputs.fetch_add(1, std::memory_order_relaxed);
+    auto lock = progress->before_write(r.kind == OutputRecord::Kind::value ? stdout : stderr);
     switch (r.kind) {
       case OutputRecord::Kind::value:
         if (records) {
@@ -190,8 +212,9 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     }
   });
 
-  const bool show_progress =
-      (options.progress || ::isatty(STDERR_FILENO)) && pipeline.expected_messages().has_value();
+  auto reader = std::make_shared<InputReader>();
+  reader->progress = progress;
+  const std::uint64_t input_bytes = has_input ? input_size(options.input) : 0;
   asio::steady_timer ticker(io);
   asio::signal_set signals(io, SIGINT, SIGTERM);
   bool interrupted = false;
@@ -200,20 +223,44 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     ticker.cancel();
     signals.cancel();
   });
-  auto print_progress = [&] {
-    const auto total = *pipeline.expected_messages();
-    const auto done = pipeline.emitted_messages();
-    std::fprintf(stderr, "\r%llu/%llu messages (%.0f%%)", static_cast<unsigned long long>(done),
-                 static_cast<unsigned long long>(total),
-                 total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0);
-    std::fflush(stderr);
+  // "7/11 messages (64%)" when the sources know their total; for the `input`
+  // source, what was read: "1200 lines read (56.0 KiB of 120.0 KiB, 47%), 1180 outputs".
+  auto progress_text = [&] {
+    char text[160];
+    if (const auto total = pipeline.expected_messages()) {
+      const auto done = pipeline.emitted_messages();
+      std::snprintf(
+          text, sizeof text, "%llu/%llu messages (%.0f%%)", static_cast<unsigned long long>(done),
+          static_cast<unsigned long long>(*total),
+          *total ? 100.0 * static_cast<double>(done) / static_cast<double>(*total) : 100.0);
+      return std::string(text);
+    }
+    const auto out = static_cast<unsigned long long>(outputs.load());
+    if (!has_input) {
+      std::snprintf(text, sizeof text, "%llu messages, %llu outputs",
+                    static_cast<unsigned long long>(pipeline.emitted_messages()), out);
+      return std::string(text);
+    }
+    // A last line without '\n' was counted with one.
+    auto bytes = static_cast<double>(reader->bytes.load());
+    if (input_bytes > 0) bytes = std::min(bytes, static_cast<double>(input_bytes));
+    std::string read = human_bytes(bytes);
+    if (input_bytes > 0) {
+      const double size = static_cast<double>(input_bytes);
+      std::snprintf(text, sizeof text, " of %s, %.0f%%", human_bytes(size).c_str(),
+                    std::min(100.0, 100.0 * bytes / size));
+      read += text;
+    }
+    std::snprintf(text, sizeof text, "%llu lines read (%s), %llu outputs",
+                  static_cast<unsigned long long>(reader->lines.load()), read.c_str(), out);
+    return std::string(text);
   };
   std::function<void()> tick = [&] {
     if (!flush_stdout(output_error) && !output_failed.exchange(true)) {
       pipeline.stop(/*graceful=*/false);  // nobody will read what is computed
     }
     if (pipeline.done()) return;  // a tick queued before on_done must not re-arm
-    if (show_progress) print_progress();
+    if (show_progress) progress->draw(progress_text());
     ticker.expires_after(std::chrono::milliseconds(100));
     ticker.async_wait([&](boost::system::error_code ec) {
       if (!ec) tick();
@@ -237,8 +284,10 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     return kExitRuntimeError;
   }
   tick();
+  const detail::LogFields run_fields{.run = graph.name};
+  detail::log(spdlog::level::info, run_fields, "run started: {} ({} nodes)", options.graph,
+              graph.nodes.size());
 
-  auto reader = std::make_shared<InputReader>();
   if (has_input) {
     std::thread(read_input, reader, options.input, &pipeline).detach();
   }
@@ -258,15 +307,19 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     std::fflush(stderr);
     std::_Exit(kExitOutputFailed);  // exit() would flush stdout again, and fail again
   }
-  if (show_progress) {
-    print_progress();  // the final count, however short the run
-    std::fputs("\n", stderr);
-  }
+  progress->finish(progress_text());  // the final count, however short the run
   if (options.stats) print_stats(pipeline, wall);
 
   int status = kExitOk;
   if (failed.load() + reader->malformed.load() > 0) status = kExitFailed;
   if (interrupted || cancelled.load() > 0) status = kExitInterrupted;
+  // Info even when messages failed: those are reported as records, and the
+  // exit status says so; stderr carries nothing else by default.
+  detail::log(spdlog::level::info, run_fields,
+              "run {}: {} messages in {:.3f} s, {} failed, {} cancelled, {} malformed input lines",
+              interrupted ? "interrupted" : "finished", pipeline.emitted_messages(),
+              std::chrono::duration<double>(wall).count(), failed.load(), cancelled.load(),
+              reader->malformed.load());
   if (has_input && !reader->finished) {
     // The reader is blocked on a terminal that will not close: leave without it.
     std::fflush(nullptr);

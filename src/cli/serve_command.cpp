@@ -3,8 +3,8 @@
 
 #include <condition_variable>
 #include <cstdio>
-#include <mutex>
 #include <iostream>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -14,6 +14,7 @@
 #include <boost/system/system_error.hpp>
 
 #include "cli/cli.hpp"
+#include "log.hpp"
 #include "plumber/all.hpp"
 #include "plumber/server.hpp"
 
@@ -77,6 +78,8 @@ int serve(const ServerOptions& options, int threads, const Registry& registry) {
                                                           : options.bind.c_str(),
               static_cast<unsigned>(server->port()));
   std::fflush(stdout);
+  spdlog::info("listening on {}:{} ({} threads, graphs from {})", options.bind, server->port(),
+               threads, options.graphs_dir.empty() ? "nowhere" : options.graphs_dir);
 
   std::vector<std::thread> pool;
   for (int i = 1; i < threads; ++i)
@@ -97,6 +100,7 @@ int serve(const ServerOptions& options, int threads, const Registry& registry) {
     std::fflush(nullptr);
     std::_Exit(kExitOk);
   }
+  spdlog::info("stopped");
   std::printf("plumber: stopped\n");
   return kExitOk;
 }

@@ -39,6 +39,12 @@ bool is_valid_id(std::string_view id) noexcept {
   return true;
 }
 
+/// The JSON pointer of `key` inside the object at `pointer`: a key's '~' and
+/// '/' are escaped (RFC 6901), so the pointer leads back to that key.
+std::string child(const std::string& pointer, std::string_view key) {
+  return (json::json_pointer(pointer) / std::string(key)).to_string();
+}
+
 std::string in_quotes(const std::string& text) {
   return "\"" + text + "\"";
 }
@@ -88,7 +94,7 @@ class Checker {
                        std::int64_t fallback, std::int64_t low, std::int64_t high) {
     auto it = object.find(key);
     if (it == object.end()) return fallback;
-    const std::string where = pointer + "/" + key;
+    const std::string where = child(pointer, key);
     if (!it->is_number_integer()) {
       error("graph.wrong_type", where,
             std::string(key) + " must be an integer, not " + type_name(*it));
@@ -125,7 +131,7 @@ class Checker {
       return std::nullopt;
     }
     if (!it->is_string()) {
-      error("graph.wrong_type", pointer + "/" + key,
+      error("graph.wrong_type", child(pointer, key),
             std::string(key) + " must be a string, not " + type_name(*it));
       return std::nullopt;
     }
@@ -137,7 +143,7 @@ class Checker {
     for (const auto& [key, value] : object.items()) {
       if (std::find(known.begin(), known.end(), key) != known.end()) continue;
       const std::string near = nearest_of(key, known);
-      error("graph.unknown_field", pointer + "/" + key, "unknown field " + in_quotes(key),
+      error("graph.unknown_field", child(pointer, key), "unknown field " + in_quotes(key),
             near.empty() ? "" : "did you mean " + in_quotes(near) + "?");
     }
   }
@@ -327,7 +333,7 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
       for (const char* key : {"join", "when", "batch_size", "batch_timeout_ms", "concurrency",
                               "threads", "retries", "timeout_ms"}) {
         if (node.contains(key)) {
-          error("graph.not_for_sources", pointer + "/" + key,
+          error("graph.not_for_sources", child(pointer, key),
                 std::string(key) + " does not apply to source " + in_quotes(info->name));
         }
       }
@@ -383,14 +389,14 @@ void Checker::check_params(const json& params, const std::string& pointer,
       std::string known;
       for (const auto& p : info.params)
         known += (known.empty() ? "" : ", ") + p.name;
-      error("graph.unknown_param", pointer + "/" + key,
+      error("graph.unknown_param", child(pointer, key),
             "coroutine " + in_quotes(info.name) + " has no param " + in_quotes(key),
             known.empty() ? "it takes no params" : "it takes: " + known);
       continue;
     }
     if (!has_type(value, declared->type)) {
       error(
-          "graph.bad_param", pointer + "/" + key,
+          "graph.bad_param", child(pointer, key),
           "param " + in_quotes(key) + " must be " + std::string(to_string(declared->type)) +
               ", not " +
               (value.is_number_integer() ? value.dump() + " (beyond 2^63 - 1)" : type_name(value)));
@@ -454,7 +460,7 @@ void Checker::check_edges(const json& document, GraphSpec& graph,
             ids.push_back(n.id);
         }
         const std::string near = nearest_of(*name, ids);
-        error("graph.unknown_node", pointer + "/" + keys[k],
+        error("graph.unknown_node", child(pointer, keys[k]),
               "edge " + std::string(keys[k]) + " names unknown node " + in_quotes(*name),
               near.empty() ? "nodes are declared in /nodes"
                            : "did you mean " + in_quotes(near) + "?");

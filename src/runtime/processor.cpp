@@ -41,6 +41,7 @@ ProcessorStats Processor::stats() const {
   s.retried = counters_.retried.get();
   s.batches = counters_.batches.get();
   s.busy_ns = counters_.busy_ns.get();
+  s.busy_buckets = counters_.busy_buckets.get();
   s.fused = fused_in_;
   return s;
 }
@@ -91,7 +92,9 @@ bool Processor::try_send_all(Outbox& out) {
 
 asio::awaitable<void> Processor::send_all(Outbox& out) {
   while (!try_send_all(out)) {
-    if (fused_ && fused_->outbox_pending()) {  // blocked beyond the fused successor
+    if (fused_) {
+      // Blocked beyond the fused successor (maybe several fused nodes down):
+      // it sends what it holds, and so on down the chain.
       co_await fused_->send_outbox();
       continue;
     }

@@ -13,6 +13,7 @@
 #include "plumber/registry.hpp"
 #include "runtime/input_port.hpp"
 #include "runtime/packet.hpp"
+#include "runtime/step_histogram.hpp"
 
 namespace plumber::detail {
 
@@ -34,6 +35,7 @@ struct Outbox {
 /// A node's counters: written on the strand, read by stats() from any thread.
 struct NodeCounters {
   Counter received, emitted, errors, skipped, expired, retried, batches, busy_ns;
+  StepHistogram busy_buckets;  ///< calls by time inside the step, beside busy_ns
 };
 
 /// One node at run time. This base is what every role shares: where its
@@ -84,8 +86,8 @@ class Processor {
 
   // --- the fused successor's side (its predecessor drives it) ----------------
   /// Sends what this node's outbox holds without suspending; false when blocked.
-  bool flush_outbox() { return outbox_.empty() || try_send_all(outbox_); }
-  bool outbox_pending() const noexcept { return !outbox_.empty(); }
+  bool flush_outbox() { return (outbox_.empty() && !fused_) || try_send_all(outbox_); }
+  /// Sends what this node, and the fused nodes after it, hold; suspends while blocked.
   asio::awaitable<void> send_outbox() { return send_all(outbox_); }
 
  protected:

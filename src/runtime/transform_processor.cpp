@@ -228,6 +228,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
     if (timed) {
       const auto ns = elapsed_ns(started);
       counters_.busy_ns.add(ns);
+      counters_.busy_buckets.observe(ns);
       // A synchronous step cannot be interrupted: a late result is discarded.
       if (outcome.ok() && spec_.timeout && std::chrono::nanoseconds(ns) > *spec_.timeout) {
         outcome.code = errc::timed_out;
@@ -253,7 +254,9 @@ asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, O
     counters_.batches.add();
     outcome = co_await runner_->run(batch, results, attempts.limits());
     if (core_.cancelled()) throw boost::system::system_error(asio::error::operation_aborted);
-    counters_.busy_ns.add(elapsed_ns(started));
+    const auto ns = elapsed_ns(started);
+    counters_.busy_ns.add(ns);
+    counters_.busy_buckets.observe(ns);
     if (outcome.expired) counters_.expired.add(batch.size());
     if (!attempts.retry(outcome, batch, results)) break;
     counters_.retried.add();

@@ -6,6 +6,8 @@
 #include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
 
+#include "server/process_metrics.hpp"
+
 namespace plumber::server {
 namespace {
 
@@ -87,6 +89,8 @@ void Metrics::finished(std::uint64_t key, const std::string& status) {
     t.skipped += s.skipped + s.expired;
     t.calls += s.batches;
     t.busy_ns += s.busy_ns;
+    for (std::size_t i = 0; i < t.buckets.size(); ++i)
+      t.buckets[i] += s.busy_buckets[i];
     if (s.workers) {
       t.pool = true;
       t.restarts += s.workers->restarts;
@@ -125,6 +129,8 @@ std::string Metrics::render() {
         t.skipped += s.skipped + s.expired;
         t.calls += s.batches;
         t.busy_ns += s.busy_ns;
+        for (std::size_t i = 0; i < t.buckets.size(); ++i)
+          t.buckets[i] += s.busy_buckets[i];
         if (s.workers) {
           t.pool = true;
           t.restarts += s.workers->restarts;
@@ -145,10 +151,9 @@ std::string Metrics::render() {
     auto queue = family("plumber_node_queue_depth",
                         "Messages waiting in a node's input channel, over live pipelines",
                         MetricType::Gauge);
-    auto busy = family("plumber_node_processing_seconds",
-                       "Time inside a node's step per call; sum and count only (the runtime "
-                       "keeps totals, not per-call samples)",
-                       MetricType::Histogram);
+    auto busy =
+        family("plumber_node_processing_seconds",
+               "Time inside a node's step per call (a batch is one call)", MetricType::Histogram);
     auto restarts = family("plumber_worker_restarts_total",
                            "Worker processes restarted, per worker pool (node with procs)",
                            MetricType::Counter);
@@ -162,6 +167,12 @@ std::string Metrics::render() {
       h.label = node_labels(key);
       h.histogram.sample_count = t.calls;
       h.histogram.sample_sum = static_cast<double>(t.busy_ns) / 1e9;
+      std::uint64_t cumulative = 0;
+      for (std::size_t i = 0; i < t.buckets.size(); ++i) {
+        cumulative += t.buckets[i];
+        h.histogram.bucket.push_back({cumulative, kStepSecondsBuckets[i]});
+      }
+      // Calls that failed before they were timed count only here.
       h.histogram.bucket.push_back({t.calls, std::numeric_limits<double>::infinity()});
       busy.metric.push_back(std::move(h));
       if (t.pool) {
@@ -220,7 +231,9 @@ std::string Metrics::render() {
     f.metric.push_back(sample(value));
     families.push_back(std::move(f));
   };
-  gauge("plumber_connections", "Open TCP connections (HTTP and WebSocket)",
+  // A gauge is never named like a counter's family (plumber_connections_total
+  // is the family plumber_connections under OpenMetrics).
+  gauge("plumber_connections_open", "Open TCP connections (HTTP and WebSocket)",
         static_cast<double>(connections.load()), MetricType::Gauge);
   gauge("plumber_connections_total", "TCP connections accepted",
         static_cast<double>(connections_total.load()), MetricType::Counter);
@@ -228,7 +241,7 @@ std::string Metrics::render() {
         static_cast<double>(connections_refused.load()), MetricType::Counter);
   gauge("plumber_websockets", "Open WebSocket sessions", static_cast<double>(websockets.load()),
         MetricType::Gauge);
-  gauge("plumber_runs", "WebSocket runs going on", static_cast<double>(runs.load()),
+  gauge("plumber_runs_active", "WebSocket runs going on", static_cast<double>(runs.load()),
         MetricType::Gauge);
   gauge("plumber_ws_frames_received_total", "WebSocket frames received",
         static_cast<double>(frames_received.load()), MetricType::Counter);
@@ -236,6 +249,9 @@ std::string Metrics::render() {
         static_cast<double>(frames_sent.load()), MetricType::Counter);
   gauge("plumber_ws_send_queue_bytes", "Bytes queued for WebSocket clients, not yet written",
         static_cast<double>(send_queue_bytes.load()), MetricType::Gauge);
+
+  families.push_back(build_info_metric());
+  collect_process_metrics(families);
 
   std::ostringstream out;
   prometheus::TextSerializer().Serialize(out, families);

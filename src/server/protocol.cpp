@@ -184,7 +184,7 @@ std::variant<Command, ProtocolError> parse_frame(std::string_view text, json& re
     if (key == "op" || key == "ref") continue;
     if (std::find(fields.begin(), fields.end(), key) != fields.end()) continue;
     std::vector<std::string_view> choices = fields;
-    return problem("protocol.unknown_field", "/" + key,
+    return problem("protocol.unknown_field", (json::json_pointer() / key).to_string(),
                    "\"" + name + "\" has no field \"" + key + "\"", did_you_mean(key, choices));
   }
 

@@ -265,11 +265,23 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
   if (!options.allow_files.empty()) limits.allow_files = fs::path(options.allow_files);
   load_catalog();
 
-  const tcp::endpoint endpoint(asio::ip::make_address(options.bind), options.port);
-  acceptor_.open(endpoint.protocol());
-  acceptor_.set_option(asio::socket_base::reuse_address(true));
-  acceptor_.bind(endpoint);
-  acceptor_.listen(asio::socket_base::max_listen_connections);
+  listen();
+}
+
+void ServerCore::listen() {
+  // Error codes, not Asio's throwing calls: their text names a Boost source file.
+  error_code ec;
+  const auto address = asio::ip::make_address(options.bind, ec);
+  if (ec) throw std::system_error(ec, "--bind " + options.bind + ": not an IP address");
+  const tcp::endpoint endpoint(address, options.port);
+  acceptor_.open(endpoint.protocol(), ec);
+  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(endpoint, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    const std::string host = address.is_v6() ? "[" + options.bind + "]" : options.bind;
+    throw std::system_error(ec, "cannot listen on " + host + ":" + std::to_string(options.port));
+  }
 }
 
 ServerCore::~ServerCore() {
@@ -582,8 +594,16 @@ std::string ServerCore::nearest_graph(std::string_view) const {
   return "named graphs: " + names;
 }
 
-void ServerCore::refuse(const Request&, Response& response, http::status status,
+void ServerCore::refuse(const Request& request, Response& response, http::status status,
                         const std::string& code, const std::string& message) {
+  // The path only: a query may hold the token.
+  const auto path = split_target(request.target()).first;
+  const bool serious = status == http::status::unauthorized || status == http::status::forbidden ||
+                       static_cast<unsigned>(status) >= 500;
+  std::string what(request.method_string());
+  if (!path.empty()) what += " " + std::string(path);
+  spdlog::log(serious ? spdlog::level::warn : spdlog::level::info, "refused {}{}{} {}: {}", what,
+              what.empty() ? "" : ": ", static_cast<unsigned>(status), code, message);
   set_json(response, status, error_body(code, message));
 }
 

@@ -158,6 +158,8 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   asio::awaitable<void> accept();
   asio::awaitable<void> refuse_connection(tcp::socket socket);
   void load_catalog();
+  /// Opens, binds and listens; throws std::system_error naming the address.
+  void listen();
   void start_services();
   void cancel_everything(const std::string& reason);
   void check_stopped();

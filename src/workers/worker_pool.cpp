@@ -29,6 +29,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "log.hpp"
 #include "workers/protocol.hpp"
 #include "workers/worker_launch.hpp"
 
@@ -427,7 +428,11 @@ void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready,
   w.segment = {};
   w.mapping = {};
   w.state = State::stopped;
-  if (!expected) deaths_.add();
+  if (!expected) {
+    deaths_.add();
+    detail::log(closing_ ? spdlog::level::info : spdlog::level::warn,
+                {.node = node_.id, .worker_pid = w.pid}, "{}", text);
+  }
   // The batch it was running is lost with it: that one fails (the processor
   // retries it up to `retries`). Requests still in its ring were never
   // started: they go back to the front of the backlog, in order, for the
@@ -471,9 +476,12 @@ void WorkerPool::restart(Worker& w) {
     spawn(w);
     w.restarts.add();
     restarts_.add();
+    detail::log(spdlog::level::info, {.node = node_.id, .worker_pid = w.pid},
+                "worker restarted ({} restarts in this pool)", restarts_.get());
   } catch (const std::exception& e) {
     w.state = State::broken;
     last_error_ = e.what();
+    detail::log(spdlog::level::err, {.node = node_.id}, "worker could not restart: {}", e.what());
     fail_backlog(w, std::string("could not restart: ") + e.what());
   }
 }

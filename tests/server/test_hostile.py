@@ -196,7 +196,7 @@ class Connections(unittest.TestCase):
                 try:
                     self.assertTrue(await served(server))
                     m = server.metrics()
-                    self.assertGreaterEqual(metric(m, "plumber_connections"), 1000)
+                    self.assertGreaterEqual(metric(m, "plumber_connections_open"), 1000)
                     self.assertEqual(metric(m, "plumber_websockets"), 300)
                     extra = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(250)]
                     # Over the limit: a 503 with a JSON reason, then closed.

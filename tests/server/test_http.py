@@ -78,7 +78,7 @@ class Http(unittest.TestCase):
                 await ws.recv()
                 m = self.server.metrics()
                 self.assertEqual(metric(m, "plumber_websockets"), 1)
-                self.assertGreaterEqual(metric(m, "plumber_connections"), 1)
+                self.assertGreaterEqual(metric(m, "plumber_connections_open"), 1)
                 return m
         before = self.server.metrics()
         m = run_async(go())
@@ -89,8 +89,8 @@ class Http(unittest.TestCase):
                              ("plumber_node_queue_depth", "gauge"),
                              ("plumber_node_processing_seconds", "histogram"),
                              ("plumber_worker_restarts_total", "counter"),
-                             ("plumber_connections", "gauge"),
-                             ("plumber_runs", "gauge"),
+                             ("plumber_connections_open", "gauge"),
+                             ("plumber_runs_active", "gauge"),
                              ("plumber_runs_total", "counter"),
                              ("plumber_process_seconds", "histogram")]:
             self.assertEqual(types.get(family), kind, family)
