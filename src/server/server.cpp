@@ -250,6 +250,13 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
       strand_(asio::make_strand(executor)),
       acceptor_(strand_),
       grace_timer_(strand_) {
+  limits.max_nodes = options.max_nodes;
+  limits.max_threads = options.max_threads;
+  if (!options.allow_files.empty()) limits.allow_files = fs::path(options.allow_files);
+  load_catalog();
+
+  listen();
+  // Last: nothing may throw once the threads run (a joinable thread must not be destroyed).
   pipeline_work_.emplace(pipeline_io_.get_executor());
   pipeline_running_ = std::max<std::size_t>(1, options.pipeline_threads);
   for (std::size_t i = 0; i < pipeline_running_; ++i) {
@@ -260,12 +267,6 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
       pipeline_exited_.notify_all();
     });
   }
-  limits.max_nodes = options.max_nodes;
-  limits.max_threads = options.max_threads;
-  if (!options.allow_files.empty()) limits.allow_files = fs::path(options.allow_files);
-  load_catalog();
-
-  listen();
 }
 
 void ServerCore::listen() {
