@@ -384,7 +384,7 @@ void Checker::check_params(const json& params, const std::string& pointer,
   node.params = json::object();
   for (const auto& [key, value] : params.items()) {
     auto declared = std::find_if(info.params.begin(), info.params.end(),
-                                 [&](const ParamSpec& p) { return p.name == key; });
+                                 [&name = key](const ParamSpec& p) { return p.name == name; });
     if (declared == info.params.end()) {
       std::string known;
       for (const auto& p : info.params)

@@ -125,7 +125,7 @@ class WorkerLoop {
 
   std::vector<Message> decode_batch(Decoder& d) {
     auto& arena = Arena::instance();
-    const std::uint32_t count = d.u32();
+    const std::uint32_t count = d.count(kMinMessageBytes);
     std::vector<Message> batch(count);
     for (Message& m : batch) {
       m.id = d.u64();

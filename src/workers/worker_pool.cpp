@@ -779,7 +779,7 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
   }
   auto& arena = Arena::instance();
   copied_.add(d.u64());
-  const std::uint32_t count = d.u32();
+  const std::uint32_t count = d.count(kMinMessageBytes);
   std::vector<Message> out(count);
   std::map<std::uint64_t, std::shared_ptr<ArenaAllocation>> handed_over;
   std::string problem;
