@@ -639,7 +639,8 @@ TEST_CASE("GraphSpec.CheckParams") {
         Lines{"g.json: /nodes/0/params: range: step must not be 0"});
   CHECK(
       diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "sleep", "params": {"ms": -5}})")) ==
-      Lines{"g.json: /nodes/1/params: sleep: ms must be >= 0"});
+      Lines{
+          "g.json: /nodes/1/params: sleep: ms must be between 0 and 31536000000 (a year), not -5"});
   CHECK(
       codes_of(
           R"({"plumber": 1, "nodes": [{"id": "a", "coroutine": "uuid", "params": {"count": -1}}]})") ==

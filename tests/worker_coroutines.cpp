@@ -1,5 +1,6 @@
 #include "worker_coroutines.hpp"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -7,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <thread>
 
@@ -101,6 +103,33 @@ void register_worker_coroutines(Registry& registry) {
            },
            {{"value", ParamType::any, true, nullptr, "exit on this value"},
             {"code", ParamType::integer, false, 7, "exit code"}});
+  add_step(registry, "bad_alloc_on", nullptr,
+           [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
+             for (Message& m : batch) {
+               if (m.value == p.at("value")) throw std::bad_alloc();
+             }
+             pass(batch, out);
+           },
+           {{"value", ParamType::any, true, nullptr, "throw std::bad_alloc on this value"}});
+  add_step(registry, "hang_on", nullptr,
+           [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
+             for (Message& m : batch) {
+               if (m.value == p.at("value")) {
+                 for (;;)
+                   ::pause();  // a step that never returns
+               }
+             }
+             pass(batch, out);
+           },
+           {{"value", ParamType::any, true, nullptr, "never return on this value"}});
+  add_step(registry, "stop_on", nullptr,
+           [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
+             for (Message& m : batch) {
+               if (m.value == p.at("value")) ::raise(SIGSTOP);
+             }
+             pass(batch, out);
+           },
+           {{"value", ParamType::any, true, nullptr, "SIGSTOP itself on this value"}});
   add_step(
       registry, "start_throws",
       [] { throw std::runtime_error("model file missing: /models/cat.bin"); },

@@ -38,6 +38,9 @@ struct NodeSpec {
   std::string when;  ///< predicate name, empty for none
   std::size_t retries = 0;
   std::optional<std::chrono::milliseconds> timeout;
+  /// A worker process whose step runs longer than this is killed and replaced
+  /// (`kill_after_ms`; by default `timeout_ms`). Worker processes only.
+  std::optional<std::chrono::milliseconds> kill_after;
   /// What loading resolved `coroutine` and `when` to: building a pipeline looks
   /// nothing up again. Null in a spec made by hand (Plumber::build then asks its
   /// registry).

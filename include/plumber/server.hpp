@@ -38,6 +38,16 @@ struct ServerOptions {
   std::chrono::milliseconds grace{10000};  ///< shutdown: how long runs may finish
   std::chrono::seconds idle_timeout{60};   ///< HTTP keep-alive, and unanswered WebSocket pings
   std::chrono::milliseconds process_timeout{30000};  ///< default for /v1/.../process
+  /// Threads that run the served pipelines (never the threads that accept and
+  /// serve connections: a busy step does not hold up /healthz or shutdown).
+  std::size_t pipeline_threads = 1;
+  /// A WebSocket run still going after this long is cancelled (0: no limit).
+  std::chrono::milliseconds max_run{0};
+  std::size_t max_total_runs = 256;  ///< runs at once, all connections together
+  std::size_t max_total_procs = 64;  ///< worker processes of all runs and /v1 graphs
+  /// Bytes queued for all WebSocket clients together: past it, the clients
+  /// with the most queued are closed first.
+  std::size_t max_total_send_queue = std::size_t{256} << 20;
 };
 
 /// The socket server: HTTP and WebSocket on one port, on the executor it is
@@ -62,6 +72,10 @@ class Server {
   void shutdown(std::string reason);
   /// Called once, on the executor, when shutdown has closed everything.
   void on_stopped(std::function<void()> handler);
+  /// After shutdown: waits at most `limit` for the pipeline threads to finish;
+  /// false when a step still runs on one (a synchronous step cannot be
+  /// interrupted; the caller may then exit without it).
+  bool wait_pipelines(std::chrono::milliseconds limit);
 
  private:
   std::shared_ptr<server::ServerCore> core_;

@@ -13,6 +13,7 @@
 #include <boost/uuid/uuid_io.hpp>
 
 #include "builtins/builtins_detail.hpp"
+#include "json_parse.hpp"
 #include "plumber/registry.hpp"
 
 namespace plumber::detail {
@@ -50,12 +51,10 @@ class LineSource final : public Source {
       if (!parse_) return json(std::move(line));
       if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank line
       try {
-        return json::parse(line);
-      } catch (const json::parse_error& e) {
-        std::string why = e.what();
-        if (auto end = why.find("] "); end != std::string::npos) why.erase(0, end + 2);
+        return detail::parse_json(line);
+      } catch (const detail::JsonParseError& e) {
         throw SourceItemError((path_ == "-" ? std::string("stdin") : path_) + ":" +
-                              std::to_string(line_number_) + ": malformed JSON: " + why);
+                              std::to_string(line_number_) + ": malformed JSON: " + e.what());
       }
     }
     if (in.bad()) throw std::runtime_error("reading " + path_ + ": " + std::strerror(errno));
@@ -72,24 +71,30 @@ class LineSource final : public Source {
 class RangeSource final : public Source {
  public:
   RangeSource(std::int64_t start, std::int64_t stop, std::int64_t step)
-      : next_(start), stop_(stop), step_(step), size_(count(start, stop, step)) {}
+      : next_(start), step_(step), size_(count(start, stop, step)), remaining_(size_) {}
   std::optional<json> next() override {
-    if (step_ > 0 ? next_ >= stop_ : next_ <= stop_) return std::nullopt;
+    if (remaining_ == 0) return std::nullopt;
     const std::int64_t value = next_;
-    next_ += step_;
+    // Step only towards a value that is emitted: near 2^63 the step past the
+    // last one would overflow.
+    if (--remaining_ > 0) next_ += step_;
     return json(value);
   }
   std::optional<std::uint64_t> size_hint() const override { return size_; }
 
  private:
+  /// How many values lie in [start, stop) (or (stop, start]), in unsigned
+  /// arithmetic: stop - start may not fit an int64.
   static std::uint64_t count(std::int64_t start, std::int64_t stop, std::int64_t step) {
-    const std::int64_t span = step > 0 ? stop - start : start - stop;
-    const std::int64_t stride = step > 0 ? step : -step;
-    return span <= 0 ? 0 : static_cast<std::uint64_t>((span + stride - 1) / stride);
+    if (step > 0 ? stop <= start : stop >= start) return 0;
+    const auto u = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
+    const std::uint64_t span = step > 0 ? u(stop) - u(start) : u(start) - u(stop);
+    const std::uint64_t stride = step > 0 ? u(step) : std::uint64_t{0} - u(step);
+    return span / stride + (span % stride != 0 ? 1 : 0);
   }
 
-  std::int64_t next_, stop_, step_;
-  std::uint64_t size_;
+  std::int64_t next_, step_;
+  std::uint64_t size_, remaining_;
 };
 
 class ValuesSource final : public Source {

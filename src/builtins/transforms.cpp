@@ -236,7 +236,13 @@ void register_builtin_transforms(Registry& registry) {
   sleep.description = "passes each value on after `ms` milliseconds (an async timer)";
   sleep.params = {{"ms", ParamType::integer, false, 10, "delay in milliseconds"}};
   sleep.check_params = [](const json& p) {
-    if (p.at("ms").get<std::int64_t>() < 0) throw std::invalid_argument("sleep: ms must be >= 0");
+    // A deadline of now + ms must not overflow the clock: at most a year.
+    constexpr std::int64_t kYear = 365LL * 24 * 3600 * 1000;
+    const auto ms = p.at("ms").get<std::int64_t>();
+    if (ms < 0 || ms > kYear) {
+      throw std::invalid_argument("sleep: ms must be between 0 and " + std::to_string(kYear) +
+                                  " (a year), not " + std::to_string(ms));
+    }
   };
   sleep.emits_input_type = true;
   sleep.make_transform = [](const json& p) {

@@ -1,5 +1,8 @@
 #include "cli/cli.hpp"
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -16,6 +19,16 @@
 
 namespace plumber::cli {
 namespace {
+
+/// `status`, unless what was written to stdout did not all get there (disk
+/// full, closed pipe): then a message on stderr and kExitOutputFailed.
+int check_stdout(int status) {
+  std::cout.flush();
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout) && std::cout) return status;
+  const int error = errno != 0 ? errno : EIO;
+  std::fprintf(stderr, "plumber: cannot write the output to stdout: %s\n", std::strerror(error));
+  return kExitOutputFailed;
+}
 
 void print_graph_error(const GraphError& e) {
   for (const auto& d : e.diagnostics())
@@ -186,6 +199,7 @@ int main(int argc, char** argv) {
   std::int64_t grace_ms = serve_options.grace.count();
   std::int64_t idle_s = serve_options.idle_timeout.count();
   std::int64_t process_timeout_ms = serve_options.process_timeout.count();
+  std::int64_t max_run_ms = 0;
   auto* serve_command = app.add_subcommand("serve", "the socket server: WebSocket, HTTP, web page");
   serve_command->add_option("--bind", serve_options.bind, "address to listen on")
       ->capture_default_str();
@@ -242,6 +256,32 @@ int main(int argc, char** argv) {
                    "default timeout of POST /v1/graphs/NAME/process")
       ->check(CLI::Range(1, 3'600'000))
       ->capture_default_str();
+  serve_command
+      ->add_option("--pipeline-threads", serve_options.pipeline_threads,
+                   "threads running the served graphs (apart from the connections')")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-run-ms", max_run_ms,
+                   "a WebSocket run still going after this long is cancelled (0: no limit)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{31'536'000'000}))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-total-runs", serve_options.max_total_runs,
+                   "runs at once, all connections together")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-total-procs", serve_options.max_total_procs,
+                   "worker processes of all runs together")
+      ->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-total-send-queue", serve_options.max_total_send_queue,
+                   "bytes queued for all WebSocket clients together; past it the client with "
+                   "the most is closed")
+      ->check(CLI::Range(std::size_t{4096}, std::size_t{1} << 40))
+      ->capture_default_str();
   add_plugin_option(serve_command);
 
   server::SubmitOptions submit_options;
@@ -293,6 +333,7 @@ int main(int argc, char** argv) {
     serve_options.grace = std::chrono::milliseconds(grace_ms);
     serve_options.idle_timeout = std::chrono::seconds(idle_s);
     serve_options.process_timeout = std::chrono::milliseconds(process_timeout_ms);
+    serve_options.max_run = std::chrono::milliseconds(max_run_ms);
     return serve(serve_options, serve_threads, registry);
   }
   if (*submit_command) {
@@ -306,11 +347,11 @@ int main(int argc, char** argv) {
         return kExitInvalid;
       }
     }
-    return server::submit(submit_options);
+    return check_stdout(server::submit(submit_options));
   }
-  if (*validate_command) return validate(validate_files, registry);
-  if (*dot_command) return dot(dot_file, registry);
-  return list(list_json, registry);
+  if (*validate_command) return check_stdout(validate(validate_files, registry));
+  if (*dot_command) return check_stdout(dot(dot_file, registry));
+  return check_stdout(list(list_json, registry));
 }
 
 }  // namespace plumber::cli

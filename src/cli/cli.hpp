@@ -11,6 +11,7 @@ inline constexpr int kExitRuntimeError =
     1;                                  ///< a graph could not start (a file to read is missing)
 inline constexpr int kExitInvalid = 2;  ///< invalid graph or usage
 inline constexpr int kExitFailed = 3;   ///< some messages failed
+inline constexpr int kExitOutputFailed = 4;   ///< writing stdout failed (disk full, ...)
 inline constexpr int kExitInterrupted = 130;  ///< stopped by SIGINT/SIGTERM
 
 struct RunOptions {

@@ -3,8 +3,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -19,6 +21,7 @@
 
 #include "cli/cli.hpp"
 #include "cli/progress.hpp"
+#include "json_parse.hpp"
 #include "log.hpp"
 #include "plumber/all.hpp"
 
@@ -31,6 +34,14 @@ void write_line(std::FILE* stream, const json& record) {
   std::string line = record.dump(-1, ' ', false, json::error_handler_t::replace);
   line += '\n';
   std::fwrite(line.data(), 1, line.size(), stream);
+}
+
+/// Flushes stdout; false once a write to it has failed (disk full, closed
+/// pipe), with the first errno kept in `error`.
+bool flush_stdout(int& error) {
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return true;
+  if (error == 0) error = errno != 0 ? errno : EIO;
+  return false;
 }
 
 json error_record(const OutputRecord& r) {
@@ -74,13 +85,11 @@ void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline*
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       json value;
       try {
-        value = json::parse(line);
-      } catch (const json::parse_error& e) {
-        std::string why = e.what();
-        if (auto end = why.find("] "); end != std::string::npos) why.erase(0, end + 2);
+        value = detail::parse_json(line);
+      } catch (const detail::JsonParseError& e) {
         json record = json::object();
         record["input"] = label + ":" + std::to_string(number);
-        record["error"] = "malformed JSON: " + why;
+        record["error"] = "malformed JSON: " + std::string(e.what());
         auto lock = reader->progress->before_write(stderr);
         write_line(stderr, record);
         reader->malformed.fetch_add(1);
@@ -171,10 +180,13 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   std::setvbuf(stdout, stdout_buffer, _IOFBF, sizeof stdout_buffer);
   std::atomic<std::uint64_t> failed{0};
   std::atomic<std::uint64_t> cancelled{0};
+  int output_error = 0;                    // errno of the first failed write to stdout
+  std::atomic<bool> output_failed{false};  // then the run is cancelled, quietly
   std::atomic<std::uint64_t> outputs{0};
   const bool show_progress = !options.no_progress && (options.progress || ::isatty(STDERR_FILENO));
   auto progress = std::make_shared<ProgressLine>(show_progress);
   pipeline.on_output([&, records = options.records](OutputRecord&& r) {
+    if (output_failed.load(std::memory_order_relaxed)) return;
     outputs.fetch_add(1, std::memory_order_relaxed);
     auto lock = progress->before_write(r.kind == OutputRecord::Kind::value ? stdout : stderr);
     switch (r.kind) {
@@ -244,15 +256,11 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     return std::string(text);
   };
   std::function<void()> tick = [&] {
-    if (pipeline.done()) {  // a tick queued before on_done must not re-arm
-      std::fflush(stdout);
-      return;
+    if (!flush_stdout(output_error) && !output_failed.exchange(true)) {
+      pipeline.stop(/*graceful=*/false);  // nobody will read what is computed
     }
-    if (show_progress) {
-      progress->draw(progress_text());  // flushes stdout first
-    } else {
-      std::fflush(stdout);
-    }
+    if (pipeline.done()) return;  // a tick queued before on_done must not re-arm
+    if (show_progress) progress->draw(progress_text());
     ticker.expires_after(std::chrono::milliseconds(100));
     ticker.async_wait([&](boost::system::error_code ec) {
       if (!ec) tick();
@@ -293,7 +301,12 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     t.join();
   const auto wall = std::chrono::steady_clock::now() - started;
 
-  std::fflush(stdout);
+  if (!flush_stdout(output_error) || output_failed) {
+    std::fprintf(stderr, "plumber: cannot write the output to stdout: %s\n",
+                 std::strerror(output_error));
+    std::fflush(stderr);
+    std::_Exit(kExitOutputFailed);  // exit() would flush stdout again, and fail again
+  }
   progress->finish(progress_text());  // the final count, however short the run
   if (options.stats) print_stats(pipeline, wall);
 

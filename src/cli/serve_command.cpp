@@ -1,8 +1,10 @@
 // `plumber serve`: the socket server until SIGINT/SIGTERM.
 #include <sys/resource.h>
 
+#include <condition_variable>
 #include <cstdio>
 #include <iostream>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -55,7 +57,20 @@ int serve(const ServerOptions& options, int threads, const Registry& registry) {
     });
   };
   on_signal();
-  server->on_stopped([&] { signals.cancel(); });
+  // A synchronous step that never returns keeps its pipeline (and what waits
+  // for its outputs) alive: once everything else has closed, give the
+  // pipelines a moment, then stop the event loop without them.
+  std::thread watcher;
+  std::mutex mutex;
+  std::condition_variable loop_ended;
+  bool ended = false;
+  server->on_stopped([&] {
+    signals.cancel();
+    watcher = std::thread([&] {
+      std::unique_lock lock(mutex);
+      if (!loop_ended.wait_for(lock, std::chrono::seconds(2), [&] { return ended; })) io.stop();
+    });
+  });
   server->start();
 
   std::printf("plumber: listening on http://%s:%u (WebSocket /ws, web page /, metrics /metrics)\n",
@@ -72,6 +87,19 @@ int serve(const ServerOptions& options, int threads, const Registry& registry) {
   io.run();
   for (auto& t : pool)
     t.join();
+  {
+    std::lock_guard lock(mutex);
+    ended = true;
+  }
+  loop_ended.notify_all();
+  if (watcher.joinable()) watcher.join();
+  // A synchronous step cannot be interrupted: past a short wait, leave without it.
+  if (!server->wait_pipelines(std::chrono::seconds(2))) {
+    std::fprintf(stderr, "plumber: a step of a served graph still runs; exiting without it\n");
+    std::printf("plumber: stopped\n");
+    std::fflush(nullptr);
+    std::_Exit(kExitOk);
+  }
   spdlog::info("stopped");
   std::printf("plumber: stopped\n");
   return kExitOk;

@@ -41,13 +41,13 @@ std::vector<std::vector<std::size_t>> find_cycles(std::size_t node_count,
   std::vector<std::vector<std::size_t>> members(count);
   for (std::size_t v = 0; v < node_count; ++v)
     members[component[v]].push_back(v);
+  std::vector<bool> self_loop(node_count, false);  // one pass: a scan per node is quadratic
+  for (const EdgeSpec& e : edges) {
+    if (e.from == e.to) self_loop[e.from] = true;
+  }
   std::vector<std::vector<std::size_t>> cycles;
   for (auto& group : members) {
-    const bool self_loop =
-        group.size() == 1 && std::any_of(edges.begin(), edges.end(), [&](auto& e) {
-          return e.from == group[0] && e.to == group[0];
-        });
-    if (group.size() > 1 || self_loop) cycles.push_back(group);
+    if (group.size() > 1 || (group.size() == 1 && self_loop[group[0]])) cycles.push_back(group);
   }
   std::sort(cycles.begin(), cycles.end());
   return cycles;

@@ -7,11 +7,12 @@
 #include <initializer_list>
 #include <limits>
 #include <map>
-#include <regex>
 #include <sstream>
+#include <unordered_map>
 #include <utility>
 
 #include "graph/graph_algorithms.hpp"
+#include "json_parse.hpp"
 #include "plumber/error.hpp"
 #include "plumber/registry.hpp"
 
@@ -19,6 +20,24 @@ namespace plumber {
 namespace {
 
 constexpr std::int64_t kMaxCount = 1'000'000;
+
+/// `plumber validate /dev/zero` must end: graph files larger than this are refused.
+constexpr std::size_t kMaxGraphBytes = 256u << 20;
+
+/// Unknown node names in edges get a "did you mean" hint up to this many times
+/// (each hint scans every id: unbounded, it would make validation quadratic).
+constexpr std::size_t kMaxNodeHints = 16;
+
+/// `[A-Za-z_][A-Za-z0-9_.-]*`, checked by a loop (a std::regex recurses per
+/// character and overflows the stack on long ids).
+bool is_valid_id(std::string_view id) noexcept {
+  auto letter = [](char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_'; };
+  if (id.empty() || !letter(id.front())) return false;
+  for (char c : id) {
+    if (!letter(c) && !(c >= '0' && c <= '9') && c != '.' && c != '-') return false;
+  }
+  return true;
+}
 
 /// The JSON pointer of `key` inside the object at `pointer`: a key's '~' and
 /// '/' are escaped (RFC 6901), so the pointer leads back to that key.
@@ -81,6 +100,16 @@ class Checker {
             std::string(key) + " must be an integer, not " + type_name(*it));
       return fallback;
     }
+    // An unsigned beyond 2^63 - 1 must not wrap to a negative int64.
+    const bool huge =
+        it->is_number_unsigned() &&
+        it->get<std::uint64_t>() > std::uint64_t{std::numeric_limits<std::int64_t>::max()};
+    if (huge) {
+      error("graph.out_of_range", where,
+            std::string(key) + " must be between " + std::to_string(low) + " and " +
+                std::to_string(high) + ", not " + it->dump());
+      return fallback;
+    }
     const auto value = it->get<std::int64_t>();
     if (value < low || value > high) {
       error("graph.out_of_range", where,
@@ -130,7 +159,9 @@ class Checker {
   const Registry& registry_;
   std::string file_;
   std::vector<Diagnostic> diagnostics_;
-  std::vector<const CoroutineInfo*> infos_;  // per node, null when unknown
+  std::vector<const CoroutineInfo*> infos_;             // per node, null when unknown
+  std::unordered_map<std::string, std::size_t> index_;  // node id -> first node with it
+  std::size_t node_hints_ = 0;
   bool nodes_ok_ = true;
 };
 
@@ -211,22 +242,20 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
     infos_.push_back(nullptr);
     return;
   }
-  unknown_fields(
-      node, pointer,
-      {"id", "coroutine", "params", "concurrency", "threads", "procs", "batch_size",
-       "batch_timeout_ms", "queue_size", "join", "when", "retries", "timeout_ms", "description"});
+  unknown_fields(node, pointer,
+                 {"id", "coroutine", "params", "concurrency", "threads", "procs", "batch_size",
+                  "batch_timeout_ms", "queue_size", "join", "when", "retries", "timeout_ms",
+                  "kill_after_ms", "description"});
 
-  static const std::regex id_pattern("[A-Za-z_][A-Za-z0-9_.-]*");
   if (auto id = string(node, pointer, "id", true)) {
-    if (!std::regex_match(*id, id_pattern)) {
+    if (!is_valid_id(*id)) {
       error("graph.bad_id", pointer + "/id", "node id " + in_quotes(*id) + " is not a valid id",
             "use letters, digits, '_', '.', '-', starting with a letter or '_'");
     }
-    for (std::size_t j = 0; j < graph.nodes.size(); ++j) {
-      if (graph.nodes[j].id == *id) {
-        error("graph.duplicate_id", pointer + "/id", "duplicate node id " + in_quotes(*id),
-              "first defined at /nodes/" + std::to_string(j));
-      }
+    auto [first, inserted] = index_.try_emplace(*id, index);
+    if (!inserted) {
+      error("graph.duplicate_id", pointer + "/id", "duplicate node id " + in_quotes(*id),
+            "first defined at /nodes/" + std::to_string(first->second));
     }
     spec.id = *id;
   } else {
@@ -261,6 +290,15 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
   if (node.contains("timeout_ms")) {
     spec.timeout =
         std::chrono::milliseconds(integer(node, pointer, "timeout_ms", 1, 1, 86'400'000));
+  }
+  if (node.contains("kill_after_ms")) {
+    spec.kill_after =
+        std::chrono::milliseconds(integer(node, pointer, "kill_after_ms", 1, 1, 86'400'000));
+    if (spec.procs == 0) {
+      error("graph.kill_after_without_procs", pointer + "/kill_after_ms",
+            "kill_after_ms applies to worker processes only",
+            "add \"procs\", or use \"timeout_ms\"");
+    }
   }
   if (auto join = string(node, pointer, "join", false)) {
     if (*join == "merge") {
@@ -324,8 +362,11 @@ bool has_type(const json& value, ParamType type) {
       return true;
     case ParamType::boolean:
       return value.is_boolean();
-    case ParamType::integer:
-      return value.is_number_integer();
+    case ParamType::integer:  // an int64: unsigned beyond 2^63 - 1 would wrap
+      return value.is_number_integer() &&
+             (!value.is_number_unsigned() ||
+              value.get<std::uint64_t>() <=
+                  std::uint64_t{std::numeric_limits<std::int64_t>::max()});
     case ParamType::number:
       return value.is_number();
     case ParamType::string:
@@ -343,7 +384,7 @@ void Checker::check_params(const json& params, const std::string& pointer,
   node.params = json::object();
   for (const auto& [key, value] : params.items()) {
     auto declared = std::find_if(info.params.begin(), info.params.end(),
-                                 [&](const ParamSpec& p) { return p.name == key; });
+                                 [&name = key](const ParamSpec& p) { return p.name == name; });
     if (declared == info.params.end()) {
       std::string known;
       for (const auto& p : info.params)
@@ -354,9 +395,11 @@ void Checker::check_params(const json& params, const std::string& pointer,
       continue;
     }
     if (!has_type(value, declared->type)) {
-      error("graph.bad_param", child(pointer, key),
-            "param " + in_quotes(key) + " must be " + std::string(to_string(declared->type)) +
-                ", not " + type_name(value));
+      error(
+          "graph.bad_param", child(pointer, key),
+          "param " + in_quotes(key) + " must be " + std::string(to_string(declared->type)) +
+              ", not " +
+              (value.is_number_integer() ? value.dump() + " (beyond 2^63 - 1)" : type_name(value)));
       continue;
     }
     node.params[key] = value;
@@ -409,11 +452,13 @@ void Checker::check_edges(const json& document, GraphSpec& graph,
     for (int k = 0; k < 2; ++k) {
       auto name = string(edge, pointer, keys[k], true);
       if (!name) continue;
-      ends[k] = graph.find(*name);
+      if (auto found = index_.find(*name); found != index_.end()) ends[k] = found->second;
       if (!ends[k]) {
         std::vector<std::string_view> ids;
-        for (const auto& n : graph.nodes)
-          ids.push_back(n.id);
+        if (node_hints_++ < kMaxNodeHints) {
+          for (const auto& n : graph.nodes)
+            ids.push_back(n.id);
+        }
         const std::string near = nearest_of(*name, ids);
         error("graph.unknown_node", child(pointer, keys[k]),
               "edge " + std::string(keys[k]) + " names unknown node " + in_quotes(*name),
@@ -439,9 +484,13 @@ void Checker::check_structure(GraphSpec& graph, const std::vector<std::string>& 
   const std::size_t n = graph.nodes.size();
   graph.predecessors.assign(n, {});
   graph.successors.assign(n, {});
-  for (const EdgeSpec& e : graph.edges) {
+  std::vector<std::vector<std::size_t>> in_edges(n), out_edges(n);  // edge indices
+  for (std::size_t k = 0; k < graph.edges.size(); ++k) {
+    const EdgeSpec& e = graph.edges[k];
     graph.successors[e.from].push_back(e.to);
     graph.predecessors[e.to].push_back(e.from);
+    out_edges[e.from].push_back(k);
+    in_edges[e.to].push_back(k);
   }
 
   std::size_t inputs = 0;
@@ -457,8 +506,7 @@ void Checker::check_structure(GraphSpec& graph, const std::vector<std::string>& 
     }
     const bool is_source = info->kind == CoroutineKind::source;
     if (is_source && !graph.predecessors[i].empty()) {
-      for (std::size_t k = 0; k < graph.edges.size(); ++k) {
-        if (graph.edges[k].to != i) continue;
+      for (std::size_t k : in_edges[i]) {
         error("graph.source_with_input", edge_pointers[k] + "/to",
               "source " + in_quotes(node.id) + " (" + node.coroutine + ") cannot have inputs",
               "sources emit new messages; remove this edge");
@@ -471,8 +519,7 @@ void Checker::check_structure(GraphSpec& graph, const std::vector<std::string>& 
             "add an edge to it, or use a source coroutine");
     }
     if (info->kind == CoroutineKind::sink && !graph.successors[i].empty()) {
-      for (std::size_t k = 0; k < graph.edges.size(); ++k) {
-        if (graph.edges[k].from != i) continue;
+      for (std::size_t k : out_edges[i]) {
         error("graph.sink_with_output", edge_pointers[k] + "/from",
               "sink " + in_quotes(node.id) + " (" + node.coroutine + ") emits nothing downstream",
               "remove this edge, or use a transform");
@@ -481,18 +528,25 @@ void Checker::check_structure(GraphSpec& graph, const std::vector<std::string>& 
   }
 
   const auto cycles = detail::find_cycles(n, graph.edges);
-  for (const auto& cycle : cycles) {
+  // The first edge inside each cycle, found in one pass over the edges.
+  std::vector<std::size_t> cycle_of(n, cycles.size());
+  for (std::size_t c = 0; c < cycles.size(); ++c) {
+    for (std::size_t v : cycles[c])
+      cycle_of[v] = c;
+  }
+  std::vector<std::string> cycle_pointers(cycles.size());
+  for (std::size_t k = 0; k < graph.edges.size(); ++k) {
+    const std::size_t c = cycle_of[graph.edges[k].from];
+    if (c < cycles.size() && cycle_of[graph.edges[k].to] == c && cycle_pointers[c].empty()) {
+      cycle_pointers[c] = edge_pointers[k];
+    }
+  }
+  for (std::size_t c = 0; c < cycles.size(); ++c) {
+    const auto& cycle = cycles[c];
+    const std::string& pointer = cycle_pointers[c];
     std::string names;
     for (std::size_t v : cycle)
       names += (names.empty() ? "" : ", ") + graph.nodes[v].id;
-    std::string pointer;
-    for (std::size_t k = 0; k < graph.edges.size() && pointer.empty(); ++k) {
-      const auto& e = graph.edges[k];
-      if (std::binary_search(cycle.begin(), cycle.end(), e.from) &&
-          std::binary_search(cycle.begin(), cycle.end(), e.to)) {
-        pointer = edge_pointers[k];
-      }
-    }
     error("graph.cycle", pointer, "cycle through nodes " + names,
           "pipelines are acyclic: remove one of the edges between these nodes");
   }
@@ -554,15 +608,6 @@ void Checker::check_types(const GraphSpec& graph, const std::vector<std::string>
   }
 }
 
-std::string parse_error_text(const json::parse_error& e) {
-  std::string text = e.what();
-  // Drop nlohmann's "[json.exception.parse_error.101] " prefix; keep line and column.
-  if (auto end = text.find("] "); text.starts_with("[json.exception") && end != std::string::npos) {
-    text.erase(0, end + 2);
-  }
-  return "malformed JSON: " + text;
-}
-
 }  // namespace
 
 std::optional<std::size_t> GraphSpec::host_fed_input() const {
@@ -586,9 +631,10 @@ GraphSpec graph_from_json(const json& document, const Registry& registry, const 
 GraphSpec parse_graph(std::string_view text, const Registry& registry, const std::string& file) {
   json document;
   try {
-    document = json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
-    throw GraphError(file, {{"graph.malformed_json", "", parse_error_text(e), ""}});
+    document = detail::parse_json(text);
+  } catch (const detail::JsonParseError& e) {
+    throw GraphError(
+        file, {{"graph.malformed_json", "", "malformed JSON: " + std::string(e.what()), ""}});
   }
   return graph_from_json(document, registry, file);
 }
@@ -603,9 +649,23 @@ GraphSpec load_graph_file(const std::string& path, const Registry& registry) {
     throw GraphError(
         path, {{"graph.unreadable", "", "cannot open: " + std::string(std::strerror(errno)), ""}});
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_graph(text.str(), registry, path);
+  // Read at most kMaxGraphBytes + 1 bytes: a device such as /dev/zero never ends.
+  std::string text;
+  char buffer[1 << 16];
+  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
+    text.append(buffer, static_cast<std::size_t>(in.gcount()));
+    if (text.size() > kMaxGraphBytes) {
+      throw GraphError(path, {{"graph.too_large", "",
+                               "larger than " + std::to_string(kMaxGraphBytes >> 20) +
+                                   " MiB; a graph file is at most that",
+                               ""}});
+    }
+  }
+  if (in.bad()) {
+    throw GraphError(
+        path, {{"graph.unreadable", "", "cannot read: " + std::string(std::strerror(errno)), ""}});
+  }
+  return parse_graph(text, registry, path);
 }
 
 }  // namespace plumber

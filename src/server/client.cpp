@@ -30,6 +30,7 @@
 #include <boost/beast/websocket/stream.hpp>
 
 #include "cli/cli.hpp"
+#include "json_parse.hpp"
 #include "plumber/error.hpp"
 #include "plumber/json.hpp"
 #include "server/protocol.hpp"
@@ -171,7 +172,8 @@ class Client {
       if (response.result_int() != 0 && response.result_int() != 101) {
         why = "HTTP " + std::to_string(response.result_int());
         try {
-          why += ": " + json::parse(response.body()).at("error").at("message").get<std::string>();
+          why += ": " +
+                 detail::parse_json(response.body()).at("error").at("message").get<std::string>();
         } catch (const std::exception&) {
         }
       }
@@ -204,8 +206,8 @@ class Client {
       }
       json frame;
       try {
-        frame = json::parse(beast::buffers_to_string(buffer.data()));
-      } catch (const json::parse_error&) {
+        frame = detail::parse_json(beast::buffers_to_string(buffer.data()));
+      } catch (const detail::JsonParseError&) {
         continue;
       }
       if (on_frame(frame)) {
@@ -329,13 +331,11 @@ class Client {
           if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
           InputItem item;
           try {
-            item.value = json::parse(line);
-          } catch (const json::parse_error& e) {
-            std::string why = e.what();
-            if (auto end = why.find("] "); end != std::string::npos) why.erase(0, end + 2);
+            item.value = detail::parse_json(line);
+          } catch (const detail::JsonParseError& e) {
             json record = json::object();
             record["input"] = label + ":" + std::to_string(number);
-            record["error"] = "malformed JSON: " + why;
+            record["error"] = "malformed JSON: " + std::string(e.what());
             write_line(stderr, record);
             ++malformed_;
             continue;
@@ -465,11 +465,13 @@ int submit(const SubmitOptions& options) {
   frame["op"] = "submit";
   std::error_code ec;
   if (fs::is_regular_file(options.graph, ec)) {
-    std::ifstream in(options.graph);
+    std::ifstream in(options.graph, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
     json document;
     try {
-      document = json::parse(in);
-    } catch (const json::parse_error& e) {
+      document = detail::parse_json(text.str());
+    } catch (const detail::JsonParseError& e) {
       std::cerr << options.graph << ": malformed JSON: " << e.what() << '\n';
       return cli::kExitInvalid;
     }

@@ -73,6 +73,16 @@ void apply_graph_policy(GraphSpec& graph, const GraphLimits& limits) {
                             "name a file under the --allow-files directory, or use an \"input\" "
                             "source and send inputs"});
       } else if (auto resolved = inside(*limits.allow_files, path)) {
+        // Opening a FIFO (or a device) blocks, or never ends: regular files only.
+        std::error_code ec;
+        const auto status = fs::status(*resolved, ec);
+        if (!ec && status.type() != fs::file_type::regular) {
+          problems.push_back({"graph.file_not_regular", pointer + "/params/path",
+                              "\"" + path +
+                                  "\" is not a regular file (a FIFO, a device or a "
+                                  "directory), and this server reads regular files only",
+                              ""});
+        }
         node.params["path"] = resolved->string();
       } else {
         problems.push_back(

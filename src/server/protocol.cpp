@@ -4,6 +4,7 @@
 #include <array>
 #include <limits>
 
+#include "json_parse.hpp"
 #include "plumber/graph_spec.hpp"
 #include "registry/edit_distance.hpp"
 
@@ -141,11 +142,9 @@ namespace {
 std::variant<Command, ProtocolError> parse_frame(std::string_view text, json& ref_out) {
   json frame;
   try {
-    frame = json::parse(text);
-  } catch (const json::parse_error& e) {
-    std::string why = e.what();
-    if (auto end = why.find("] "); end != std::string::npos) why.erase(0, end + 2);
-    return problem("protocol.malformed", "", "frame is not JSON: " + why);
+    frame = detail::parse_json(text);
+  } catch (const detail::JsonParseError& e) {
+    return problem("protocol.malformed", "", "frame is not JSON: " + std::string(e.what()));
   }
   if (!frame.is_object()) {
     return problem("protocol.not_object", "",

@@ -1,6 +1,7 @@
 // `plumber serve`: accepting, HTTP routes, /v1 request/response, shutdown.
 // The WebSocket protocol is in ws_session.cpp.
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -17,6 +18,7 @@
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
 
+#include "json_parse.hpp"
 #include "plumber/plumber.hpp"
 #include "server/protocol.hpp"
 #include "server/server_impl.hpp"
@@ -254,6 +256,17 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
   load_catalog();
 
   listen();
+  // Last: nothing may throw once the threads run (a joinable thread must not be destroyed).
+  pipeline_work_.emplace(pipeline_io_.get_executor());
+  pipeline_running_ = std::max<std::size_t>(1, options.pipeline_threads);
+  for (std::size_t i = 0; i < pipeline_running_; ++i) {
+    pipeline_threads_.emplace_back([this] {
+      pipeline_io_.run();
+      std::lock_guard lock(pipeline_mutex_);
+      --pipeline_running_;
+      pipeline_exited_.notify_all();
+    });
+  }
 }
 
 void ServerCore::listen() {
@@ -269,6 +282,72 @@ void ServerCore::listen() {
   if (ec) {
     const std::string host = address.is_v6() ? "[" + options.bind + "]" : options.bind;
     throw std::system_error(ec, "cannot listen on " + host + ":" + std::to_string(options.port));
+  }
+}
+
+ServerCore::~ServerCore() {
+  for (auto& [name, service] : services_)
+    service->pipeline->stop(false);
+  if (!wait_pipelines(std::chrono::seconds(5))) {
+    spdlog::warn("a step of a served graph still runs; stopping its threads anyway");
+  }
+  pipeline_io_.stop();
+  for (auto& t : pipeline_threads_)
+    t.join();  // blocks while a synchronous step runs: it cannot be interrupted
+}
+
+bool ServerCore::wait_pipelines(std::chrono::milliseconds limit) {
+  pipeline_work_.reset();
+  std::unique_lock lock(pipeline_mutex_);
+  return pipeline_exited_.wait_for(lock, limit, [this] { return pipeline_running_ == 0; });
+}
+
+std::optional<std::pair<std::string, std::string>> ServerCore::reserve_run(std::size_t procs,
+                                                                           bool count_run) {
+  if (count_run && ++total_runs_ > options.max_total_runs) {
+    --total_runs_;
+    return std::pair<std::string, std::string>(
+        "server.too_many_runs", "the server runs " + std::to_string(options.max_total_runs) +
+                                    " graphs at once (--max-total-runs); try again later");
+  }
+  if ((total_procs_ += procs) > options.max_total_procs) {
+    total_procs_ -= procs;
+    if (count_run) --total_runs_;
+    return std::pair<std::string, std::string>(
+        "server.too_many_procs", "the graph needs " + std::to_string(procs) +
+                                     " worker processes, and the server has no more than " +
+                                     std::to_string(options.max_total_procs) +
+                                     " in all (--max-total-procs); try again later");
+  }
+  return std::nullopt;
+}
+
+void ServerCore::release_run(std::size_t procs, bool count_run) {
+  total_procs_ -= procs;
+  if (count_run) --total_runs_;
+}
+
+void ServerCore::check_total_send_queue() {
+  const std::int64_t limit = static_cast<std::int64_t>(options.max_total_send_queue);
+  if (metrics.send_queue_bytes.load() <= limit) return;
+  std::shared_ptr<Connection> slowest;
+  std::size_t most = 0;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, weak] : connections_) {
+      auto c = weak.lock();
+      const std::size_t queued = c ? c->queued_bytes() : 0;
+      if (queued > most) {
+        most = queued;
+        slowest = std::move(c);
+      }
+    }
+  }
+  if (slowest) {
+    slowest->close_for("the server's send queues are full (--max-total-send-queue " +
+                       std::to_string(options.max_total_send_queue) +
+                       " bytes), and this client has the most queued: " + std::to_string(most) +
+                       " bytes");
   }
 }
 
@@ -292,8 +371,10 @@ void ServerCore::load_catalog() {
     } catch (const GraphError& e) {
       throw GraphError(file.string(), e.diagnostics());
     }
-    std::ifstream in(file);
-    entry.document = json::parse(in);
+    std::ifstream in(file, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
+    entry.document = detail::parse_json(text.str());  // it loaded above: within limits
     entry.description = entry.document.value("description", std::string());
     entry.has_input = entry.spec.host_fed_input().has_value();
     catalog_.emplace(entry.name, std::move(entry));
@@ -308,10 +389,17 @@ void ServerCore::start() {
 void ServerCore::start_services() {
   for (const auto& [name, entry] : catalog_) {
     if (!entry.has_input) continue;
+    std::size_t procs = 0;
+    for (const NodeSpec& node : entry.spec.nodes)
+      procs += node.procs;
+    if (auto refused = reserve_run(procs, /*count_run=*/false)) {
+      spdlog::error("graph {}: not served on /v1: {}", name, refused->second);
+      continue;
+    }
     auto service = std::make_unique<Service>();
     service->name = name;
     service->pipeline = std::make_shared<Pipeline>(
-        Plumber(registry).build(entry.spec, executor_, {.collect_timings = true}));
+        Plumber(registry).build(entry.spec, executor(), {.collect_timings = true}));
     Service* raw = service.get();
     service->pipeline->on_done([self = weak_from_this(), raw] {
       raw->done = true;
@@ -458,16 +546,19 @@ void ServerCore::cancel_everything(const std::string& reason) {
     c->cancel(reason);
   for (auto& [name, service] : services_)
     service->pipeline->stop(false);
+  check_stopped();  // it no longer waits for the services (a step may never return)
 }
 
 void ServerCore::check_stopped() {
   asio::post(strand_, [self = shared_from_this()] {
+    bool cancelled = false;
     {
       std::lock_guard lock(self->mutex_);
       if (!self->stopping_ || self->stopped_ || !self->connections_.empty()) return;
+      cancelled = self->cancelled_;
     }
     for (auto& [name, service] : self->services_) {
-      if (!service->done) return;
+      if (!service->done && !cancelled) return;
     }
     {
       std::lock_guard lock(self->mutex_);
@@ -517,6 +608,27 @@ void ServerCore::refuse(const Request& request, Response& response, http::status
   set_json(response, status, error_body(code, message));
 }
 
+namespace {
+
+/// The credentials of `Authorization: Bearer TOKEN`; the scheme is
+/// case-insensitive (RFC 7235), and spaces may follow it.
+std::optional<std::string_view> bearer_token(std::string_view value) {
+  constexpr std::string_view scheme = "bearer";
+  if (value.size() <= scheme.size() ||
+      (value[scheme.size()] != ' ' && value[scheme.size()] != '\t')) {
+    return std::nullopt;
+  }
+  for (std::size_t i = 0; i < scheme.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(value[i])) != scheme[i]) return std::nullopt;
+  }
+  value.remove_prefix(scheme.size());
+  while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+    value.remove_prefix(1);
+  return value;
+}
+
+}  // namespace
+
 bool ServerCore::admit(const Request& request, Response& response) {
   const auto [path, query] = split_target(request.target());
   if (!options.token.empty() && path != "/healthz") {
@@ -524,7 +636,7 @@ bool ServerCore::admit(const Request& request, Response& response) {
     auto authorization = request.find(http::field::authorization);
     if (authorization != request.end()) {
       std::string_view value = authorization->value();
-      if (value.starts_with("Bearer ")) ok = same_secret(value.substr(7), options.token);
+      if (auto token = bearer_token(value)) ok = same_secret(*token, options.token);
     }
     if (!ok) {
       if (auto token = query_param(query, "token")) ok = same_secret(*token, options.token);
@@ -700,11 +812,9 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
   json value;
   if (bad.empty()) {
     try {
-      value = json::parse(request.body());
-    } catch (const json::parse_error& e) {
-      std::string why = e.what();
-      if (auto end = why.find("] "); end != std::string::npos) why.erase(0, end + 2);
-      bad = "the body is not JSON: " + why;
+      value = detail::parse_json(request.body());
+    } catch (const detail::JsonParseError& e) {
+      bad = "the body is not JSON: " + std::string(e.what());
     }
   }
   if (!bad.empty()) {
@@ -768,6 +878,10 @@ void Server::shutdown(std::string reason) {
 
 void Server::on_stopped(std::function<void()> handler) {
   core_->stopped_handler = std::move(handler);
+}
+
+bool Server::wait_pipelines(std::chrono::milliseconds limit) {
+  return core_->wait_pipelines(limit);
 }
 
 }  // namespace plumber

@@ -4,6 +4,7 @@
 /// from src/server/.
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -11,8 +12,13 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -62,6 +68,10 @@ class Connection {
   virtual ~Connection() = default;
   /// Shutdown began: stop taking new work, tell the client `reason`. Thread-safe.
   virtual void begin_shutdown(std::string reason) = 0;
+  /// Bytes queued for the client (0 for HTTP). Thread-safe.
+  virtual std::size_t queued_bytes() const { return 0; }
+  /// Closes the connection for `reason` (the server's total send queue is full). Thread-safe.
+  virtual void close_for(std::string reason) { (void)reason; }
   /// The grace period is over: cancel what still runs and close. Thread-safe.
   virtual void cancel(std::string reason) = 0;
 };
@@ -82,8 +92,20 @@ class ConnectionSlot {
 };
 
 class ServerCore : public std::enable_shared_from_this<ServerCore> {
+  // Declared first, destroyed last: every pipeline (services_, runs, the
+  // metrics' references) dies before the io_context it runs on.
+  mutable asio::io_context pipeline_io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> pipeline_work_;
+  std::vector<std::thread> pipeline_threads_;
+  std::mutex pipeline_mutex_;
+  std::condition_variable pipeline_exited_;
+  std::size_t pipeline_running_ = 0;  // threads inside pipeline_io_.run()
+  std::atomic<std::size_t> total_runs_{0};
+  std::atomic<std::size_t> total_procs_{0};
+
  public:
   ServerCore(const Registry& registry, asio::any_io_executor executor, ServerOptions options);
+  ~ServerCore();
 
   void start();
   void shutdown(std::string reason);
@@ -94,8 +116,20 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   void replace_connection(std::uint64_t id, const std::shared_ptr<Connection>& connection);
   void remove_connection(std::uint64_t id);
   bool stopping() const noexcept { return stopping_.load(); }
-  /// Where pipelines run (not a connection's strand: a busy graph must not hold up its client).
-  const asio::any_io_executor& executor() const noexcept { return executor_; }
+  /// Where pipelines run: their own threads, never a connection's (a busy
+  /// step must not hold up accepting, other clients, or shutdown).
+  asio::any_io_executor executor() const noexcept { return pipeline_io_.get_executor(); }
+  /// Reserves a run and its worker processes against --max-total-runs and
+  /// --max-total-procs: the refusal {code, message}, or nullopt. Thread-safe.
+  /// A /v1 graph (`count_run` false) counts its processes only.
+  std::optional<std::pair<std::string, std::string>> reserve_run(std::size_t procs,
+                                                                 bool count_run = true);
+  void release_run(std::size_t procs, bool count_run = true);
+  /// While all clients together have more than --max-total-send-queue bytes
+  /// queued, closes the one with the most. Thread-safe.
+  void check_total_send_queue();
+  /// See Server::wait_pipelines.
+  bool wait_pipelines(std::chrono::milliseconds limit);
   std::string stop_reason() const;
 
   /// Loads a submitted graph (inline document, or a catalog name) and applies

@@ -46,7 +46,16 @@ struct Run {
   std::string cancel_reason;
   std::uint32_t stats_ms = 0;
   std::unique_ptr<asio::steady_timer> stats_timer;
+  std::unique_ptr<asio::steady_timer> budget;  ///< --max-run-ms
 };
+
+/// Worker processes a graph starts (for --max-total-procs).
+std::size_t procs_of(const GraphSpec& spec) {
+  std::size_t procs = 0;
+  for (const NodeSpec& node : spec.nodes)
+    procs += node.procs;
+  return procs;
+}
 
 class WsSession : public Connection, public std::enable_shared_from_this<WsSession> {
  public:
@@ -109,6 +118,16 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
       if (self->shutdown_reason_.empty()) self->shutdown_reason_ = reason;
       self->cancel_runs(reason);
       if (self->runs_.empty()) self->close(websocket::close_code::going_away, reason);
+      // Shutdown does not wait for a client that does not read its last frames.
+      self->drop_after(std::chrono::seconds(1));
+    });
+  }
+
+  std::size_t queued_bytes() const override { return queued_mirror_.load(); }
+
+  void close_for(std::string reason) override {
+    asio::post(ws_.get_executor(), [self = shared_from_this(), reason = std::move(reason)] {
+      self->overflow(reason, "total_send_queue_full");
     });
   }
 
@@ -248,11 +267,19 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     }
 
     json accepted = accepted_frame(0, request.ref, name, spec);
+    const std::size_t procs = procs_of(spec);
+    if (auto refused = server_->reserve_run(procs)) {
+      error.code = refused->first;
+      error.message = refused->second;
+      send_error(error, 0, request.ref);
+      return;
+    }
     auto run = std::make_shared<Run>();
     try {
       run->pipeline = std::make_shared<Pipeline>(
           Plumber(server_->registry).build(spec, server_->executor(), {.collect_timings = true}));
     } catch (const GraphError& e) {
+      server_->release_run(procs);
       send_error(graph_error(e), 0, request.ref);
       return;
     }
@@ -270,9 +297,10 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     Metrics* metrics = &server_->metrics;
     const std::uint64_t key = run->metrics_key;
     auto shared = run->shared;
-    run->pipeline->on_done([shared, metrics, key] {
+    run->pipeline->on_done([shared, metrics, key, server = server_, procs] {
       metrics->finished(key, shared->cancel_requested ? "cancelled" : "completed");
       --metrics->runs;
+      server->release_run(procs);
     });
     try {
       run->pipeline->start();
@@ -280,6 +308,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
       // It never ran, so it never ends: nothing will call on_done.
       metrics->finished(key, "start_failed");
       --metrics->runs;
+      server_->release_run(procs);
       error.code = "run.start_failed";
       error.message = e.what();
       send_error(error, 0, request.ref);
@@ -292,6 +321,21 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     if (run->stats_ms > 0) {
       run->stats_timer = std::make_unique<asio::steady_timer>(ws_.get_executor());
       asio::co_spawn(ws_.get_executor(), push_stats(shared_from_this(), run), asio::detached);
+    }
+    if (server_->options.max_run.count() > 0) {
+      run->budget =
+          std::make_unique<asio::steady_timer>(ws_.get_executor(), server_->options.max_run);
+      run->budget->async_wait([self = shared_from_this(), run](error_code ec) {
+        if (ec || run->finished) return;
+        self->cancel_one(*run, "the run took longer than this server allows (--max-run-ms " +
+                                   std::to_string(self->server_->options.max_run.count()) + ")");
+        // A synchronous step cannot be interrupted: if the run does not end
+        // soon, the client is told now and the run ends in the background.
+        run->budget->expires_after(std::chrono::seconds(1));
+        run->budget->async_wait([self, run](error_code ec2) {
+          if (!ec2 && !run->finished) self->finish_run(run->id);
+        });
+      });
     }
   }
 
@@ -415,6 +459,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     runs_.erase(it);
     run->finished = true;
     if (run->stats_timer) run->stats_timer->cancel();
+    if (run->budget) run->budget->cancel();
     RunSummary summary;
     summary.status = run->shared->cancel_requested ? "cancelled" : "completed";
     summary.reason = run->cancel_reason;
@@ -444,13 +489,18 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
       return;
     }
     queued_bytes_ += frame.size();
-    server_->metrics.send_queue_bytes += static_cast<std::int64_t>(frame.size());
+    queued_mirror_ = queued_bytes_;
+    const auto total = server_->metrics.send_queue_bytes += static_cast<std::int64_t>(frame.size());
     outbox_.push_back(std::move(frame));
     writer_wake_.cancel();
+    if (total > static_cast<std::int64_t>(server_->options.max_total_send_queue)) {
+      server_->check_total_send_queue();
+    }
   }
 
   void uncount(std::size_t bytes) {
     queued_bytes_ -= bytes;
+    queued_mirror_ = queued_bytes_;
     server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(bytes);
     if (queued_bytes_ <= server_->options.max_send_queue / 2) {
       reader_wake_.cancel();
@@ -461,11 +511,22 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   /// A frame does not fit in the send queue: the client does not read (or an
   /// output is larger than the limit). Its runs are cancelled and it is closed.
   void overflow() {
+    overflow("the client does not read: over " + std::to_string(server_->options.max_send_queue) +
+                 " bytes queued for it",
+             "send_queue_full");
+  }
+
+  /// Drops the TCP connection after `delay` unless it closed by then.
+  void drop_after(std::chrono::milliseconds delay) {
+    hard_close_.expires_after(delay);
+    hard_close_.async_wait([self = shared_from_this()](error_code ec) {
+      if (!ec) beast::get_lowest_layer(self->ws_).close();
+    });
+  }
+
+  void overflow(const std::string& reason, const std::string& kind) {
     if (overflowed_) return;
     overflowed_ = true;
-    const std::string reason = "the client does not read: over " +
-                               std::to_string(server_->options.max_send_queue) +
-                               " bytes queued for it";
     spdlog::info("websocket connection {}: {}", id_, reason);
     cancel_runs(reason);
     // Drop what it would never read, tell it why, and close.
@@ -475,21 +536,19 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     outbox_.clear();
     uncount(dropped);
     ProtocolError error;
-    error.code = "connection.send_queue_full";
+    error.code =
+        kind == "send_queue_full" ? "connection.send_queue_full" : "server.send_queue_full";
     error.message = reason;
     const std::string frame = dump(error_frame(error, 0, nullptr));
     server_->metrics.count_ws_error(error.code);
     queued_bytes_ += frame.size();
+    queued_mirror_ = queued_bytes_;
     server_->metrics.send_queue_bytes += static_cast<std::int64_t>(frame.size());
     outbox_.push_back(frame);
-    close(websocket::close_code::policy_error, "send queue full: the client does not read",
-          "send_queue_full");
+    close(websocket::close_code::policy_error, "send queue full: the client does not read", kind);
     // A client that reads nothing will not read the close either: give it a
     // few seconds, then drop the TCP connection.
-    hard_close_.expires_after(std::chrono::seconds(5));
-    hard_close_.async_wait([self = shared_from_this()](error_code ec) {
-      if (!ec) beast::get_lowest_layer(self->ws_).close();
-    });
+    drop_after(std::chrono::seconds(5));
   }
 
   /// Closes after what is queued has been written.
@@ -545,7 +604,8 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   /// runs' output delivery waits on it.
   asio::steady_timer room_;
   std::deque<std::string> outbox_;
-  std::size_t queued_bytes_ = 0;  ///< in the outbox or being written
+  std::size_t queued_bytes_ = 0;               ///< in the outbox or being written
+  std::atomic<std::size_t> queued_mirror_{0};  ///< queued_bytes_, for other threads
   bool overflowed_ = false;
   std::map<std::uint64_t, std::shared_ptr<Run>> runs_;
   std::uint64_t last_run_ = 0;

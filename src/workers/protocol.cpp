@@ -6,6 +6,7 @@
 #include <mutex>
 #include <new>
 
+#include "json_parse.hpp"
 #include "plumber/worker_pool.hpp"
 
 namespace plumber {
@@ -48,7 +49,7 @@ json Decoder::value() {
   need(n);
   const auto* first = reinterpret_cast<const std::uint8_t*>(p_);
   p_ += n;
-  return json::from_cbor(first, first + n);
+  return parse_cbor(first, n);
 }
 
 std::string Decoder::text() {

@@ -27,6 +27,9 @@ enum class RecordType : std::uint8_t {
   out_of_line = 7,   // either way: the record is in the arena (offset, size)
 };
 
+/// The least a message takes in a record: id, priority, value size, blob count.
+inline constexpr std::size_t kMinMessageBytes = 8 + 1 + 4 + 4;
+
 /// How a result blob is handed back.
 enum class BlobMode : std::uint8_t {
   borrowed = 0,     // a slice of a blob of the request: the parent still owns it
@@ -78,6 +81,15 @@ class Decoder {
   }
   json value();
   std::string text();
+  /// Bytes not read yet.
+  std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - p_); }
+  /// A count read from the record, checked against what is left: each item
+  /// takes at least `min_size` bytes (a corrupt count must not allocate gigabytes).
+  std::uint32_t count(std::size_t min_size) {
+    const std::uint32_t n = u32();
+    if (n > remaining() / min_size) throw std::runtime_error("worker record: count past its end");
+    return n;
+  }
 
  private:
   void need(std::size_t n) const {

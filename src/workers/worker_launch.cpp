@@ -1,16 +1,23 @@
 #include "workers/worker_launch.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <iterator>
 #include <mutex>
 #include <system_error>
+#include <thread>
 
 #include "workers/shm.hpp"
 
@@ -38,6 +45,39 @@ std::vector<std::string> own_arguments() {
   return args;
 }
 
+/// Runs `spawn` on one thread that lives as long as the process. A worker asks
+/// for SIGKILL when its parent dies (PR_SET_PDEATHSIG), but "parent" is the
+/// *thread* that forked it: spawned from a pool thread that later ends, the
+/// worker would be killed with it.
+pid_t on_launcher_thread(std::function<pid_t()> spawn) {
+  struct Launcher {
+    std::mutex mutex;
+    std::condition_variable wake;
+    std::deque<std::packaged_task<pid_t()>> tasks;
+    Launcher() {
+      std::thread([this] {
+        for (;;) {
+          std::unique_lock lock(mutex);
+          wake.wait(lock, [this] { return !tasks.empty(); });
+          auto task = std::move(tasks.front());
+          tasks.pop_front();
+          lock.unlock();
+          task();
+        }
+      }).detach();
+    }
+  };
+  static Launcher* launcher = new Launcher;  // never destroyed: its thread outlives main
+  std::packaged_task<pid_t()> task(std::move(spawn));
+  std::future<pid_t> pid = task.get_future();
+  {
+    std::lock_guard lock(launcher->mutex);
+    launcher->tasks.push_back(std::move(task));
+  }
+  launcher->wake.notify_one();
+  return pid.get();
+}
+
 struct SpawnActions {
   posix_spawn_file_actions_t actions;
   SpawnActions() { posix_spawn_file_actions_init(&actions); }
@@ -50,11 +90,16 @@ std::optional<WorkerFds> worker_fds_from_environment() {
   const char* text = std::getenv(kEnvironmentVariable);
   if (!text) return std::nullopt;
   WorkerFds fds;
-  if (std::sscanf(text, "%d:%d:%d:%d:%d", &fds.segment, &fds.requests, &fds.results, &fds.parent,
-                  &fds.arena) != 5) {
+  int host = 0;
+  if (std::sscanf(text, "%d:%d:%d:%d:%d:%d", &fds.segment, &fds.requests, &fds.results, &fds.parent,
+                  &fds.arena, &host) != 6) {
     return std::nullopt;
   }
   ::unsetenv(kEnvironmentVariable);
+  // Die with the host whatever this worker is doing (a step that never ends
+  // does not read the lifeline). The host may have died before this call.
+  (void)::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != host) ::_exit(1);
   return fds;
 }
 
@@ -77,7 +122,8 @@ pid_t spawn_worker_process(const WorkerFds& fds, int output_fd) {
   const std::string variable = std::string(kEnvironmentVariable) + "=" +
                                std::to_string(fds.segment) + ":" + std::to_string(fds.requests) +
                                ":" + std::to_string(fds.results) + ":" +
-                               std::to_string(fds.parent) + ":" + std::to_string(fds.arena);
+                               std::to_string(fds.parent) + ":" + std::to_string(fds.arena) + ":" +
+                               std::to_string(::getpid());
   std::vector<char*> envp;
   for (char** e = environ; *e; ++e) {
     if (std::string_view(*e).starts_with("PLUMBER_WORKER=")) continue;
@@ -95,14 +141,16 @@ pid_t spawn_worker_process(const WorkerFds& fds, int output_fd) {
   for (int fd : {fds.segment, fds.requests, fds.results, fds.parent, fds.arena})
     posix_spawn_file_actions_adddup2(&spawn.actions, fd, fd);
 
-  pid_t pid = 0;
-  const int error =
-      ::posix_spawn(&pid, "/proc/self/exe", &spawn.actions, nullptr, argv.data(), envp.data());
-  if (error != 0) {
-    errno = error;
-    throw_errno("posix_spawn /proc/self/exe (worker)");
-  }
-  return pid;
+  return on_launcher_thread([&]() -> pid_t {
+    pid_t pid = 0;
+    const int error =
+        ::posix_spawn(&pid, "/proc/self/exe", &spawn.actions, nullptr, argv.data(), envp.data());
+    if (error != 0) {
+      errno = error;
+      throw_errno("posix_spawn /proc/self/exe (worker)");
+    }
+    return pid;
+  });
 }
 
 }  // namespace plumber::detail

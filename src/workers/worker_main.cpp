@@ -16,6 +16,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "json_parse.hpp"
 #include "plumber/plugin.hpp"
 #include "plumber/registry.hpp"
 #include "plumber/worker_pool.hpp"
@@ -37,7 +38,7 @@ class WorkerLoop {
         requests_efd_(fds.requests),
         results_efd_(fds.results),
         parent_(fds.parent) {
-    config_ = json::parse(segment_.config);
+    config_ = parse_json(segment_.config);
     spin_ = std::chrono::microseconds(config_.value("spin_us", 50));
   }
 
@@ -62,8 +63,14 @@ class WorkerLoop {
       segment_.header->current_request.store(request_id, std::memory_order_release);
       segment_.requests.pop();
       process(request_id, batch);
+      // After std::bad_alloc the step's state cannot be trusted: leave, and the
+      // pool starts a fresh worker (its batches in flight are retried or reported).
+      if (out_of_memory_) return kExitOutOfMemory;
     }
   }
+
+  /// A worker that exits with this code ran out of memory in a step.
+  static constexpr int kExitOutOfMemory = 75;
 
  private:
   bool start(const Registry& registry) {
@@ -118,7 +125,7 @@ class WorkerLoop {
 
   std::vector<Message> decode_batch(Decoder& d) {
     auto& arena = Arena::instance();
-    const std::uint32_t count = d.u32();
+    const std::uint32_t count = d.count(kMinMessageBytes);
     std::vector<Message> batch(count);
     for (Message& m : batch) {
       m.id = d.u64();
@@ -148,6 +155,9 @@ class WorkerLoop {
       } else {
         transform_->process(batch, out);
       }
+    } catch (const std::bad_alloc&) {
+      out_of_memory_ = true;
+      failure = "out of memory (std::bad_alloc) in the step; its worker process is replaced";
     } catch (const std::exception& e) {
       failure = e.what();
     } catch (...) {
@@ -288,6 +298,7 @@ class WorkerLoop {
   int results_efd_;
   int parent_;
   json config_;
+  bool out_of_memory_ = false;
   std::chrono::microseconds spin_{50};
   std::unique_ptr<Transform> transform_;
   std::vector<std::uint8_t> record_;

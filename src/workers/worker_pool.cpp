@@ -132,6 +132,11 @@ struct WorkerPool::Worker {
   std::uint64_t last_sent_ns = 0;
   asio::steady_timer backoff;
   // Read by stats() from any thread.
+  // Stuck-step watchdog (kill_stuck_workers), strand only.
+  std::uint64_t watched_request = 0;  // running since watched_since
+  Clock::time_point watched_since;
+  std::uint64_t last_finished = 0;  // the last request it answered
+  std::string kill_reason;          // set when the watchdog killed it
   std::atomic<int> pid_seen{0};
   std::atomic<bool> ready_seen{false};
   Counter tasks, restarts;
@@ -362,6 +367,10 @@ void WorkerPool::close() {
 void WorkerPool::run(const Spawn& spawn) {
   for (auto& w : workers_)
     spawn(supervise(*w));
+  if (auto limit = node_.kill_after ? node_.kill_after : node_.timeout) {
+    watchdog_.emplace(strand_);
+    spawn(kill_stuck_workers(*limit));
+  }
 }
 
 asio::awaitable<void> WorkerPool::supervise(Worker& w) {
@@ -409,7 +418,10 @@ asio::awaitable<void> WorkerPool::supervise(Worker& w) {
 void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready,
                              std::uint64_t current_request) {
   const bool expected = closing_ && why == "exited with code 0";
-  std::string text = describe(w) + " of node \"" + node_.id + "\" " + why;
+  std::string text = describe(w) + " of node \"" + node_.id + "\" " +
+                     (w.kill_reason.empty() ? why : w.kill_reason);
+  w.kill_reason.clear();
+  w.watched_request = 0;
   text = with_output(w, std::move(text));
   w.results.reset();
   w.requests_efd.reset();
@@ -750,6 +762,7 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
   const std::uint64_t request_id = d.u64();
   const std::uint64_t started = d.u64();
   const std::uint64_t finished = d.u64();
+  w.last_finished = request_id;
   auto found = w.in_flight.find(request_id);
   Pending* p = found == w.in_flight.end() ? nullptr : found->second;
   if (p && p->sent_ns && started > p->sent_ns) queue_ns_.add(started - p->sent_ns);
@@ -766,7 +779,7 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
   }
   auto& arena = Arena::instance();
   copied_.add(d.u64());
-  const std::uint32_t count = d.u32();
+  const std::uint32_t count = d.count(kMinMessageBytes);
   std::vector<Message> out(count);
   std::map<std::uint64_t, std::shared_ptr<ArenaAllocation>> handed_over;
   std::string problem;
@@ -846,6 +859,48 @@ WorkerPoolStats WorkerPool::stats() const {
     s.workers.push_back(one);
   }
   return s;
+}
+
+// --- stuck steps ------------------------------------------------------------------------
+
+// A step that never returns (an endless loop, a SIGSTOP) would hold its worker
+// and every batch behind it for ever: past `limit` inside one request, the
+// worker is killed; its supervisor restarts it, the batch fails (and is
+// retried up to `retries`), and the batches queued behind it go to the new one.
+asio::awaitable<void> WorkerPool::kill_stuck_workers(std::chrono::milliseconds limit) {
+  const auto tick = std::clamp<std::chrono::milliseconds>(limit / 4, std::chrono::milliseconds(1),
+                                                          std::chrono::milliseconds(100));
+  // Until every worker is gone: close() asks them to exit, which a stuck one never reads.
+  auto any_alive = [this] {
+    return std::any_of(workers_.begin(), workers_.end(),
+                       [](auto& w) { return w->exit.has_value(); });
+  };
+  while (!closing_ || any_alive()) {
+    watchdog_->expires_after(tick);
+    co_await watchdog_->async_wait(asio::as_tuple(use_awaitable));
+    co_await throw_if_cancelled();
+    const auto now = Clock::now();
+    for (auto& worker : workers_) {
+      Worker& w = *worker;
+      if (w.state != State::ready || !w.exit || !w.segment.header || !w.kill_reason.empty()) {
+        continue;
+      }
+      drain(w);  // a result already written counts
+      const std::uint64_t running =
+          w.segment.header->current_request.load(std::memory_order_acquire);
+      if (running == 0 || running == w.last_finished) {
+        w.watched_request = 0;
+      } else if (running != w.watched_request) {
+        w.watched_request = running;
+        w.watched_since = now;
+      } else if (now - w.watched_since >= limit) {
+        w.kill_reason = std::string("was killed: its step ran longer than ") +
+                        (node_.kill_after ? "kill_after_ms" : "timeout_ms") + " (" +
+                        std::to_string(limit.count()) + " ms)";
+        ::kill(w.pid, SIGKILL);
+      }
+    }
+  }
 }
 
 }  // namespace plumber::detail

@@ -107,6 +107,7 @@ class WorkerPool {
   void complete(Worker& w, Pending& p);
   void fail_backlog(Worker& w, const std::string& why);
   void kick(Worker& w);
+  asio::awaitable<void> kill_stuck_workers(std::chrono::milliseconds limit);
 
   NodeSpec node_;
   Strand strand_;
@@ -119,6 +120,7 @@ class WorkerPool {
   std::uint32_t worker_spin_us_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::uint64_t next_request_ = 0;
+  std::optional<asio::steady_timer> watchdog_;  // kill_stuck_workers ticks on it
   bool closing_ = false;
   bool cancelled_ = false;  // stop(false): the supervisors are gone
   std::string last_error_;  // why the last restart failed

@@ -1,0 +1,197 @@
+// Hostile input, unit level: the JSON entry point (src/json_parse.*), integer
+// params at the edges of int64, and the range source near 2^63 (issue 12).
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "json_parse.hpp"
+#include "plumber/all.hpp"
+#include "plumber/error.hpp"
+#include "test_support.hpp"
+
+using plumber::json;
+using plumber::detail::JsonParseError;
+using plumber::detail::parse_cbor;
+using plumber::detail::parse_json;
+
+namespace {
+
+std::string what_of_parse(std::string_view text) {
+  try {
+    parse_json(text);
+  } catch (const JsonParseError& e) {
+    return e.what();
+  }
+  return "(parsed)";
+}
+
+std::vector<std::string> diagnostics_of(const std::string& nodes) {
+  const auto registry = plumber::Registry::with_builtins();
+  try {
+    plumber::parse_graph(R"({"plumber": 1, "nodes": [)" + nodes + "]}", registry, "g.json");
+  } catch (const plumber::GraphError& e) {
+    std::vector<std::string> lines;
+    for (const auto& d : e.diagnostics())
+      lines.push_back(d.format(e.file()));
+    return lines;
+  }
+  return {};
+}
+
+std::vector<json> drain_range(std::int64_t start, std::int64_t stop, std::int64_t step) {
+  const auto registry = plumber::Registry::with_builtins();
+  json params = json::object();
+  params["start"] = start;
+  params["stop"] = stop;
+  params["step"] = step;
+  auto source = registry.find("range")->make_source(params);
+  std::vector<json> values;
+  while (auto value = source->next()) {
+    values.push_back(std::move(*value));
+    REQUIRE(values.size() <= 10);
+  }
+  CHECK(source->size_hint() == values.size());
+  return values;
+}
+
+constexpr auto kMax = std::numeric_limits<std::int64_t>::max();
+constexpr auto kMin = std::numeric_limits<std::int64_t>::min();
+
+}  // namespace
+
+TEST_CASE("GraphSpec.JsonParseKeepsOrderAndLastDuplicate") {
+  const json v = parse_json(R"({"b": 1, "a": [true, null, "x"], "b": 2.5})");
+  CHECK(v.dump() == R"({"b":2.5,"a":[true,null,"x"]})");
+  // Many keys: a hash index, not ordered_map's linear search per key.
+  std::string text = "{";
+  for (int i = 0; i < 50'000; ++i)
+    text += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":" + std::to_string(i);
+  text += ",\"k7\":\"again\"}";
+  const json many = parse_json(text);
+  CHECK(many.size() == 50'000);
+  CHECK(many["k7"] == "again");
+  CHECK(many.begin().key() == "k0");
+}
+
+TEST_CASE("GraphSpec.JsonParseErrorsArePrecise") {
+  CHECK(what_of_parse("1e999") == "number overflow parsing '1e999' at line 1, column 1");
+  CHECK(what_of_parse("[1,\n -1e999]") == "number overflow parsing '-1e999' at line 2, column 2");
+  CHECK(what_of_parse(std::string(300, '[')) ==
+        "nested deeper than 256 levels at line 1, column 257");
+  CHECK(what_of_parse(R"(["[[[[", )" + std::string(300, '[')) ==
+        "nested deeper than 256 levels at line 1, column 265");
+  CHECK(
+      what_of_parse("{\"a\": tru}").starts_with("parse error at line 1, column 10: syntax error"));
+  CHECK(what_of_parse("1 2").starts_with("parse error at line 1, column 3"));
+  CHECK(what_of_parse("").starts_with("parse error at line 1, column 1"));
+  CHECK(parse_json(std::string(256, '[') + std::string(256, ']')).is_array());
+}
+
+TEST_CASE("GraphSpec.CborParseHasTheSameLimits") {
+  json deep = json::array();
+  for (int i = 0; i < 300; ++i)
+    deep = json::array({deep});
+  const auto bytes = json::to_cbor(deep);
+  try {
+    parse_cbor(bytes.data(), bytes.size());
+    FAIL("a CBOR value 301 levels deep was accepted");
+  } catch (const JsonParseError& e) {
+    CHECK(std::string(e.what()) == "nested deeper than 256 levels");
+  }
+  const auto fine = json::to_cbor(json{{"a", 1}, {"b", json::array({1.5, "x"})}});
+  CHECK(parse_cbor(fine.data(), fine.size()) == json{{"a", 1}, {"b", json::array({1.5, "x"})}});
+  const std::uint8_t truncated[] = {0x82, 0x01};
+  CHECK_THROWS_AS(parse_cbor(truncated, sizeof truncated), JsonParseError);
+}
+
+TEST_CASE("GraphSpec.IntegersBeyondInt64AreRefused") {
+  // An unsigned beyond 2^63 - 1 used to wrap to a negative int64.
+  CHECK(
+      diagnostics_of(
+          R"({"id": "r", "coroutine": "range", "params": {"stop": 18446744073709551615}})") ==
+      std::vector<std::string>{"g.json: /nodes/0/params/stop: param \"stop\" must be integer, not "
+                               "18446744073709551615 (beyond 2^63 - 1)"});
+  CHECK(diagnostics_of(
+            R"({"id": "u", "coroutine": "uuid", "params": {"count": 18446744073709551615}})") ==
+        std::vector<std::string>{
+            "g.json: /nodes/0/params/count: param \"count\" must be integer, not "
+            "18446744073709551615 (beyond 2^63 - 1)"});
+  CHECK(diagnostics_of(R"({"id": "u", "coroutine": "uuid", "params": {"count": -1}})") ==
+        std::vector<std::string>{"g.json: /nodes/0/params: uuid: count must be >= 0"});
+  CHECK(diagnostics_of(R"({"id": "r", "coroutine": "range", "queue_size": 18446744073709551615,
+                           "params": {"stop": 1}})") ==
+        std::vector<std::string>{"g.json: /nodes/0/queue_size: queue_size must be between 1 and "
+                                 "1000000, not 18446744073709551615"});
+}
+
+TEST_CASE("Builtins.RangeNearInt64Limits") {
+  // The step past the last value overflowed: a range near 2^63 never ended.
+  CHECK(drain_range(kMax - 5, kMax, 2) == std::vector<json>{kMax - 5, kMax - 3, kMax - 1});
+  CHECK(drain_range(kMax - 1, kMax, kMax) == std::vector<json>{kMax - 1});
+  CHECK(drain_range(kMin + 5, kMin, -2) == std::vector<json>{kMin + 5, kMin + 3, kMin + 1});
+  CHECK(drain_range(kMin, kMax, kMax) == std::vector<json>{kMin, -1, kMax - 1});
+  CHECK(drain_range(kMax, kMin, kMin) == std::vector<json>{kMax, -1});
+  CHECK(drain_range(0, kMax, -1).empty());
+}
+
+TEST_CASE("Process.StopSendsNoCancelledRecordsOfRequests") {
+  // The docs promise: values and errors of requested messages go to their caller
+  // only, never to on_output. After stop(false), on_output got `cancelled` records.
+  namespace asio = boost::asio;
+  using namespace std::chrono_literals;
+  const auto registry = plumber::Registry::with_builtins();
+  asio::io_context io;
+  const auto graph = plumber::parse_graph(R"({"plumber": 1,
+    "nodes": [{"id": "in", "coroutine": "input"},
+              {"id": "a", "coroutine": "sleep", "params": {"ms": 600000}, "concurrency": 2},
+              {"id": "b", "coroutine": "sleep", "params": {"ms": 600000}},
+              {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "in", "to": "a"}, {"from": "in", "to": "b"}, {"from": "a", "to": "out"},
+              {"from": "b", "to": "out"}]})",
+                                          registry);
+  plumber::Pipeline pipeline = plumber::Plumber(registry).build(graph, io.get_executor());
+  std::vector<plumber::OutputRecord> streamed;
+  pipeline.on_output([&](plumber::OutputRecord&& r) { streamed.push_back(std::move(r)); });
+  pipeline.start();
+  std::vector<std::string> errors;
+  for (int i = 0; i < 5; ++i) {
+    // Some time out while inside the graph, some are still running at stop().
+    const auto timeout = i % 2 ? std::chrono::milliseconds(20) : std::chrono::milliseconds(60s);
+    pipeline.async_process(json(i), plumber::ProcessOptions{timeout, 0},
+                           [&](std::exception_ptr error, plumber::ProcessResult) {
+                             try {
+                               if (error) std::rethrow_exception(error);
+                               errors.push_back("no error");
+                             } catch (const std::exception& e) {
+                               errors.push_back(e.what());
+                             }
+                           });
+  }
+  // Stop once every request is inside the graph (polling the stats on the loop).
+  asio::steady_timer timer(io);
+  std::function<void()> poll = [&] {
+    std::uint64_t received = 0;
+    for (const auto& s : pipeline.stats())
+      received += s.node == "a" || s.node == "b" ? s.received : 0;
+    if (received >= 3 && errors.size() >= 2) {  // a holds 2, b 1; two requests timed out
+      pipeline.stop(false);
+      return;
+    }
+    timer.expires_after(1ms);
+    timer.async_wait([&](boost::system::error_code) { poll(); });
+  };
+  poll();
+  io.run();
+  CHECK(pipeline.done());
+  CHECK(errors.size() == 5);
+  for (const auto& r : streamed)
+    CHECK_MESSAGE(
+        false, "on_output got a record of kind " << static_cast<int>(r.kind) << " for id " << r.id);
+}
