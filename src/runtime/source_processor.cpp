@@ -111,9 +111,11 @@ asio::awaitable<void> SourceProcessor::run_fed() {
           co_await channel.async_receive(asio::as_tuple(use_awaitable));
       if (!std::get<0>(received)) item = std::move(std::get<1>(received));
     }
+    const bool had_error = item && item->error.is_string();
     open = item && accept_feed_item(std::move(*item), out);
     if (!out.empty() && !try_send_all(out)) co_await send_all(out);
-    if (core_.output_full()) co_await core_.wait_output_room();
+    // An error record waits for room like a value would: memory stays bounded.
+    if (had_error && core_.output_full()) co_await core_.wait_output_room();
   }
   refuse_leftover_feed();
 }
