@@ -55,6 +55,11 @@ bool Processor::try_deliver(Packet& packet) {
 }
 
 bool Processor::try_send_all(Outbox& out) {
+  blocked_ = !try_send_all_now(out);
+  return !blocked_;
+}
+
+bool Processor::try_send_all_now(Outbox& out) {
   const bool cancelled = core_.cancelled();
   for (; out.next_packet < out.packets.size(); ++out.next_packet, out.next_successor = 0) {
     Packet& packet = out.packets[out.next_packet];

@@ -86,7 +86,7 @@ class Processor {
 
   // --- the fused successor's side (its predecessor drives it) ----------------
   /// Sends what this node's outbox holds without suspending; false when blocked.
-  bool flush_outbox() { return (outbox_.empty() && !fused_) || try_send_all(outbox_); }
+  bool flush_outbox() { return (outbox_.empty() && !blocked_) || try_send_all(outbox_); }
   /// Sends what this node, and the fused nodes after it, hold; suspends while blocked.
   asio::awaitable<void> send_outbox() { return send_all(outbox_); }
 
@@ -113,11 +113,15 @@ class Processor {
   bool feeds_zip_ = false;
   TransformProcessor* fused_ = nullptr;  // the successor this node runs inline
   bool fused_in_ = false;
+  /// The last try_send_all could not send everything (maybe only further down
+  /// the fused chain, with this node's outbox empty).
+  bool blocked_ = false;
   Outbox outbox_;  // the node's main coroutine's (and a fused node's)
   NodeCounters counters_;
 
  private:
   bool try_deliver(Packet& packet);
+  bool try_send_all_now(Outbox& out);
 };
 
 }  // namespace plumber::detail

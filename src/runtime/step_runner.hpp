@@ -49,6 +49,9 @@ class StepRunner {
   virtual bool synchronous() const noexcept { return false; }
   /// Runs the step on `batch` now (synchronous runners). Throws what the step throws.
   virtual void run_now(std::span<Message> batch, std::vector<Message>& results);
+  /// A synchronous runner's step, for the node to call without going through
+  /// the runner on its hottest path; null for the others.
+  virtual Transform* inline_step() noexcept { return nullptr; }
   /// Runs one attempt. A failure of the step is an outcome, not an exception;
   /// throws only when cancelled (stop(false)).
   virtual asio::awaitable<StepOutcome> run(std::vector<Message>& batch,

@@ -37,6 +37,7 @@ class InlineRunner final : public StepRunner {
  public:
   explicit InlineRunner(std::unique_ptr<Transform> step) : step_(std::move(step)) {}
   bool synchronous() const noexcept override { return true; }
+  Transform* inline_step() noexcept override { return step_.get(); }
   void run_now(std::span<Message> batch, std::vector<Message>& results) override {
     step_->process(batch, results);
   }

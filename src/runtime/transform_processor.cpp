@@ -37,6 +37,7 @@ TransformProcessor::TransformProcessor(PipelineCore& core, const NodeSpec& spec,
                                 core.options().worker_start_timeout},
                                info.make_transform(spec_.params))),
       batcher_(core.strand(), spec.batch_size, spec.batch_timeout) {
+  inline_step_ = runner_->inline_step();
   if (spec_.concurrency > 1 && !fast_path()) slots_.emplace(core_.strand(), spec_.concurrency);
 }
 
@@ -212,6 +213,19 @@ asio::awaitable<void> TransformProcessor::dispatch_batch() {
 
 void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
   const bool timed = core_.options().collect_timings || spec_.timeout.has_value();
+  if (!timed && spec_.retries == 0) {
+    // The hottest path (a fused chain): one attempt, nothing to measure.
+    results_.clear();
+    counters_.batches.add();
+    try {
+      inline_step_->process(batch, results_);
+    } catch (const std::exception& e) {
+      fail_batch(batch, {errc::step_failed, e.what(), false}, out);
+      return;
+    }
+    collect_outputs(batch, results_, out);
+    return;
+  }
   Attempts attempts(spec_, batch);
   StepOutcome outcome;
   for (;;) {

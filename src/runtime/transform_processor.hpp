@@ -41,7 +41,7 @@ class TransformProcessor final : public Processor {
   void handle_inline(Packet&& packet);
 
  private:
-  bool fast_path() const noexcept { return runner_->synchronous(); }
+  bool fast_path() const noexcept { return inline_step_ != nullptr; }
   asio::awaitable<void> receive_loop();
   bool accept_data(Packet& packet, Outbox& out);
   void take_dropped(Packet& packet, Outbox& out);
@@ -60,6 +60,7 @@ class TransformProcessor final : public Processor {
   const PredicateInfo* when_;
   InputPort input_;
   std::unique_ptr<StepRunner> runner_;
+  Transform* inline_step_ = nullptr;      // a synchronous runner's step, called directly
   std::vector<std::string> input_names_;  // predecessor id by port
   std::size_t ends_seen_ = 0;
   std::optional<ZipJoiner> zip_;
