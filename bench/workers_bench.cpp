@@ -304,14 +304,14 @@ double pool_round_trip(std::uint64_t rounds) {
       strand,
       [&]() -> asio::awaitable<void> {
         std::vector<Message> batch(1), results;
-        std::string failure;
+        plumber::detail::StepOutcome outcome;
         const auto start = SteadyClock::now();
         for (std::uint64_t i = 0; i < rounds; ++i) {
           batch[0].id = i;
           batch[0].value = i;
           results.clear();
-          co_await pool.process(batch, results, failure, std::nullopt);
-          if (!failure.empty() || results.size() != 1) throw std::runtime_error("pool failed");
+          co_await pool.process(batch, results, outcome, std::nullopt);
+          if (!outcome.ok() || results.size() != 1) throw std::runtime_error("pool failed");
         }
         us = seconds_since(start) * 1e6 / static_cast<double>(rounds);
         pool.close();

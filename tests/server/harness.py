@@ -188,8 +188,8 @@ async def submit(ws, **frame):
     return await recv(ws)
 
 
-def run_async(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, GUARD * 3))
+def run_async(coroutine, guard=GUARD * 3):
+    return asyncio.run(asyncio.wait_for(coroutine, guard))
 
 
 def graph(*nodes, edges=(), name="g"):

@@ -1,5 +1,6 @@
 """The web page in headless Chromium (chromium-driver + python3-selenium): it
 loads /, submits a bundled graph, draws it, and shows the outputs live."""
+import json
 import os
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from harness import GUARD, Server, main
+from test_large_runs import LARGE_GUARD, REPEATS, SINKS, VALUES, large_graph
 
 
 def chromium():
@@ -40,8 +42,8 @@ class Browser(unittest.TestCase):
         shutil.rmtree(cls.profile, ignore_errors=True)
         assert cls.server.stop() == 0, cls.server.stderr.decode(errors="replace")
 
-    def wait(self, condition):
-        return WebDriverWait(self.driver, GUARD).until(condition)
+    def wait(self, condition, guard=GUARD):
+        return WebDriverWait(self.driver, guard).until(condition)
 
     def open_page(self):
         self.driver.get(f"http://127.0.0.1:{self.server.port}/?token=browser-token")
@@ -82,6 +84,25 @@ class Browser(unittest.TestCase):
         self.driver.find_element(By.ID, "end-button").click()
         self.wait(EC.text_to_be_present_in_element((By.ID, "status"), "completed"))
         self.assertIn("1 outputs, 1 failed", self.driver.find_element(By.ID, "status").text)
+
+    def test_a_large_fan_out_run_completes_with_every_output(self):
+        # 20,000 values x 14 steps x 6 sinks, REPEATS times: every output reaches the
+        # page, then "done" (the run used to lose its last outputs and hang).
+        self.open_page()
+        text = json.dumps(large_graph())
+        for run in range(1, REPEATS + 1):
+            self.driver.execute_script(
+                "const t = document.getElementById('graph-text'); t.value = arguments[0];"
+                "t.dispatchEvent(new Event('input'));", text)
+            self.wait(EC.element_to_be_clickable((By.ID, "run-button")))
+            self.driver.find_element(By.ID, "run-button").click()
+            self.wait(EC.text_to_be_present_in_element((By.ID, "status"), f"run {run} completed"),
+                      LARGE_GUARD)
+            status = self.driver.find_element(By.ID, "status").text
+            self.assertIn(f"{VALUES * SINKS} outputs, 0 failed", status)
+            self.wait(EC.text_to_be_present_in_element((By.ID, "output-count"),
+                                                       f"({VALUES * SINKS})"))
+            self.assertEqual(self.driver.find_element(By.ID, "connection").text, "connected")
 
     def test_a_pasted_graph_with_an_error_shows_its_diagnostic(self):
         self.open_page()

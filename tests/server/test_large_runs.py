@@ -15,6 +15,10 @@ from harness import GUARD, PLUMBER, Server, connect, main, metric, recv, run_asy
 
 VALUES = 20000
 SINKS = 6
+# Runs of each kind beyond the first (sanitizer builds set 1: a run is slow there).
+REPEATS = int(os.environ.get("PLUMBER_LARGE_REPEATS", "2"))
+# A hang guard for one large run (never an expectation): sanitizer builds are slow.
+LARGE_GUARD = GUARD * 10
 
 
 def large_graph():
@@ -43,7 +47,7 @@ async def run_once(ws, pause_every=0):
     seen = collections.Counter()
     received = 0
     while True:
-        frame = await recv(ws)
+        frame = await recv(ws, timeout=LARGE_GUARD)
         if frame.get("run") != run:
             continue
         if frame["type"] == "output":
@@ -62,14 +66,14 @@ class LargeRuns(unittest.TestCase):
         with Server() as server:
             async def go():
                 async with connect(server, max_size=None) as ws:
-                    for _ in range(3):
+                    for _ in range(max(2, REPEATS)):
                         seen, done = await run_once(ws)
                         self.assertEqual(done["status"], "completed")
                         self.assertEqual(done["outputs"], VALUES * SINKS)
                         self.assertEqual(sum(seen.values()), VALUES * SINKS)
                         self.assertEqual(len(seen), VALUES)
                         self.assertEqual(set(seen.values()), {SINKS})
-            run_async(go())
+            run_async(go(), guard=LARGE_GUARD * 3)
 
     def test_a_slow_reader_gets_everything_with_a_bounded_queue(self):
         limit = 65536
@@ -88,16 +92,17 @@ class LargeRuns(unittest.TestCase):
                     self.assertLessEqual(highest, limit)
                     m = server.metrics()
                     self.assertEqual(metric(m, "plumber_ws_closed_total", reason="send_queue_full"), 0)
-            run_async(go())
+            run_async(go(), guard=LARGE_GUARD * 3)
 
     def test_plumber_submit_prints_every_output(self):
         with Server() as server, tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "large.json")
             with open(path, "w") as f:
                 json.dump(large_graph(), f)
-            for _ in range(2):
+            for _ in range(REPEATS):
                 proc = subprocess.run([PLUMBER, "submit", f"ws://127.0.0.1:{server.port}", path],
-                                      stdin=subprocess.DEVNULL, capture_output=True, timeout=GUARD)
+                                      stdin=subprocess.DEVNULL, capture_output=True,
+                                      timeout=LARGE_GUARD)
                 self.assertEqual(proc.returncode, 0, proc.stderr.decode(errors="replace"))
                 lines = proc.stdout.decode().splitlines()
                 self.assertEqual(len(lines), VALUES * SINKS)
