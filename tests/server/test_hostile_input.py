@@ -3,9 +3,12 @@ range and deep nesting get a precise error and leak nothing; the Bearer scheme
 is case-insensitive."""
 import asyncio
 import json
+import subprocess
+import tempfile
 import unittest
 
-from harness import GUARD, UPPER, Server, connect, main, recv, recv_until, run_async, send, submit
+from harness import (GUARD, PLUMBER, UPPER, Server, connect, main, recv, recv_until, run_async,
+                     send, submit)
 
 
 async def served(server):
@@ -70,6 +73,22 @@ class Json(unittest.TestCase):
             status, _, reply = server.request("POST", "/v1/graphs/upper_input/process", body='"ok"')
             self.assertEqual(status, 200, reply)
             self.assertIn(b"OK", reply)
+
+
+class Submit(unittest.TestCase):
+    def test_submit_reports_an_out_of_range_line_and_goes_on(self):
+        # `plumber submit` hung on an input line with 1e999.
+        with Server() as server, tempfile.TemporaryFile() as stdin:
+            stdin.write(b'"a"\n1e999\n' + b"[" * 70000 + b'\n"b"\n')
+            stdin.seek(0)
+            proc = subprocess.run([PLUMBER, "submit", f"ws://127.0.0.1:{server.port}", "upper_input"],
+                                  stdin=stdin, capture_output=True, timeout=GUARD)
+            self.assertEqual(proc.returncode, 3, proc.stderr)
+            self.assertEqual(sorted(proc.stdout.decode().split()), ['"A"', '"B"'])
+            errors = [json.loads(line) for line in proc.stderr.decode().splitlines()]
+            self.assertEqual([e["input"] for e in errors], ["stdin:2", "stdin:3"])
+            self.assertEqual(errors[0]["error"],
+                             "malformed JSON: number overflow parsing '1e999' at line 1, column 1")
 
 
 class Token(unittest.TestCase):
