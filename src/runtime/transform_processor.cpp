@@ -325,8 +325,12 @@ void TransformProcessor::collect_outputs(std::span<const Message> batch,
       if (auto it = by_id.find(m.id); it != by_id.end()) inherit_envelope(m, *it->second);
     }
   }
-  if (feeds_zip_) {
+  if (feeds_zip_ && batch.size() == 1) {
     // A zip downstream must learn which ids produced nothing here.
+    const std::uint64_t id = batch.front().id;
+    if (std::none_of(results.begin(), results.end(), [id](const Message& m) { return m.id == id; }))
+      out.packets.push_back(dropped_packet(id));
+  } else if (feeds_zip_) {
     std::unordered_set<std::uint64_t> produced;
     for (const Message& m : results)
       produced.insert(m.id);

@@ -54,10 +54,11 @@ bool ZipJoiner::add(Packet& packet, std::int64_t& tokens) {
     later = entry.later.erase(later);
   }
   if (entry.filled == 0 && entry.later.empty()) entries_.erase(it);
-  packet = Packet{};
   tokens = (dropped ? 0 : 1) - parts_with_data;
+  packet.port = 0;
   if (dropped) {
     packet.kind = PacketKind::dropped;
+    packet.msg = Message{};
     packet.msg.id = id;
   } else {
     packet.kind = PacketKind::data;
