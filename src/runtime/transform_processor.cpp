@@ -194,7 +194,7 @@ void TransformProcessor::handle_inline(Packet&& packet) {
 // --- running the step ------------------------------------------------------------
 
 asio::awaitable<void> TransformProcessor::dispatch_batch() {
-  if (fast_path()) {  // the hot path: no coroutine frame per batch
+  if (fast_path()) {  // a synchronous step computes the batch in place
     compute_now(batcher_.current(), outbox_);
     batcher_.clear();
     co_return;
