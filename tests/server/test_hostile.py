@@ -222,8 +222,10 @@ class Connections(unittest.TestCase):
         with Server("--max-send-queue", "65536") as server:
             async def go():
                 # max_queue/read_limit small: the client library stops reading the socket.
+                # No keepalive pings from this client: it reads nothing for a
+                # while, so it could not see their answers (slow under TSan).
                 async with connect(server, max_queue=1, read_limit=2 ** 12,
-                                   write_limit=2 ** 12) as slow:
+                                   write_limit=2 ** 12, ping_interval=None) as slow:
                     endless = graph(("n", "range", {"stop": 10 ** 12}), ("out", "identity"),
                                     edges=[("n", "out")], name="endless")
                     await send(slow, {"op": "submit", "graph": endless})
