@@ -1,0 +1,75 @@
+#pragma once
+/// What worker_pool.cpp (the processes) and worker_requests.cpp (requests and
+/// results) share: one batch in flight, and one worker process.
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/asio/experimental/channel.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "workers/shm.hpp"
+#include "workers/worker_pool.hpp"
+
+namespace plumber::detail {
+
+using Descriptor = asio::posix::stream_descriptor;
+
+/// One batch in flight: lives in the frame of the process() call that waits for it.
+struct WorkerPool::Pending {
+  explicit Pending(const Strand& strand) : timer(strand) {}
+  std::uint64_t request_id = 0;
+  std::uint8_t priority = 0;
+  std::vector<std::uint8_t> record;  // the encoded request
+  std::vector<Message>* batch = nullptr;
+  std::vector<Message>* results = nullptr;
+  std::string* failure = nullptr;
+  errc* code = nullptr;
+  std::optional<std::chrono::milliseconds> timeout;
+  asio::steady_timer timer;  // timeout, armed when a worker is handed the batch
+  /// Where complete() signals the waiting process() call.
+  asio::experimental::channel<void(error_code)>* signal = nullptr;
+  Worker* worker = nullptr;
+  std::uint64_t sent_ns = 0;
+  bool sent = false;  // in the worker's ring (else in its backlog)
+  bool done = false;
+  bool aborted = false;  // the pool was cancelled
+};
+
+struct WorkerPool::Worker {
+  Worker(std::size_t i, const Strand& strand) : index(i), backoff(strand) {}
+  std::size_t index;
+  pid_t pid = 0;
+  Mapping mapping;
+  WorkerSegment segment;
+  UniqueFd requests_efd;
+  std::optional<Descriptor> results;  // the results eventfd
+  std::optional<Descriptor> exit;     // a pidfd: readable when the process ends
+  std::optional<Descriptor> output;   // its stdout and stderr
+  State state = State::stopped;
+  Clock::time_point start_deadline;
+  std::string start_error;
+  std::string output_tail;
+  std::unordered_map<std::uint64_t, Pending*> in_flight;  // sent or in the backlog
+  std::deque<Pending*> backlog;  // waiting for room in the ring, or for the worker to be ready
+  std::uint64_t last_sent_ns = 0;
+  asio::steady_timer backoff;
+  // Read by stats() from any thread.
+  // Stuck-step watchdog (kill_stuck_workers), strand only.
+  std::uint64_t watched_request = 0;  // running since watched_since
+  Clock::time_point watched_since;
+  std::uint64_t last_finished = 0;  // the last request it answered
+  std::string kill_reason;          // set when the watchdog killed it
+  std::atomic<int> pid_seen{0};
+  std::atomic<bool> ready_seen{false};
+  Counter tasks, restarts;
+};
+
+}  // namespace plumber::detail

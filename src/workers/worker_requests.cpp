@@ -1,0 +1,394 @@
+// The worker pool's requests and results: batches wait for a worker in
+// priority order, go to its ring, and come back as result or failure records.
+// The processes themselves: worker_pool.cpp.
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <new>
+#include <stdexcept>
+#include <utility>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "workers/protocol.hpp"
+#include "workers/worker_pool_parts.hpp"
+
+namespace plumber::detail {
+
+using asio::use_awaitable;
+
+namespace {
+constexpr std::size_t kOutputTail = 2048;  // of a worker's stderr, kept for error messages
+}  // namespace
+
+void WorkerPool::read_output_now(Worker& w) {
+  if (!w.output) return;
+  char buffer[4096];
+  for (;;) {
+    const ssize_t n = ::read(w.output->native_handle(), buffer, sizeof buffer);
+    if (n <= 0) return;
+    append_output(w, buffer, static_cast<std::size_t>(n));
+  }
+}
+
+void WorkerPool::append_output(Worker& w, const char* data, std::size_t size) {
+  // Forwarded as is: a worker's prints are the user's diagnostics.
+  std::size_t written = 0;
+  while (written < size) {
+    const ssize_t n = ::write(STDERR_FILENO, data + written, size - written);
+    if (n <= 0) break;
+    written += static_cast<std::size_t>(n);
+  }
+  w.output_tail.append(data, size);
+  if (w.output_tail.size() > kOutputTail) {
+    w.output_tail.erase(0, w.output_tail.size() - kOutputTail);
+  }
+}
+
+std::string WorkerPool::describe(const Worker& w) const {
+  return "worker " + std::to_string(w.index) + " (pid " + std::to_string(w.pid) + ")";
+}
+
+std::string WorkerPool::with_output(const Worker& w, std::string text) const {
+  std::string tail = w.output_tail;
+  while (!tail.empty() && (tail.back() == '\n' || tail.back() == '\r' || tail.back() == ' '))
+    tail.pop_back();
+  if (!tail.empty()) text += "; its stderr: " + tail;
+  return text;
+}
+
+void WorkerPool::close() {
+  closing_ = true;
+  std::vector<std::uint8_t> record;
+  Encoder e(record);
+  e.u8(static_cast<std::uint8_t>(RecordType::exit));
+  for (auto& w : workers_) {
+    w->backoff.cancel();
+    if (!w->exit) continue;
+    if (w->state == State::ready && push_record(w->segment.requests, record)) {
+      kick(*w);
+    } else {
+      ::kill(w->pid, SIGKILL);  // starting, or wedged: nothing of ours is in it
+    }
+  }
+}
+
+// --- requests --------------------------------------------------------------------------
+
+asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
+                                          std::vector<Message>& results, StepOutcome& outcome,
+                                          std::optional<std::chrono::milliseconds> timeout) {
+  if (cancelled_) throw boost::system::system_error(asio::error::operation_aborted);
+  std::string& failure = outcome.failure;
+  Pending pending(strand_);
+  pending.request_id = ++next_request_;
+  for (const Message& m : batch)
+    pending.priority = std::max(pending.priority, m.priority);
+  pending.batch = &batch;
+  pending.results = &results;
+  pending.failure = &failure;
+  pending.code = &outcome.code;
+  pending.timeout = timeout;
+  try {
+    encode_request(pending);
+  } catch (const std::bad_alloc&) {
+    failure = "the shared-memory blob arena is full (PLUMBER_ARENA_MB)";
+    co_return;
+  }
+  Worker* worker = choose_worker();
+  if (!worker) {
+    failure = "no worker of node \"" + node_.id + "\" is running: " + last_error_;
+    co_return;
+  }
+  // A channel of one, not a timer to cancel: arming a timer costs a
+  // timerfd_settime syscall per batch.
+  asio::experimental::channel<void(error_code)> signal(strand_, 1);
+  pending.signal = &signal;
+  // Whatever ends this call (result, timeout, cancellation), the pool forgets it.
+  struct Forget {
+    WorkerPool* pool;
+    Pending* pending;
+    ~Forget() { pool->forget(*pending); }
+  } forget_guard{this, &pending};
+  in_flight_.add(batch.size());
+  if (batch.size() > max_batch_.load(std::memory_order_relaxed)) {
+    max_batch_.store(batch.size(), std::memory_order_relaxed);
+  }
+  submit(*worker, pending);
+  const std::tuple<error_code> waited =
+      co_await signal.async_receive(asio::as_tuple(use_awaitable));
+  if (pending.aborted || !pending.done || std::get<0>(waited)) {
+    throw boost::system::system_error(asio::error::operation_aborted);
+  }
+}
+
+void WorkerPool::encode_request(Pending& p) {
+  auto& arena = Arena::instance();
+  p.record.clear();
+  Encoder e(p.record);
+  e.u8(static_cast<std::uint8_t>(RecordType::request));
+  e.u64(p.request_id);
+  e.u64(0);
+  e.u32(static_cast<std::uint32_t>(p.batch->size()));
+  for (Message& m : *p.batch) {
+    e.u64(m.id);
+    e.u8(m.priority);
+    e.value(m.value);
+    e.u32(static_cast<std::uint32_t>(m.blobs.size()));
+    for (Blob& blob : m.blobs) {
+      if (arena.contains(blob.data(), blob.size())) {
+        shared_.add(blob.size());
+      } else {
+        // Into shared memory once; the message keeps the shared copy, so a
+        // retry or a later worker node reuses it.
+        SharedBytes bytes = allocate_shared_bytes(blob.size());
+        if (blob.size()) std::memcpy(bytes.data(), blob.data(), blob.size());
+        copied_.add(blob.size());
+        blob = std::move(bytes).freeze();
+      }
+      e.u64(arena.offset_of(blob.data()));
+      e.u64(blob.size());
+    }
+  }
+}
+
+WorkerPool::Worker* WorkerPool::choose_worker() {
+  Worker* best = nullptr;
+  for (auto& w : workers_) {
+    if (w->state != State::ready && w->state != State::starting) continue;
+    // Prefer ready workers, then the least loaded.
+    if (!best || (w->state == State::ready && best->state != State::ready) ||
+        (w->state == best->state && w->in_flight.size() < best->in_flight.size())) {
+      best = w.get();
+    }
+  }
+  return best;
+}
+
+void WorkerPool::submit(Worker& w, Pending& p) {
+  p.worker = &w;
+  w.in_flight[p.request_id] = &p;
+  // After every batch of its lane or a higher one: the highest lane goes first
+  // when the worker frees.
+  auto at = std::find_if(w.backlog.begin(), w.backlog.end(),
+                         [&](const Pending* queued) { return queued->priority < p.priority; });
+  w.backlog.insert(at, &p);
+  flush_backlog(w);
+}
+
+void WorkerPool::flush_backlog(Worker& w) {
+  if (w.state != State::ready) return;
+  bool pushed = false;
+  while (!w.backlog.empty() && w.in_flight.size() - w.backlog.size() < depth_) {
+    Pending& p = *w.backlog.front();
+    const std::uint64_t now = monotonic_ns();
+    std::memcpy(p.record.data() + 1 + sizeof(std::uint64_t), &now, sizeof now);
+    if (!push_record(w.segment.requests, p.record)) break;
+    p.sent = true;
+    p.sent_ns = now;
+    w.last_sent_ns = now;
+    w.backlog.pop_front();
+    pushed = true;
+    if (p.timeout) arm_timeout(w, p);
+  }
+  if (pushed) kick(w);
+}
+
+void WorkerPool::arm_timeout(Worker& w, Pending& p) {
+  // Finds the batch by id when it fires: it may be over by then.
+  p.timer.expires_after(*p.timeout);
+  p.timer.async_wait([this, w = &w, id = p.request_id, limit = *p.timeout](error_code ec) {
+    if (ec) return;
+    auto it = w->in_flight.find(id);
+    if (it == w->in_flight.end()) return;
+    *it->second->failure =
+        "timed out after " + std::to_string(limit.count()) + " ms in " + describe(*w);
+    *it->second->code = errc::timed_out;
+    complete(*w, *it->second);
+  });
+}
+
+void WorkerPool::kick(Worker& w) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (w.segment.header->worker_sleeping.load(std::memory_order_relaxed)) {
+    (void)::eventfd_write(w.requests_efd.get(), 1);
+  }
+}
+
+void WorkerPool::forget(Pending& p) noexcept {
+  if (!p.worker) return;
+  Worker& w = *p.worker;
+  if (w.in_flight.erase(p.request_id) && !p.done) in_flight_.sub(p.batch->size());
+  if (!p.sent) {
+    auto it = std::find(w.backlog.begin(), w.backlog.end(), &p);
+    if (it != w.backlog.end()) w.backlog.erase(it);
+  }
+}
+
+void WorkerPool::complete(Worker& w, Pending& p) {
+  p.done = true;
+  p.timer.cancel();
+  w.in_flight.erase(p.request_id);
+  in_flight_.sub(p.batch->size());
+  p.signal->try_send(error_code{});
+  // A slot freed: the next batch (highest lane first) goes to the worker. Not
+  // for a worker that died: its backlog waits for the restart.
+  if (w.state == State::ready) flush_backlog(w);
+}
+
+void WorkerPool::fail_backlog(Worker& w, const std::string& why) {
+  while (!w.backlog.empty()) {
+    Pending& p = *w.backlog.front();
+    w.backlog.pop_front();
+    *p.failure = why;
+    complete(w, p);
+  }
+}
+
+bool WorkerPool::drain(Worker& w) {
+  if (!w.segment.header) return false;
+  bool any = false;
+  for (;;) {
+    const auto bytes = w.segment.results.peek();
+    if (bytes.empty()) break;
+    any = true;
+    try {
+      const IncomingRecord record(bytes);
+      handle_record(w, record.bytes());
+    } catch (const std::exception& e) {
+      // A record we cannot read: the worker is not one of ours any more.
+      w.start_error = std::string("protocol error: ") + e.what();
+      ::kill(w.pid, SIGKILL);
+    }
+    w.segment.results.pop();
+  }
+  if (any) kick(w);  // it may be waiting for room in the results ring
+  return any;
+}
+
+void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
+  Decoder d(bytes);
+  const auto type = static_cast<RecordType>(d.u8());
+  switch (type) {
+    case RecordType::ready:
+      w.state = State::ready;
+      w.ready_seen.store(true, std::memory_order_relaxed);
+      return;
+    case RecordType::start_failed:
+      w.start_error = d.text();
+      return;
+    case RecordType::result:
+    case RecordType::failure:
+      break;
+    default:
+      throw std::runtime_error("unexpected record type " + std::to_string(static_cast<int>(type)));
+  }
+  const std::uint64_t request_id = d.u64();
+  const std::uint64_t started = d.u64();
+  const std::uint64_t finished = d.u64();
+  w.last_finished = request_id;
+  auto found = w.in_flight.find(request_id);
+  Pending* p = found == w.in_flight.end() ? nullptr : found->second;
+  if (p && p->sent_ns && started > p->sent_ns) queue_ns_.add(started - p->sent_ns);
+  if (finished > started) worker_ns_.add(finished - started);
+  batches_done_.add();
+  if (type == RecordType::failure) {
+    std::string text = d.text();
+    if (!p) return;
+    tasks_done_.add(p->batch->size());
+    w.tasks.add(p->batch->size());
+    *p->failure = std::move(text);
+    complete(w, *p);
+    return;
+  }
+  auto& arena = Arena::instance();
+  copied_.add(d.u64());
+  const std::uint32_t count = d.count(kMinMessageBytes);
+  std::vector<Message> out(count);
+  std::map<std::uint64_t, std::shared_ptr<ArenaAllocation>> handed_over;
+  std::string problem;
+  for (Message& m : out) {
+    m.id = d.u64();
+    m.priority = d.u8();
+    m.value = d.value();
+    const std::uint32_t blobs = d.u32();
+    for (std::uint32_t i = 0; i < blobs; ++i) {
+      const auto mode = static_cast<BlobMode>(d.u8());
+      const std::uint64_t offset = d.u64();
+      const std::uint64_t size = d.u64();
+      const std::byte* at = arena.at(offset);
+      if (mode == BlobMode::transferred) {
+        const std::uint64_t allocation_offset = d.u64();
+        const std::uint64_t allocation_size = d.u64();
+        auto& owner = handed_over[allocation_offset];
+        if (!owner) {
+          owner = std::make_shared<ArenaAllocation>(arena.at(allocation_offset), allocation_size);
+        }
+        m.blobs.emplace_back(owner, std::span<const std::byte>(at, size));
+        shared_.add(size);
+        continue;
+      }
+      // Borrowed: a slice of a blob we lent it.
+      bool found_blob = false;
+      if (p) {
+        for (const Message& in : *p->batch) {
+          for (const Blob& blob : in.blobs) {
+            if (at >= blob.data() && at + size <= blob.data() + blob.size()) {
+              m.blobs.push_back(blob.slice(static_cast<std::size_t>(at - blob.data()), size));
+              shared_.add(size);
+              found_blob = true;
+              break;
+            }
+          }
+          if (found_blob) break;
+        }
+      }
+      if (!found_blob) problem = "the step returned a shared blob it did not own";
+    }
+  }
+  if (!p) return;  // abandoned (timed out): the transferred blobs are freed here
+  tasks_done_.add(p->batch->size());
+  w.tasks.add(p->batch->size());
+  if (problem.empty()) {
+    for (Message& m : out)
+      p->results->push_back(std::move(m));
+  } else {
+    *p->failure = problem;
+  }
+  complete(w, *p);
+}
+
+// --- stats -----------------------------------------------------------------------------
+
+WorkerPoolStats WorkerPool::stats() const {
+  WorkerPoolStats s;
+  s.procs = workers_.size();
+  s.tasks_done = tasks_done_.get();
+  s.batches_done = batches_done_.get();
+  s.in_flight = in_flight_.get();
+  s.max_batch = max_batch_.load(std::memory_order_relaxed);
+  s.restarts = restarts_.get();
+  s.deaths = deaths_.get();
+  s.queue_ns = queue_ns_.get();
+  s.worker_ns = worker_ns_.get();
+  s.blob_bytes_copied = copied_.get();
+  s.blob_bytes_shared = shared_.get();
+  for (const auto& w : workers_) {
+    WorkerStats one;
+    one.index = w->index;
+    one.pid = w->pid_seen.load(std::memory_order_relaxed);
+    one.ready = w->ready_seen.load(std::memory_order_relaxed);
+    one.tasks = w->tasks.get();
+    one.restarts = w->restarts.get();
+    s.workers.push_back(one);
+  }
+  return s;
+}
+
+}  // namespace plumber::detail
