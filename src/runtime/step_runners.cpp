@@ -32,10 +32,23 @@ namespace {
 
 using asio::use_awaitable;
 
-/// A synchronous step on the strand.
-class InlineRunner final : public StepRunner {
+/// What the in-process runners share: they own the node's step.
+class InProcessRunner : public StepRunner {
  public:
-  explicit InlineRunner(std::unique_ptr<Transform> step) : step_(std::move(step)) {}
+  explicit InProcessRunner(std::unique_ptr<Transform> step) : step_(std::move(step)) {}
+  void on_start() override { step_->on_start(); }
+
+ protected:
+  static StepOutcome failed(const std::exception& e) {
+    return {errc::step_failed, e.what(), false};
+  }
+  std::unique_ptr<Transform> step_;
+};
+
+/// A synchronous step on the strand.
+class InlineRunner final : public InProcessRunner {
+ public:
+  using InProcessRunner::InProcessRunner;
   bool synchronous() const noexcept override { return true; }
   Transform* inline_step() noexcept override { return step_.get(); }
   void run_now(std::span<Message> batch, std::vector<Message>& results) override {
@@ -47,22 +60,17 @@ class InlineRunner final : public StepRunner {
     try {
       step_->process(batch, results);
     } catch (const std::exception& e) {
-      outcome.code = errc::step_failed;
-      outcome.failure = e.what();
+      outcome = failed(e);
     }
     co_return outcome;
   }
-  void on_start() override { step_->on_start(); }
-
- private:
-  std::unique_ptr<Transform> step_;
 };
 
 /// An awaitable step on the strand: interrupted at its timeout, or when every
 /// message of the batch is past its deadline (nobody waits for the result).
-class AwaitableRunner final : public StepRunner {
+class AwaitableRunner final : public InProcessRunner {
  public:
-  explicit AwaitableRunner(std::unique_ptr<Transform> step) : step_(std::move(step)) {}
+  using InProcessRunner::InProcessRunner;
   asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
                                    const AttemptLimits& limits) override {
     using namespace asio::experimental::awaitable_operators;
@@ -89,26 +97,20 @@ class AwaitableRunner final : public StepRunner {
       }
     } catch (const boost::system::system_error& e) {
       if (e.code() == asio::error::operation_aborted) throw;
-      outcome.code = errc::step_failed;
-      outcome.failure = e.what();
+      outcome = failed(e);
     } catch (const std::exception& e) {
-      outcome.code = errc::step_failed;
-      outcome.failure = e.what();
+      outcome = failed(e);
     }
     co_return outcome;
   }
-  void on_start() override { step_->on_start(); }
-
- private:
-  std::unique_ptr<Transform> step_;
 };
 
 /// A synchronous step on a thread pool of the node's own. It cannot be
 /// interrupted: a result later than timeout_ms is discarded.
-class ThreadPoolRunner final : public StepRunner {
+class ThreadPoolRunner final : public InProcessRunner {
  public:
   ThreadPoolRunner(std::unique_ptr<Transform> step, std::size_t threads)
-      : step_(std::move(step)), pool_(threads) {}
+      : InProcessRunner(std::move(step)), pool_(threads) {}
   ~ThreadPoolRunner() override { pool_.join(); }
   asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
                                    const AttemptLimits& limits) override {
@@ -134,7 +136,7 @@ class ThreadPoolRunner final : public StepRunner {
       try {
         std::rethrow_exception(failure);
       } catch (const std::exception& e) {
-        outcome.failure = e.what();
+        outcome = failed(e);
       } catch (...) {
         outcome.failure = "unknown exception";
       }
@@ -144,10 +146,8 @@ class ThreadPoolRunner final : public StepRunner {
     }
     co_return outcome;
   }
-  void on_start() override { step_->on_start(); }
 
  private:
-  std::unique_ptr<Transform> step_;
   asio::thread_pool pool_;
 };
 
