@@ -42,7 +42,6 @@ class Attempts {
     results.clear();
     return true;
   }
-  std::size_t retried() const noexcept { return attempt_; }
 
  private:
   std::size_t retries_;

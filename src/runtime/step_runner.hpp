@@ -44,13 +44,8 @@ struct AttemptLimits {
 class StepRunner {
  public:
   virtual ~StepRunner() = default;
-  /// True when run_now may be used: the step completes on the strand without
-  /// suspending (the node's fast path: no coroutine frame per message).
-  virtual bool synchronous() const noexcept { return false; }
-  /// Runs the step on `batch` now (synchronous runners). Throws what the step throws.
-  virtual void run_now(std::span<Message> batch, std::vector<Message>& results);
-  /// A synchronous runner's step, for the node to call without going through
-  /// the runner on its hottest path; null for the others.
+  /// A synchronous runner's step: the node calls it itself, on the strand,
+  /// with no coroutine frame per message (its fast path). Null for the others.
   virtual Transform* inline_step() noexcept { return nullptr; }
   /// Runs one attempt. A failure of the step is an outcome, not an exception;
   /// throws only when cancelled (stop(false)).

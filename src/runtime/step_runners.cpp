@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
-#include <stdexcept>
 #include <utility>
 
 #include <boost/asio/co_spawn.hpp>
@@ -22,10 +21,6 @@ std::unique_ptr<StepRunner> make_worker_runner(const RunnerContext& context,
 
 std::string timeout_text(std::chrono::milliseconds limit) {
   return "timed out after " + std::to_string(limit.count()) + " ms";
-}
-
-void StepRunner::run_now(std::span<Message>, std::vector<Message>&) {
-  throw std::logic_error("StepRunner::run_now called on an asynchronous runner");
 }
 
 namespace {
@@ -49,11 +44,7 @@ class InProcessRunner : public StepRunner {
 class InlineRunner final : public InProcessRunner {
  public:
   using InProcessRunner::InProcessRunner;
-  bool synchronous() const noexcept override { return true; }
   Transform* inline_step() noexcept override { return step_.get(); }
-  void run_now(std::span<Message> batch, std::vector<Message>& results) override {
-    step_->process(batch, results);
-  }
   asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
                                    const AttemptLimits&) override {
     StepOutcome outcome;

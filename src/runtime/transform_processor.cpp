@@ -234,7 +234,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
     const auto started = timed ? Clock::now() : Clock::time_point{};
     counters_.batches.add();
     try {
-      runner_->run_now(batch, results_);
+      inline_step_->process(batch, results_);
     } catch (const std::exception& e) {
       outcome.code = errc::step_failed;
       outcome.failure = e.what();
