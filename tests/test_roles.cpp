@@ -175,6 +175,27 @@ struct Run {
     FAIL("no node " << node);
     return {};
   }
+  /// Reads the output stream to its end: the values, and the error that ended it.
+  std::vector<json> read_outputs(boost::system::error_code& end) {
+    std::vector<json> values;
+    boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          for (;;) {
+            auto [ec, record] = co_await pipeline->async_receive_output(
+                boost::asio::as_tuple(boost::asio::use_awaitable));
+            if (ec) {
+              end = ec;
+              break;
+            }
+            values.push_back(record.value);
+          }
+        },
+        boost::asio::detached);
+    io.restart();
+    io.run();
+    return values;
+  }
 };
 
 }  // namespace
@@ -219,24 +240,8 @@ TEST_CASE("Pipeline.OutputStreamHoldsTheGraphWhileTheReaderWaits") {
   CHECK_FALSE(p.done());
   CHECK(p.emitted_messages() <= 16 + 8 + 8 + 2);
   // Reading at last, every output comes, in order, then eof.
-  std::vector<json> values;
   boost::system::error_code end;
-  boost::asio::co_spawn(
-      r.io,
-      [&]() -> boost::asio::awaitable<void> {
-        for (;;) {
-          auto [ec, record] =
-              co_await p.async_receive_output(boost::asio::as_tuple(boost::asio::use_awaitable));
-          if (ec) {
-            end = ec;
-            break;
-          }
-          values.push_back(record.value);
-        }
-      },
-      boost::asio::detached);
-  r.io.restart();
-  r.io.run();
+  const std::vector<json> values = r.read_outputs(end);
   CHECK(p.done());
   CHECK(end == boost::asio::error::eof);
   REQUIRE(values.size() == 5000);
@@ -256,20 +261,9 @@ TEST_CASE("Pipeline.OutputStreamDropPolicyCounts") {
   r.io.run();  // nobody reads: with `drop`, the run still ends
   CHECK(p.done());
   CHECK(p.dropped_outputs() == 990);
-  std::size_t received = 0;
-  boost::asio::co_spawn(
-      r.io,
-      [&]() -> boost::asio::awaitable<void> {
-        for (;;) {
-          auto [ec, record] =
-              co_await p.async_receive_output(boost::asio::as_tuple(boost::asio::use_awaitable));
-          if (ec) break;
-          ++received;
-        }
-      },
-      boost::asio::detached);
-  r.io.restart();
-  r.io.run();
+  boost::system::error_code end;
+  const std::size_t received = r.read_outputs(end).size();
+  CHECK(end == boost::asio::error::eof);
   CHECK(received == 10);
 }
 
