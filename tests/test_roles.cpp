@@ -291,13 +291,13 @@ TEST_CASE("Process.BeforeStartFailsAtOnce") {
   Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
       {"id": "in", "coroutine": "input"}, {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "in", "to": "out"}]})");
-  std::optional<errc> code;
+  std::optional<std::error_code> code;
   std::string text;
   boost::asio::co_spawn(
       r.io,
       [&]() -> boost::asio::awaitable<void> {
         try {
-          co_await p.process(json(1), std::chrono::hours(1));
+          co_await p.process(json(1), {.timeout = std::chrono::hours(1)});
         } catch (const ProcessError& e) {
           code = e.code();
           text = e.what();
@@ -324,7 +324,7 @@ TEST_CASE("Process.TimeoutNamesTheNodeThatHeldTheMessage") {
       r.io,
       [&]() -> boost::asio::awaitable<void> {
         try {
-          co_await p.process(json(1), 30ms);
+          co_await p.process(json(1), {.timeout = 30ms});
         } catch (const ProcessError& e) {
           error = e;
         }

@@ -26,10 +26,12 @@
 
 namespace plumber::detail {
 
-/// One Pipeline::process call, from its start to its completion. The message it
-/// sent holds `tokens`: one per copy of it (or of a message derived from it)
-/// still in the graph. The request completes when they are all gone, or at the
-/// first error, timeout or cancellation; it is forgotten when they are all gone.
+/// One Pipeline::async_process call, from its start to its completion. The
+/// message it sent holds `tokens`: one per copy of it (or of a message derived
+/// from it) still in the graph. The request completes when they are all gone, or
+/// at the first error, timeout or cancellation; it is forgotten when they are
+/// all gone (a cancelled request's copies are dropped by the next node that
+/// takes them).
 struct Request {
   // Constructed with its handler, never assigned one: Boost 1.81's
   // any_completion_handler move assignment wraps the handler in itself forever.
@@ -41,6 +43,7 @@ struct Request {
   std::int64_t tokens = 0;
   std::uint64_t id = 0;  ///< 0 until the input source emits it
   bool finished = false;
+  bool cancelled = false;  ///< by its caller: what is left of it is dropped
   std::uint8_t priority = 0;
   Clock::time_point deadline = Clock::time_point::max();
   /// The node that last took the message (for a timeout's error).
@@ -119,10 +122,15 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
     if (!requests_.empty()) track_request(id, delta);
   }
   bool tracking() const noexcept { return !requests_.empty(); }
-  /// A node took the message of a request (tracking() only).
-  void note_position(std::uint64_t id, std::string_view node);
-  /// Completes `request` once (later calls do nothing).
-  void finish(Request& request, std::exception_ptr error);
+  /// A node took the message with `id` (tracking() only). False when it belongs
+  /// to a cancelled request: the node drops it.
+  bool note_position(std::uint64_t id, std::string_view node);
+  /// Completes `request` once (later calls do nothing): with its result, or
+  /// with `error`, the node where it happened and what went wrong.
+  void finish(Request& request, error_code error = {}, std::string node = {},
+              std::string what = {});
+  /// The caller cancelled `request`: it completes with operation_aborted now.
+  void cancel_request(Request& request);
   /// Starts the timeout of a request and sends it to the input feed.
   void start_request(std::shared_ptr<Request> request, json value);
 

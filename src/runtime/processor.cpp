@@ -38,6 +38,7 @@ ProcessorStats Processor::stats() const {
   s.errors = counters_.errors.get();
   s.skipped = counters_.skipped.get();
   s.expired = counters_.expired.get();
+  s.cancelled = counters_.cancelled.get();
   s.retried = counters_.retried.get();
   s.batches = counters_.batches.get();
   s.busy_ns = counters_.busy_ns.get();

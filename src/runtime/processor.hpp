@@ -34,7 +34,7 @@ struct Outbox {
 
 /// A node's counters: written on the strand, read by stats() from any thread.
 struct NodeCounters {
-  Counter received, emitted, errors, skipped, expired, retried, batches, busy_ns;
+  Counter received, emitted, errors, skipped, expired, cancelled, retried, batches, busy_ns;
   StepHistogram busy_buckets;  ///< calls by time inside the step, beside busy_ns
 };
 

@@ -126,9 +126,8 @@ void SourceProcessor::refuse_leftover_feed() {
   feed_->ended = true;
   for (std::optional<FeedItem> left = take_feed_item(); left; left = take_feed_item()) {
     if (left->request) {
-      core_.finish(*left->request,
-                   std::make_exception_ptr(ProcessError(errc::pipeline_stopped, spec_.id,
-                                                        "input ended before this request")));
+      core_.finish(*left->request, errc::pipeline_stopped, spec_.id,
+                   "input ended before this request");
     } else if (left->value) {
       core_.output_cancelled(spec_.id, core_.next_id());
     }

@@ -156,7 +156,12 @@ asio::awaitable<void> TransformProcessor::finish_input(Outbox& out) {
 
 bool TransformProcessor::accept_data(Packet& packet, Outbox& out) {
   Message& message = packet.msg;
-  if (core_.tracking()) core_.note_position(message.id, spec_.id);
+  if (core_.tracking() && !core_.note_position(message.id, spec_.id)) {
+    counters_.cancelled.add();  // its caller cancelled the request: nobody waits
+    core_.track(message.id, -1);
+    if (feeds_zip_) out.packets.push_back(dropped_packet(message.id));
+    return false;
+  }
   if (message.deadline != Clock::time_point::max() && Clock::now() > message.deadline) {
     counters_.expired.add();
     counters_.errors.add();
