@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <utility>
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
 #include "plumber/builtins.hpp"
 #include "plumber/error.hpp"
 #include "registry/edit_distance.hpp"
