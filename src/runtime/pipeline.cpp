@@ -160,6 +160,11 @@ json ProcessResult::value() const {
 ProcessError::ProcessError(std::error_code code, std::string node, std::string what)
     : std::system_error(code, what), node_(std::move(node)), what_(std::move(what)) {}
 
+void Pipeline::write_trace(std::ostream& out) const {
+  if (!core_->tracer()) throw UsageError("Pipeline::write_trace: the run is not traced");
+  core_->tracer()->write(out);
+}
+
 std::vector<ProcessorStats> Pipeline::stats() const {
   std::vector<ProcessorStats> all;
   for (std::size_t index : core_->graph().topological_order) {

@@ -32,7 +32,9 @@ void finish_stopped(PipelineCore& core, Request& request) {
 
 PipelineCore::PipelineCore(GraphSpec graph, const asio::any_io_executor& executor,
                            PipelineOptions options)
-    : graph_(std::move(graph)), options_(options), strand_(asio::make_strand(executor)) {}
+    : graph_(std::move(graph)), options_(options), strand_(asio::make_strand(executor)) {
+  if (options_.trace.enabled) tracer_ = std::make_unique<Tracer>(graph_, options_.trace);
+}
 
 PipelineCore::~PipelineCore() {
   for (auto& link : reader_links_) {

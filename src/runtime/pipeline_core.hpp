@@ -23,6 +23,7 @@
 #include "runtime/output_stream.hpp"
 #include "runtime/packet.hpp"
 #include "runtime/processor.hpp"
+#include "runtime/tracer.hpp"
 
 namespace plumber::detail {
 
@@ -93,6 +94,8 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   const GraphSpec& graph() const noexcept { return graph_; }
   const PipelineOptions& options() const noexcept { return options_; }
   const Strand& strand() const noexcept { return strand_; }
+  /// Null unless the run is traced (PipelineOptions::trace).
+  Tracer* tracer() const noexcept { return tracer_.get(); }
 
   // --- strand only -----------------------------------------------------------
   std::uint64_t next_id() noexcept { return ++last_id_; }
@@ -166,6 +169,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   GraphSpec graph_;
   PipelineOptions options_;
   Strand strand_;
+  std::unique_ptr<Tracer> tracer_;
   std::uint64_t last_id_ = 0;
   bool sources_stopping_ = false;
   bool cancelled_ = false;

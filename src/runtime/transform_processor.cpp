@@ -217,7 +217,7 @@ asio::awaitable<void> TransformProcessor::dispatch_batch() {
 }
 
 void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
-  const bool timed = core_.options().collect_timings || spec_.timeout.has_value();
+  const bool timed = core_.options().collect_timings || spec_.timeout.has_value() || core_.tracer();
   if (!timed && spec_.retries == 0) {
     // The hottest path (a fused chain): one attempt, nothing to measure.
     results_.clear();
@@ -253,6 +253,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
         outcome.code = errc::timed_out;
         outcome.failure = timeout_text(*spec_.timeout);
       }
+      if (auto* tracer = core_.tracer()) tracer->step(spec_.id, started, ns, batch, !outcome.ok());
     }
     if (!attempts.retry(outcome, batch, results_)) break;
     counters_.retried.add();
@@ -276,6 +277,10 @@ asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, O
     const auto ns = elapsed_ns(started);
     counters_.busy_ns.add(ns);
     counters_.busy_buckets.observe(ns);
+    if (auto* tracer = core_.tracer()) {
+      tracer->step(spec_.id, started, ns, batch, !outcome.ok(), outcome.worker_pid,
+                   outcome.worker_started_ns, outcome.worker_finished_ns);
+    }
     if (outcome.expired) counters_.expired.add(batch.size());
     if (!attempts.retry(outcome, batch, results)) break;
     counters_.retried.add();

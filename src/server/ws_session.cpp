@@ -3,6 +3,7 @@
 // frames in order; a writer coroutine drains the outbox. Pipelines run on their
 // own strands and post their output frames here.
 #include <deque>
+#include <sstream>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
@@ -24,6 +25,9 @@ namespace {
 
 namespace websocket = beast::websocket;
 constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
+/// Events a served run's trace keeps (docs/protocol.md): its frame must fit
+/// the client's send queue.
+constexpr std::size_t kTraceEvents = 10'000;
 
 /// What a run shares with its pipeline's handlers (which run on the pipeline's
 /// strand and must not own the session).
@@ -45,6 +49,7 @@ struct Run {
   bool finished = false;
   std::string cancel_reason;
   std::uint32_t stats_ms = 0;
+  bool traced = false;  ///< a "trace" frame goes before "done"
   std::unique_ptr<asio::steady_timer> stats_timer;
   std::unique_ptr<asio::steady_timer> budget;  ///< --max-run-ms
 };
@@ -277,7 +282,10 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     auto run = std::make_shared<Run>();
     try {
       run->pipeline = std::make_shared<Pipeline>(
-          Plumber(server_->registry).build(spec, server_->executor(), {.collect_timings = true}));
+          Plumber(server_->registry)
+              .build(spec, server_->executor(),
+                     {.collect_timings = true,
+                      .trace = {.enabled = request.trace, .max_events = kTraceEvents}}));
     } catch (const GraphError& e) {
       server_->release_run(procs);
       send_error(graph_error(e), 0, request.ref);
@@ -286,6 +294,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     run->id = ++last_run_;
     run->has_input = spec.host_fed_input().has_value();
     run->stats_ms = request.stats_ms;
+    run->traced = request.trace;
     // The outputs come to this connection as a bounded stream: when the client
     // reads slowly, delivery waits, the stream fills, and the graph holds still.
     run->pipeline->stream_outputs({.capacity = 256, .overflow = OutputOverflow::block});
@@ -365,6 +374,15 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
           break;
       }
       self->send(record_frame(run->id, record));
+    }
+    if (run->traced && !self->closing_) {
+      while (self->queued_bytes_ > self->server_->options.max_send_queue / 2 && !self->closing_) {
+        co_await self->room_.async_wait(tuple_awaitable);
+      }
+      std::ostringstream trace;
+      run->pipeline->write_trace(trace);
+      self->push(R"({"type":"trace","run":)" + std::to_string(run->id) + R"(,"trace":)" +
+                 std::move(trace).str() + "}");
     }
     self->finish_run(run->id);
   }
