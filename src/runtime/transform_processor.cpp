@@ -38,7 +38,9 @@ TransformProcessor::TransformProcessor(PipelineCore& core, const NodeSpec& spec,
                                info.make_transform(spec_.params))),
       batcher_(core.strand(), spec.batch_size, spec.batch_timeout) {
   inline_step_ = runner_->inline_step();
-  const bool plain = spec_.retries == 0 && !spec_.timeout && !core_.options().collect_timings;
+  // In place, a step call is not measured: not when timed, retried or traced.
+  const bool plain =
+      spec_.retries == 0 && !spec_.timeout && !core_.options().collect_timings && !core_.tracer();
   if (plain) in_place_ = dynamic_cast<InPlaceTransform*>(inline_step_);
   if (spec_.concurrency > 1 && !fast_path()) slots_.emplace(core_.strand(), spec_.concurrency);
 }
