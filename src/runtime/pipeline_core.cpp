@@ -31,7 +31,10 @@ std::exception_ptr stopped_error() {
 
 PipelineCore::PipelineCore(GraphSpec graph, const asio::any_io_executor& executor,
                            PipelineOptions options)
-    : graph_(std::move(graph)), options_(options), strand_(asio::make_strand(executor)) {}
+    : graph_(std::move(graph)),
+      options_(options),
+      strand_(asio::make_strand(executor)),
+      step_watch_(options.watch_steps ? std::make_unique<StepWatch>() : nullptr) {}
 
 PipelineCore::~PipelineCore() {
   for (auto& link : reader_links_) {

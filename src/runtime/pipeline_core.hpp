@@ -23,6 +23,7 @@
 #include "runtime/output_stream.hpp"
 #include "runtime/packet.hpp"
 #include "runtime/processor.hpp"
+#include "runtime/step_watch.hpp"
 
 namespace plumber::detail {
 
@@ -90,6 +91,8 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   const GraphSpec& graph() const noexcept { return graph_; }
   const PipelineOptions& options() const noexcept { return options_; }
   const Strand& strand() const noexcept { return strand_; }
+  /// The in-process step invocations under way; null unless options().watch_steps.
+  StepWatch* step_watch() const noexcept { return step_watch_.get(); }
 
   // --- strand only -----------------------------------------------------------
   std::uint64_t next_id() noexcept { return ++last_id_; }
@@ -158,6 +161,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   GraphSpec graph_;
   PipelineOptions options_;
   Strand strand_;
+  std::unique_ptr<StepWatch> step_watch_;
   std::uint64_t last_id_ = 0;
   bool sources_stopping_ = false;
   bool cancelled_ = false;
