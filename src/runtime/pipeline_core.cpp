@@ -176,7 +176,9 @@ void PipelineCore::output_cancelled(std::string_view node, std::uint64_t id) {
     const std::string where(node);
     finish(*it->second, std::make_exception_ptr(ProcessError(
                             errc::cancelled, where, "cancelled at node \"" + where + "\"")));
-    requests_.erase(it);
+    // Kept (finished) until the pipeline ends, not erased: copies of the message
+    // on other branches may still report a value or an error before they see
+    // the cancellation, and those belong to the caller, never to on_output.
     return;
   }
   OutputRecord record;

@@ -90,8 +90,15 @@ std::vector<ZipJoiner::Leftover> ZipJoiner::take_leftovers() {
 
 std::vector<std::uint64_t> ZipJoiner::take_ids() {
   std::vector<std::uint64_t> ids;
-  for (const auto& [id, entry] : entries_)
-    ids.push_back(id);
+  const auto is_data = [](const Packet& p) { return p.kind == PacketKind::data; };
+  for (const auto& [id, entry] : entries_) {
+    // An id held only as `dropped` parts was reported where it was dropped.
+    const bool data =
+        std::any_of(entry.parts.begin(), entry.parts.end(),
+                    [&](const std::optional<Packet>& p) { return p && is_data(*p); }) ||
+        std::any_of(entry.later.begin(), entry.later.end(), is_data);
+    if (data) ids.push_back(id);
+  }
   entries_.clear();
   return ids;
 }
