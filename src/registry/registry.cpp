@@ -6,6 +6,7 @@
 #include "plumber/builtins.hpp"
 #include "plumber/error.hpp"
 #include "registry/edit_distance.hpp"
+#include "registry/in_place_transform.hpp"
 
 namespace plumber {
 
@@ -81,16 +82,11 @@ boost::asio::awaitable<void> Source::run(SourceContext& context) {
 
 namespace {
 
-class ValueFunctionStep final : public Transform {
+class ValueFunctionStep final : public detail::InPlaceTransform {
  public:
   ValueFunctionStep(std::function<json(const json&, const json&)> function, json params)
       : function_(std::move(function)), params_(std::move(params)) {}
-  void process(std::span<Message> batch, std::vector<Message>& out) override {
-    for (Message& m : batch) {
-      m.value = function_(m.value, params_);
-      out.push_back(std::move(m));
-    }
-  }
+  void apply(Message& message) override { message.value = function_(message.value, params_); }
 
  private:
   std::function<json(const json&, const json&)> function_;

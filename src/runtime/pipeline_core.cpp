@@ -353,6 +353,9 @@ void PipelineCore::cancel_all() {
     }
     feed->channel.close();
   }
+  for (auto& processor : processors) {
+    if (processor->fused_in()) processor->cancel_held_parts();
+  }
   for (auto& signal : signals_)
     signal.emit(asio::cancellation_type::terminal);
 }

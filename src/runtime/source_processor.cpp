@@ -90,11 +90,11 @@ asio::awaitable<void> SourceProcessor::run_generator() {
       // An error record waits for room like a value would: memory stays bounded.
       if (core_.output_full()) co_await core_.wait_output_room();
     } else {
-      Message message;
-      message.id = core_.next_id();
-      message.value = std::move(*value);
-      out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
-      if (!try_send_all(out)) co_await send_all(out);
+      Packet packet;
+      packet.msg.id = core_.next_id();
+      packet.msg.value = std::move(*value);
+      if (!idle() || !try_pass_on(packet)) out.packets.push_back(std::move(packet));
+      if (!out.empty() && !try_send_all(out)) co_await send_all(out);
     }
   }
 }
