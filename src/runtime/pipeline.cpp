@@ -165,6 +165,14 @@ void Pipeline::write_trace(std::ostream& out) const {
   core_->tracer()->write(out);
 }
 
+std::optional<RunningStep> Pipeline::longest_running_step() const {
+  const detail::StepWatch* watch = core_->step_watch();
+  if (!watch) return std::nullopt;
+  const auto oldest = watch->oldest();
+  if (!oldest) return std::nullopt;
+  return RunningStep{oldest->node, Clock::now() - oldest->since, oldest->holds_thread};
+}
+
 std::vector<ProcessorStats> Pipeline::stats() const {
   std::vector<ProcessorStats> all;
   for (std::size_t index : core_->graph().topological_order) {

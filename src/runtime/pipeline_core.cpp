@@ -32,7 +32,10 @@ void finish_stopped(PipelineCore& core, Request& request) {
 
 PipelineCore::PipelineCore(GraphSpec graph, const asio::any_io_executor& executor,
                            PipelineOptions options)
-    : graph_(std::move(graph)), options_(options), strand_(asio::make_strand(executor)) {
+    : graph_(std::move(graph)),
+      options_(options),
+      strand_(asio::make_strand(executor)),
+      step_watch_(options.watch_steps ? std::make_unique<StepWatch>() : nullptr) {
   if (options_.trace.enabled) tracer_ = std::make_unique<Tracer>(graph_, options_.trace);
 }
 
@@ -180,7 +183,9 @@ void PipelineCore::output_cancelled(std::string_view node, std::uint64_t id) {
     std::string where(node);
     std::string what = "cancelled at node \"" + where + "\"";
     finish(*it->second, errc::cancelled, std::move(where), std::move(what));
-    requests_.erase(it);
+    // Kept (finished) until the pipeline ends, not erased: copies of the message
+    // on other branches may still report a value or an error before they see
+    // the cancellation, and those belong to the caller, never to on_output.
     return;
   }
   OutputRecord record;

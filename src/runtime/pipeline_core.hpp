@@ -24,6 +24,7 @@
 #include "runtime/packet.hpp"
 #include "runtime/processor.hpp"
 #include "runtime/tracer.hpp"
+#include "runtime/step_watch.hpp"
 
 namespace plumber::detail {
 
@@ -96,6 +97,8 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   const Strand& strand() const noexcept { return strand_; }
   /// Null unless the run is traced (PipelineOptions::trace).
   Tracer* tracer() const noexcept { return tracer_.get(); }
+  /// The in-process step invocations under way; null unless options().watch_steps.
+  StepWatch* step_watch() const noexcept { return step_watch_.get(); }
 
   // --- strand only -----------------------------------------------------------
   std::uint64_t next_id() noexcept { return ++last_id_; }
@@ -170,6 +173,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   PipelineOptions options_;
   Strand strand_;
   std::unique_ptr<Tracer> tracer_;
+  std::unique_ptr<StepWatch> step_watch_;
   std::uint64_t last_id_ = 0;
   bool sources_stopping_ = false;
   bool cancelled_ = false;

@@ -74,6 +74,7 @@ asio::awaitable<void> SourceProcessor::run_generator() {
     std::optional<json> value;
     bool failed = false, last = false;
     try {
+      StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       value = source_->next();
     } catch (const SourceItemError& e) {  // one bad item: the source goes on
       counters_.errors.add();
