@@ -65,7 +65,7 @@ void PipelineCore::spawn(asio::awaitable<void> task) {
 void PipelineCore::task_finished() {
   if (--live_tasks_ != 0) return;
   for (auto& feed : feeds) {
-    feed->ended = true;
+    feed->refuse_more();
     feed->channel.close();
   }
   for (auto& [id, request] : requests_)
@@ -314,8 +314,34 @@ void PipelineCore::start_blocking_readers() {
 
 void PipelineCore::end_feeds() {
   for (auto& feed : feeds) {
-    if (!feed->ended.exchange(true)) send_feed_end(feed, strand_);
+    if (!feed->refuse_more()) send_feed_end(feed, strand_);
   }
+}
+
+bool FeedQueue::acquire_batch() {
+  std::unique_lock lock(batch_mutex_);
+  batch_room_.wait(lock, [&] { return batches_ < kMaxBatches || ended.load(); });
+  if (ended.load()) return false;
+  ++batches_;
+  return true;
+}
+
+void FeedQueue::release_batch() {
+  {
+    std::lock_guard lock(batch_mutex_);
+    --batches_;
+  }
+  batch_room_.notify_one();
+}
+
+bool FeedQueue::refuse_more() {
+  bool was_ended = false;
+  {
+    std::lock_guard lock(batch_mutex_);
+    was_ended = ended.exchange(true);
+  }
+  batch_room_.notify_all();
+  return was_ended;
 }
 
 void send_feed_end(const std::shared_ptr<FeedQueue>& feed, const Strand& strand) {
@@ -335,7 +361,7 @@ void PipelineCore::cancel_all() {
   cancelled_ = true;
   sources_stopping_ = true;
   for (auto& feed : feeds) {
-    feed->ended = true;
+    feed->refuse_more();
     // Values fed but not yet emitted never got an id: report them with a new one.
     while (feed->channel.try_receive([&](error_code, FeedItem item) {
       if (item.request) {
@@ -344,6 +370,8 @@ void PipelineCore::cancel_all() {
       } else if (item.value) {
         output_cancelled(feed->node_id, next_id());
       }
+      for (std::size_t i = 0; i < item.batch.size(); ++i)
+        output_cancelled(feed->node_id, next_id());
     })) {
     }
     feed->channel.close();

@@ -47,8 +47,8 @@ struct Request {
   std::string where;
 };
 
-/// One value entering the graph from another thread: a value to emit, an error
-/// to report, or the end of the stream.
+/// One value entering the graph from another thread: a value to emit, a batch
+/// of them, an error to report, or the end of the stream.
 struct FeedItem {
   std::optional<json> value;
   /// A string, or null. Not std::string: g++ 12 relocates a co_await result
@@ -57,6 +57,7 @@ struct FeedItem {
   json error;
   bool end = false;
   std::shared_ptr<Request> request;  ///< set for a Pipeline::process call
+  std::vector<json> batch;           ///< Pipeline::feed_batch: emitted in order, after `value`
 };
 
 /// Values that enter the graph from another thread: what the host feeds the
@@ -69,6 +70,23 @@ class FeedQueue {
   Channel channel;
   std::string node_id;  ///< the source node it feeds, for cancellation records
   std::atomic<bool> ended{false};
+
+  /// Batches fed and not yet emitted are at most this many: a reader ahead of
+  /// a slow graph holds a few batches, never its whole input.
+  static constexpr std::size_t kMaxBatches = 4;
+  /// Waits until fewer than kMaxBatches are in flight and counts one more;
+  /// false (nothing counted) once the feed has ended.
+  bool acquire_batch();
+  /// A batch was emitted (or refused): room for another.
+  void release_batch();
+  /// Sets `ended` and wakes whoever waits in acquire_batch; returns what
+  /// `ended` was before.
+  bool refuse_more();
+
+ private:
+  std::mutex batch_mutex_;
+  std::condition_variable batch_room_;
+  std::size_t batches_ = 0;
 };
 
 /// Sends the end of `feed` from a coroutine on `strand` (never blocks the caller).
