@@ -24,6 +24,7 @@
 #include "cli/cli.hpp"
 #include "cli/progress.hpp"
 #include "json_parse.hpp"
+#include "json_write.hpp"
 #include "line_reader.hpp"
 #include "log.hpp"
 #include "plumber/all.hpp"
@@ -32,12 +33,6 @@ namespace plumber::cli {
 namespace {
 
 namespace asio = boost::asio;
-
-void write_line(std::FILE* stream, const json& record) {
-  std::string line = record.dump(-1, ' ', false, json::error_handler_t::replace);
-  line += '\n';
-  std::fwrite(line.data(), 1, line.size(), stream);
-}
 
 /// Flushes stdout; false once a write to it has failed (disk full, closed
 /// pipe), with the first errno kept in `error`.
@@ -96,7 +91,7 @@ void read_input(std::shared_ptr<InputReader> reader, int fd, std::string label,
     record["input"] = where;
     record["error"] = error;
     auto lock = reader->progress->before_write(stderr);
-    write_line(stderr, record);
+    detail::write_json_line(stderr, record);
     reader->malformed.fetch_add(1);
   };
   std::uint64_t number = 0;
@@ -226,18 +221,18 @@ int run_graph(const RunOptions& options, const Registry& registry) {
           record["id"] = r.id;
           record["node"] = std::string(r.node);
           record["value"] = std::move(r.value);
-          write_line(stdout, record);
+          detail::write_json_line(stdout, record);
         } else {
-          write_line(stdout, r.value);
+          detail::write_json_line(stdout, r.value);
         }
         break;
       case OutputRecord::Kind::error:
         failed.fetch_add(1, std::memory_order_relaxed);
-        write_line(stderr, error_record(r));
+        detail::write_json_line(stderr, error_record(r));
         break;
       case OutputRecord::Kind::cancelled:
         cancelled.fetch_add(1, std::memory_order_relaxed);
-        write_line(stderr, error_record(r));
+        detail::write_json_line(stderr, error_record(r));
         break;
     }
   });
