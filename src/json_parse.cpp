@@ -422,26 +422,6 @@ class FastParser {
     }
   }
 
-  /// The length of the well-formed UTF-8 sequence (RFC 3629, as nlohmann checks
-  /// it) at p_; 0 when it is not one.
-  std::size_t utf8_length() const {
-    const auto byte = [&](std::ptrdiff_t i) {
-      return p_ + i < end_ ? static_cast<unsigned char>(p_[i]) : 0u;
-    };
-    const auto in = [](unsigned b, unsigned lo, unsigned hi) { return b >= lo && b <= hi; };
-    const unsigned lead = byte(0);
-    if (in(lead, 0xC2, 0xDF)) return in(byte(1), 0x80, 0xBF) ? 2 : 0;
-    if (in(lead, 0xE0, 0xEF)) {
-      const unsigned lo = lead == 0xE0 ? 0xA0 : 0x80, hi = lead == 0xED ? 0x9F : 0xBF;
-      return in(byte(1), lo, hi) && in(byte(2), 0x80, 0xBF) ? 3 : 0;
-    }
-    if (in(lead, 0xF0, 0xF4)) {
-      const unsigned lo = lead == 0xF0 ? 0x90 : 0x80, hi = lead == 0xF4 ? 0x8F : 0xBF;
-      return in(byte(1), lo, hi) && in(byte(2), 0x80, 0xBF) && in(byte(3), 0x80, 0xBF) ? 4 : 0;
-    }
-    return 0;
-  }
-
   /// A string, p_ at its opening quote.
   bool string(std::string& out) {
     ++p_;  // '"'
@@ -464,7 +444,7 @@ class FastParser {
         ++p_;
         if (!escape(out)) return false;
       } else if (c >= 0x80) {
-        const std::size_t length = utf8_length();
+        const std::size_t length = utf8_length(p_, end_);
         if (length == 0) return false;
         out.append(p_, length);
         p_ += length;
@@ -539,6 +519,24 @@ std::string too_deep_text(std::size_t max_depth) {
 }
 
 }  // namespace
+
+std::size_t utf8_length(const char* p, const char* end) noexcept {
+  const auto byte = [&](std::ptrdiff_t i) {
+    return p + i < end ? static_cast<unsigned char>(p[i]) : 0u;
+  };
+  const auto in = [](unsigned b, unsigned lo, unsigned hi) { return b >= lo && b <= hi; };
+  const unsigned lead = byte(0);
+  if (in(lead, 0xC2, 0xDF)) return in(byte(1), 0x80, 0xBF) ? 2 : 0;
+  if (in(lead, 0xE0, 0xEF)) {
+    const unsigned lo = lead == 0xE0 ? 0xA0 : 0x80, hi = lead == 0xED ? 0x9F : 0xBF;
+    return in(byte(1), lo, hi) && in(byte(2), 0x80, 0xBF) ? 3 : 0;
+  }
+  if (in(lead, 0xF0, 0xF4)) {
+    const unsigned lo = lead == 0xF0 ? 0x90 : 0x80, hi = lead == 0xF4 ? 0x8F : 0xBF;
+    return in(byte(1), lo, hi) && in(byte(2), 0x80, 0xBF) && in(byte(3), 0x80, 0xBF) ? 4 : 0;
+  }
+  return 0;
+}
 
 std::string json_error_text(const std::exception& e) {
   std::string text = e.what();

@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <string>
 #include <thread>
@@ -268,6 +270,46 @@ TEST_CASE("Json.ParseMatchesNlohmann") {
   }
   CHECK(valid > 5'000);  // both kinds were tried
   CHECK(invalid > 2'000);
+}
+
+TEST_CASE("Json.WriteMatchesDump") {
+  // The direct writer must write exactly what dump() writes, and hand it what
+  // it does not handle itself (invalid UTF-8, binary, NaN).
+  const auto dumped = [](const json& value) {
+    return value.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+  };
+  TextMaker maker(777);
+  int checked = 0;
+  for (int i = 0; i < 20'000; ++i) {
+    const std::string text = maker.make();
+    json value;
+    try {
+      value = json::parse(text);
+    } catch (const nlohmann::json::exception&) {
+      continue;
+    }
+    CAPTURE(text);
+    std::string line = "kept:";
+    plumber::detail::append_json_line(line, value);
+    REQUIRE(line == "kept:" + dumped(value));
+    ++checked;
+  }
+  CHECK(checked > 10'000);
+  const json odd[] = {json("bad \xff\xfe utf-8"),
+                      json{{"k\xc3", 1}},
+                      json::binary({1, 2, 3}),
+                      json(std::nan("")),
+                      json(-std::numeric_limits<double>::infinity()),
+                      json(-0.0),
+                      json(1e100),
+                      json(std::numeric_limits<std::int64_t>::min()),
+                      json(std::numeric_limits<std::uint64_t>::max()),
+                      json(std::string("\x00\x1f\x7f\"\\/", 7))};
+  for (const json& value : odd) {
+    std::string line;
+    plumber::detail::append_json_line(line, value);
+    CHECK(line == dumped(value));
+  }
 }
 
 TEST_CASE("Json.ParseKeepsTheLastDuplicateInPlace") {

@@ -80,6 +80,9 @@ void Pipeline::feed_batch(std::vector<json> values) {
   if (!feed.acquire_batch()) throw std::system_error(make_error_code(errc::input_closed));
   detail::FeedItem item;
   item.batch = std::move(values);
+  // The channel has room unless single values fill it: then wait for room
+  // (use_future completes through Asio's system thread pool: a few wake-ups).
+  if (feed.channel.try_send(detail::error_code{}, std::move(item))) return;
   try {
     feed.channel.async_send(detail::error_code{}, std::move(item), boost::asio::use_future).get();
   } catch (const boost::system::system_error&) {
