@@ -77,12 +77,18 @@ void Pipeline::feed(json value) {
 void Pipeline::feed_batch(std::vector<json> values) {
   if (values.empty()) return;
   auto& feed = input_feed(*core_);
-  if (!feed.acquire_batch()) throw std::system_error(make_error_code(errc::input_closed));
   detail::FeedItem item;
   item.batch = std::move(values);
-  // The channel has room unless single values fill it: then wait for room
-  // (use_future completes through Asio's system thread pool: a few wake-ups).
-  if (feed.channel.try_send(detail::error_code{}, std::move(item))) return;
+  switch (feed.send_batch(item)) {
+    case detail::FeedQueue::BatchSent::sent:
+      return;
+    case detail::FeedQueue::BatchSent::refused:
+      throw std::system_error(make_error_code(errc::input_closed));
+    case detail::FeedQueue::BatchSent::no_room:
+      break;
+  }
+  // Single values fill the channel: wait for room (use_future completes
+  // through Asio's system thread pool, a few wake-ups).
   try {
     feed.channel.async_send(detail::error_code{}, std::move(item), boost::asio::use_future).get();
   } catch (const boost::system::system_error&) {

@@ -318,12 +318,13 @@ void PipelineCore::end_feeds() {
   }
 }
 
-bool FeedQueue::acquire_batch() {
+FeedQueue::BatchSent FeedQueue::send_batch(FeedItem& item) {
   std::unique_lock lock(batch_mutex_);
   batch_room_.wait(lock, [&] { return batches_ < kMaxBatches || ended.load(); });
-  if (ended.load()) return false;
+  if (ended.load()) return BatchSent::refused;
   ++batches_;
-  return true;
+  // try_send leaves `item` untouched when it fails.
+  return channel.try_send(error_code{}, std::move(item)) ? BatchSent::sent : BatchSent::no_room;
 }
 
 void FeedQueue::release_batch() {

@@ -74,12 +74,15 @@ class FeedQueue {
   /// Batches fed and not yet emitted are at most this many: a reader ahead of
   /// a slow graph holds a few batches, never its whole input.
   static constexpr std::size_t kMaxBatches = 4;
-  /// Waits until fewer than kMaxBatches are in flight and counts one more;
-  /// false (nothing counted) once the feed has ended.
-  bool acquire_batch();
+  enum class BatchSent { sent, no_room, refused };
+  /// Waits until fewer than kMaxBatches are in flight, counts one more and
+  /// sends `item` if the channel has room (no_room: send it with async_send).
+  /// Under the lock refuse_more takes: a batch is either refused or in the
+  /// channel before cancel_all drains it, never dropped by close().
+  BatchSent send_batch(FeedItem& item);
   /// A batch was emitted (or refused): room for another.
   void release_batch();
-  /// Sets `ended` and wakes whoever waits in acquire_batch; returns what
+  /// Sets `ended` and wakes whoever waits in send_batch; returns what
   /// `ended` was before.
   bool refuse_more();
 
