@@ -63,7 +63,7 @@ Figures run(int threads, int callers, int requests) {
             const std::int64_t value = static_cast<std::int64_t>(c) * 1'000'000 + i;
             const auto sent = Clock::now();
             plumber::ProcessResult result =
-                co_await pipeline.process(json(value), std::chrono::seconds(30));
+                co_await pipeline.process(json(value), {.timeout = std::chrono::seconds(30)});
             mine.push_back(std::chrono::duration<double, std::micro>(Clock::now() - sent).count());
             if (result.value() != json(2 * value)) ++wrong[static_cast<std::size_t>(c)];
           }

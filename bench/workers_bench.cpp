@@ -446,9 +446,9 @@ int main(int argc, char** argv) {
     target(">= 200 k trivial tasks/s, procs: 1, batch_size 1",
            std::to_string(static_cast<int>(best_unbatched / 1e3)) + " k/s",
            best_unbatched >= 200e3);
-    target(">= 200 k trivial tasks/s, procs: 1, batch_size 64",
+    target(">= 1 M trivial tasks/s, procs: 1, batch_size 64",
            std::to_string(static_cast<int>(rates[2].median / 1e3)) + " k/s",
-           rates[2].median >= 200e3);
+           rates[2].median >= 1e6);
   }
 
   if (wanted("c")) {

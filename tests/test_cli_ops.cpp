@@ -1,7 +1,13 @@
 // End-to-end tests of what a user of the command line lives with: logs,
 // the progress line, "did you mean", and the README's tour.
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -208,4 +214,100 @@ TEST_CASE("Cli.PointersEscapeKeys") {
   REQUIRE(lines.size() == 2);
   CHECK(lines[0].starts_with(file + ": /nodes/0/params/a~1b~0c: "));
   CHECK(lines[1].starts_with(file + ": /nodes/1/we~1ird~0key: "));
+}
+
+namespace {
+
+/// Checks one event against the trace event format (the JSON object form that
+/// Perfetto and chrome://tracing open).
+void check_trace_event(const json& e) {
+  INFO(e.dump());
+  REQUIRE(e.is_object());
+  REQUIRE(e.contains("ph"));
+  REQUIRE(e["ph"].is_string());
+  CHECK(e["pid"].is_number_integer());
+  CHECK(e["tid"].is_number_integer());
+  CHECK(e["name"].is_string());
+  const std::string ph = e["ph"];
+  if (ph == "M") {
+    CHECK(e["args"].is_object());
+  } else if (ph == "X") {
+    CHECK(e["ts"].is_number());
+    CHECK(e["dur"].is_number());
+    CHECK(e["dur"].get<double>() >= 0);
+    CHECK(e["cat"].is_string());
+  } else {
+    CHECK((ph == "s" || ph == "f"));
+    CHECK(e["ts"].is_number());
+    CHECK(e["id"].is_number_unsigned());
+    CHECK(e["cat"].is_string());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("Cli.TraceIsAChromeTrace") {
+  // 200 messages through a step in two worker processes: a track per node and
+  // per worker, a span per step call and per worker batch, flows between nodes.
+  const std::string file = std::string(PLUMBER_TRACE_DIR) + "/workers.trace.json";
+  std::remove(file.c_str());
+  const ProcessResult r = plumber_cli({"run", kSource + "/graphs/workers.json", "--trace", file});
+  CHECK(r.exit_code == 0);
+  std::ifstream in(file);
+  REQUIRE(in);
+  const json trace = json::parse(in);
+  REQUIRE(trace["traceEvents"].is_array());
+  CHECK(trace["otherData"]["dropped_events"] == 0);
+  std::map<std::string, int> tracks;  // node track name -> tid
+  std::set<int> worker_pids, step_tids;
+  std::size_t worker_batches = 0;
+  std::map<std::uint64_t, std::pair<int, int>> flows;  // id -> (starts, ends)
+  for (const json& e : trace["traceEvents"]) {
+    check_trace_event(e);
+    const std::string ph = e["ph"];
+    if (ph == "M" && e["name"] == "thread_name" && e["pid"] == 1) {
+      tracks[e["args"]["name"]] = e["tid"];
+    } else if (ph == "X" && e["cat"] == "step") {
+      CHECK(e["pid"] == 1);
+      step_tids.insert(e["tid"].get<int>());
+    } else if (ph == "X" && e["cat"] == "batch") {
+      worker_pids.insert(e["pid"].get<int>());
+      ++worker_batches;
+    } else if (ph == "s") {
+      ++flows[e["id"]].first;
+    } else if (ph == "f") {
+      ++flows[e["id"]].second;
+    }
+  }
+  // Every node has a track, named after it; the steps' spans are on them.
+  CHECK(tracks.size() == 3);
+  CHECK(tracks.contains("n (range)"));
+  CHECK(tracks.contains("sq (sum_squares)"));
+  CHECK(tracks.contains("out (identity)"));
+  CHECK(step_tids == std::set<int>{tracks["sq (sum_squares)"], tracks["out (identity)"]});
+  // Worker processes: a track each (named), and their batches.
+  CHECK(!worker_pids.empty());
+  CHECK(worker_pids.size() <= 2);
+  CHECK(worker_batches > 0);
+  for (int pid : worker_pids) {
+    CHECK(pid != 1);
+    CHECK(std::any_of(trace["traceEvents"].begin(), trace["traceEvents"].end(), [&](const json& e) {
+      return e["ph"] == "M" && e["name"] == "process_name" && e["pid"] == pid;
+    }));
+  }
+  // Sampled messages (1, 17, 33 ...) flow from sq to out: each arrow has both ends.
+  CHECK(!flows.empty());
+  for (const auto& [id, ends] : flows) {
+    INFO(id);
+    CHECK(ends.first == 1);
+    CHECK(ends.second == 1);
+  }
+}
+
+TEST_CASE("Cli.TraceToAnUnwritablePathFailsFirst") {
+  const ProcessResult r = plumber_cli(
+      {"run", kSource + "/graphs/strings.json", "--trace", "/nonexistent/dir/trace.json"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.out.empty());
+  CHECK(r.err.find("cannot write the trace to /nonexistent/dir/trace.json") != std::string::npos);
 }

@@ -73,12 +73,12 @@ TEST_CASE("Workers.DeadlineSurvivesEveryRunner") {
     Run r;
     Pipeline& p = r.build(slow_then_after(step));
     p.start();
-    std::optional<errc> code;
+    std::optional<std::error_code> code;
     asio::co_spawn(
         r.io,
         [&]() -> asio::awaitable<void> {
           try {
-            co_await p.process(json(1), 100ms);
+            co_await p.process(json(1), {.timeout = 100ms});
           } catch (const ProcessError& e) {
             code = e.code();
           }
@@ -107,7 +107,7 @@ TEST_CASE("Workers.EnvelopeComesBackFromWorkers") {
   asio::co_spawn(
       r.io,
       [&]() -> asio::awaitable<void> {
-        result = co_await p.process(json("x"), 10s, 1);
+        result = co_await p.process(json("x"), {.timeout = 10s, .priority = 1});
         p.end_input();
       },
       asio::detached);
@@ -136,7 +136,7 @@ TEST_CASE("Workers.PrioritiesAtAProcsNodeOfDefaultConcurrency") {
           calls.push_back(asio::co_spawn(
               executor,
               [&, name, priority]() -> asio::awaitable<void> {
-                co_await p.process(json(name), 60s, priority);
+                co_await p.process(json(name), {.timeout = 60s, .priority = priority});
                 completed.push_back(name);
               },
               asio::use_future));

@@ -27,6 +27,7 @@
 #include <optional>
 #include <set>
 #include <span>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -280,6 +281,58 @@ TEST_CASE("Pipeline.RunsChain") {
   for (const Record& r : h.records)
     ids.insert(r.id);
   CHECK(ids.size() == 3);
+}
+
+TEST_CASE("Pipeline.TraceHasASpanPerStepCallAndFlowsAlongEdges") {
+  // A fused chain and a zip: every step call is a span on its node's track,
+  // and sampled messages (every 4th) have an arrow along each edge between steps.
+  Harness h;
+  Pipeline& p = h.build(R"({"plumber": 1, "name": "traced", "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 10}},
+      {"id": "a", "coroutine": "identity"},
+      {"id": "b", "coroutine": "identity"},
+      {"id": "both", "coroutine": "identity", "join": "zip"}],
+    "edges": [{"from": "src", "to": "a"}, {"from": "src", "to": "b"},
+              {"from": "a", "to": "both"}, {"from": "b", "to": "both"}]})",
+                        {.trace = {.enabled = true, .sample_every = 4}});
+  h.run();
+  std::ostringstream text;
+  p.write_trace(text);
+  const json trace = json::parse(text.str());
+  std::map<std::string, int> tids;  // node -> its track
+  std::map<int, int> spans;         // track -> step spans
+  std::map<std::uint64_t, std::string> flow_ends;
+  for (const json& e : trace["traceEvents"]) {
+    if (e["ph"] == "M" && e["name"] == "thread_name") {
+      const std::string name = e["args"]["name"];
+      tids[name.substr(0, name.find(' '))] = e["tid"];
+    } else if (e["ph"] == "X") {
+      ++spans[e["tid"].get<int>()];
+    } else if (e["ph"] == "s" || e["ph"] == "f") {
+      flow_ends[e["id"]] += e["ph"].get<std::string>();
+    }
+  }
+  CHECK(tids.size() == 4);  // a track per node, the source's too
+  CHECK(spans[tids["src"]] == 0);
+  CHECK(spans[tids["a"]] == 10);
+  CHECK(spans[tids["b"]] == 10);
+  CHECK(spans[tids["both"]] == 10);
+  // Ids 1, 5, 9 cross a->both and b->both: six arrows, each with both ends.
+  CHECK(flow_ends.size() == 6);
+  for (const auto& [id, ends] : flow_ends)
+    CHECK(ends == "sf");
+  CHECK(trace["otherData"]["dropped_events"] == 0);
+}
+
+TEST_CASE("Pipeline.TraceOnlyWhenAskedFor") {
+  Harness h;
+  Pipeline& p = h.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 3}},
+      {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "src", "to": "out"}]})");
+  h.run();
+  std::ostringstream text;
+  CHECK_THROWS_AS(p.write_trace(text), UsageError);
 }
 
 TEST_CASE("Pipeline.FanOutToEverySuccessor") {

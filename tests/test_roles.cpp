@@ -178,6 +178,13 @@ struct Run {
   /// Reads the output stream to its end: the values, and the error that ended it.
   std::vector<json> read_outputs(boost::system::error_code& end) {
     std::vector<json> values;
+    for (OutputRecord& record : read_records(end))
+      values.push_back(std::move(record.value));
+    return values;
+  }
+  /// Reads the output stream to its end: every record, and the error that ended it.
+  std::vector<OutputRecord> read_records(boost::system::error_code& end) {
+    std::vector<OutputRecord> records;
     boost::asio::co_spawn(
         io,
         [&]() -> boost::asio::awaitable<void> {
@@ -188,13 +195,13 @@ struct Run {
               end = ec;
               break;
             }
-            values.push_back(record.value);
+            records.push_back(std::move(record));
           }
         },
         boost::asio::detached);
     io.restart();
     io.run();
-    return values;
+    return records;
   }
 };
 
@@ -224,6 +231,124 @@ TEST_CASE("Pipeline.ChainOfSyncStepsIsFused") {
   CHECK_FALSE(r.stats("w").fused);
   CHECK_FALSE(r.stats("d").fused);
   CHECK(r.stats("c").received == 100);
+}
+
+namespace {
+
+/// src -> {a: identity, b: negate (fails on `fail_every`-th values)} -> zip -> out
+constexpr const char* kDiamond = R"({"plumber": 1, "settings": {"queue_size": 8}, "nodes": [
+    {"id": "src", "coroutine": "range", "params": {"stop": 5000}},
+    {"id": "a", "coroutine": "identity"}, {"id": "b", "coroutine": "negate"},
+    {"id": "zip", "coroutine": "identity", "join": "zip"}, {"id": "out", "coroutine": "identity"}],
+  "edges": [{"from": "src", "to": "a"}, {"from": "src", "to": "b"}, {"from": "a", "to": "zip"},
+            {"from": "b", "to": "zip"}, {"from": "zip", "to": "out"}]})";
+
+void add_negate(Registry& registry, std::int64_t fail_every) {
+  registry.add_function("negate", [fail_every](const json& v) -> json {
+    const auto n = v.get<std::int64_t>();
+    if (fail_every > 0 && n % fail_every == 0) throw std::runtime_error("refused");
+    return -n;
+  });
+}
+
+bool paired(const json& value) {
+  return value.is_object() && value.size() == 2 && value.at("b") == -value.at("a").get<int>();
+}
+
+}  // namespace
+
+TEST_CASE("Pipeline.DiamondOfSyncStepsIsFused") {
+  Run r;
+  add_negate(r.registry, 0);
+  Pipeline& p = r.build(kDiamond);
+  std::vector<json> values;
+  p.on_output([&](OutputRecord&& record) { values.push_back(std::move(record.value)); });
+  p.start();
+  r.io.run();
+  // The whole diamond runs in the source's coroutine: no channel hop.
+  for (const char* node : {"a", "b", "zip", "out"})
+    CHECK(r.stats(node).fused);
+  REQUIRE(values.size() == 5000);
+  CHECK(std::all_of(values.begin(), values.end(), paired));
+  CHECK(values.back().at("a") == 4999);
+  CHECK(r.stats("zip").received == 10000);  // parts
+}
+
+TEST_CASE("Pipeline.FusedZipDropsWhatABranchFailed") {
+  Run r;
+  add_negate(r.registry, 3);
+  Pipeline& p = r.build(kDiamond);
+  std::vector<OutputRecord> records;
+  p.on_output([&](OutputRecord&& record) { records.push_back(std::move(record)); });
+  p.start();
+  r.io.run();
+  std::vector<int> seen(5000, 0);  // ids are 1..5000
+  std::size_t values = 0, errors = 0;
+  for (const OutputRecord& record : records) {
+    ++seen.at(record.id - 1);
+    if (record.kind == OutputRecord::Kind::value) {
+      ++values;
+      CHECK(paired(record.value));
+    } else {
+      ++errors;
+      CHECK(record.node == "b");  // once, by the step that failed: no zip leftover
+      CHECK(record.error == "refused");
+    }
+  }
+  CHECK(values == 3333);
+  CHECK(errors == 1667);
+  CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+}
+
+TEST_CASE("Pipeline.FusedDiamondHeldByASlowReader") {
+  Run r;
+  add_negate(r.registry, 0);
+  Pipeline& p = r.build(kDiamond);
+  p.stream_outputs({.capacity = 4});
+  p.start();
+  for (int i = 0; i < 2000 && r.io.poll() > 0; ++i) {
+  }
+  CHECK_FALSE(p.done());  // held by the output stream, not buffered anywhere
+  CHECK(p.emitted_messages() <= 4 + 2);
+  boost::system::error_code end;
+  const std::vector<json> values = r.read_outputs(end);
+  CHECK(end == boost::asio::error::eof);
+  REQUIRE(values.size() == 5000);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    CHECK(paired(values[i]));
+    CHECK(values[i].at("a") == i);  // in order
+  }
+}
+
+TEST_CASE("Pipeline.FusedDiamondCancelledReportsEveryId") {
+  Run r;
+  add_negate(r.registry, 0);
+  Pipeline& p = r.build(kDiamond);
+  p.stream_outputs({.capacity = 4});
+  p.start();
+  for (int i = 0; i < 2000 && r.io.poll() > 0; ++i) {
+  }
+  p.stop(false);
+  boost::system::error_code end;
+  const std::vector<OutputRecord> records = r.read_records(end);
+  CHECK(end == boost::asio::error::eof);
+  // Every id the source made (1 up to the last one seen) ends once: as a
+  // value or as a cancellation.
+  REQUIRE_FALSE(records.empty());
+  std::uint64_t last = 0;
+  for (const OutputRecord& record : records)
+    last = std::max(last, record.id);
+  CHECK(last >= r.stats("src").emitted);
+  std::vector<int> seen(last, 0);
+  for (const OutputRecord& record : records) {
+    REQUIRE(record.id >= 1);
+    ++seen[record.id - 1];
+    CHECK(record.kind != OutputRecord::Kind::error);
+  }
+  CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+  CHECK(std::any_of(records.begin(), records.end(), [](const OutputRecord& record) {
+    return record.kind == OutputRecord::Kind::cancelled;
+  }));
 }
 
 TEST_CASE("Pipeline.OutputStreamHoldsTheGraphWhileTheReaderWaits") {
@@ -291,13 +416,13 @@ TEST_CASE("Process.BeforeStartFailsAtOnce") {
   Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
       {"id": "in", "coroutine": "input"}, {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "in", "to": "out"}]})");
-  std::optional<errc> code;
+  std::optional<std::error_code> code;
   std::string text;
   boost::asio::co_spawn(
       r.io,
       [&]() -> boost::asio::awaitable<void> {
         try {
-          co_await p.process(json(1), std::chrono::hours(1));
+          co_await p.process(json(1), {.timeout = std::chrono::hours(1)});
         } catch (const ProcessError& e) {
           code = e.code();
           text = e.what();
@@ -324,7 +449,7 @@ TEST_CASE("Process.TimeoutNamesTheNodeThatHeldTheMessage") {
       r.io,
       [&]() -> boost::asio::awaitable<void> {
         try {
-          co_await p.process(json(1), 30ms);
+          co_await p.process(json(1), {.timeout = 30ms});
         } catch (const ProcessError& e) {
           error = e;
         }

@@ -40,6 +40,9 @@ TEST_CASE("Protocol.ParsesEveryOp") {
   CHECK(submit.name == "strings");
   CHECK(submit.ref == "a");
   CHECK(submit.stats_ms == 100);
+  CHECK(!submit.trace);
+  CHECK(accepted(R"({"op": "submit", "name": "strings", "trace": true})").trace);
+  CHECK(refused(R"({"op": "submit", "name": "strings", "trace": "yes"})").pointer == "/trace");
   auto inline_graph = accepted(R"({"op": "submit", "graph": {"plumber": 1}})");
   CHECK(inline_graph.graph.is_object());
   auto input = accepted(R"({"op": "input", "run": 3, "values": [1, "two"]})");

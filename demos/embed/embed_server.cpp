@@ -14,8 +14,10 @@
 #include <iostream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -81,11 +83,12 @@ void register_app_coroutines(plumber::Registry& registry) {
       std::move(score));
 }
 
-std::string reply_for_error(const plumber::ProcessError& e) {
+std::string reply_for_error(const boost::system::error_code& ec,
+                            const plumber::ProcessResult& failed) {
   json reply = json::object();
-  reply["error"] = e.what();
-  reply["code"] = std::string(plumber::make_error_code(e.code()).message());
-  reply["node"] = e.node();
+  reply["error"] = failed.error;
+  reply["code"] = ec.message();
+  reply["node"] = failed.node;
   return reply.dump() + "\n";
 }
 
@@ -108,17 +111,22 @@ asio::awaitable<void> serve(tcp::socket socket, plumber::Pipeline& pipeline) {
       } else {
         const bool wrapped = request.is_object() && request.contains("value");
         json value = wrapped ? request["value"] : request;
-        const auto timeout = std::chrono::milliseconds(
+        plumber::ProcessOptions options;
+        options.timeout = std::chrono::milliseconds(
             wrapped ? request.value("timeout_ms", std::int64_t{2000}) : 2000);
-        const auto priority = static_cast<std::uint8_t>(wrapped ? request.value("priority", 0) : 0);
-        try {
-          plumber::ProcessResult result =
-              co_await pipeline.process(std::move(value), timeout, priority);
+        options.priority = static_cast<std::uint8_t>(wrapped ? request.value("priority", 0) : 0);
+        // Failures come back as an error_code (and the result says where and
+        // what), as with any Asio operation under as_tuple.
+        auto operation =
+            pipeline.async_process(std::move(value), options, asio::as_tuple(asio::use_awaitable));
+        std::tuple<boost::system::error_code, plumber::ProcessResult> outcome =
+            co_await std::move(operation);
+        if (const auto& ec = std::get<0>(outcome)) {
+          reply = reply_for_error(ec, std::get<1>(outcome));
+        } else {
           json ok = json::object();
-          ok["result"] = result.value();
+          ok["result"] = std::get<1>(outcome).value();
           reply = ok.dump() + "\n";
-        } catch (const plumber::ProcessError& e) {
-          reply = reply_for_error(e);
         }
       }
       co_await asio::async_write(socket, asio::buffer(reply), asio::use_awaitable);

@@ -1,5 +1,6 @@
 #pragma once
 /// Everything a user of Plumber needs, in one include.
+#include "plumber/blob.hpp"
 #include "plumber/builtins.hpp"
 #include "plumber/error.hpp"
 #include "plumber/graph_spec.hpp"

@@ -1,7 +1,8 @@
 #pragma once
-#include "plumber/registry.hpp"
 
 namespace plumber {
+
+class Registry;
 
 /// Registers the built-in coroutines and predicates of the design brief
 /// (Registry::with_builtins() calls this).

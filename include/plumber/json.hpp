@@ -5,6 +5,4 @@
 /// its predecessors in graph order and outputs keep the field order of inputs.
 #include <nlohmann/json.hpp>
 
-namespace plumber {
-using json = nlohmann::ordered_json;
-}  // namespace plumber
+#include "plumber/json_fwd.hpp"

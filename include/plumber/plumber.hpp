@@ -1,5 +1,4 @@
 #pragma once
-#include <boost/asio/any_io_executor.hpp>
 
 #include "plumber/graph_spec.hpp"
 #include "plumber/pipeline.hpp"

@@ -25,6 +25,7 @@ struct ProcessorStats {
   std::uint64_t errors = 0;       ///< error records (step failures, timeouts)
   std::uint64_t skipped = 0;      ///< passed on unchanged because `when` rejected them
   std::uint64_t expired = 0;      ///< skipped because their deadline had passed
+  std::uint64_t cancelled = 0;    ///< dropped because their caller cancelled the request
   std::uint64_t retried = 0;      ///< attempts repeated after a failure
   std::uint64_t batches = 0;      ///< calls of the step
   std::uint64_t busy_ns = 0;      ///< time inside the step (only with collect_timings)

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include <boost/asio/awaitable.hpp>
+#include "plumber/asio_fwd.hpp"
 
 #include "plumber/json.hpp"
 #include "plumber/message.hpp"
@@ -89,19 +89,19 @@ class Transform {
   /// them to `out`, each keeping the id of the message it derives from.
   virtual void process(std::span<Message> batch, std::vector<Message>& out);
   /// Asynchronous form of process, for steps that wait (timers, I/O).
-  virtual boost::asio::awaitable<void> process_async(std::span<Message> batch,
-                                                     std::vector<Message>& out);
+  virtual boost::asio::awaitable<void, boost::asio::any_io_executor> process_async(
+      std::span<Message> batch, std::vector<Message>& out);
 };
 
 /// Handed to asynchronous sources: where they emit.
 class SourceContext {
  public:
   virtual ~SourceContext() = default;
-  /// Emits one value as a new message; suspends while the successors are full.
-  boost::asio::awaitable<void> emit(json value) { return emit(std::move(value), 0); }
-  /// Emits one value in priority lane `priority` (0 is the lowest; clamped to the
-  /// graph's `settings.priorities - 1`).
-  virtual boost::asio::awaitable<void> emit(json value, std::uint8_t priority) = 0;
+  /// Emits one value as a new message, in priority lane `priority` (0 is the
+  /// lowest; clamped to the graph's `settings.priorities - 1`); suspends while
+  /// the successors are full.
+  virtual boost::asio::awaitable<void, boost::asio::any_io_executor> emit(
+      json value, std::uint8_t priority = 0) = 0;
   /// True once the pipeline asked sources to stop producing.
   virtual bool stopping() const noexcept = 0;
 };
@@ -126,7 +126,7 @@ class Source {
   /// Pulls the next value; std::nullopt ends the stream.
   virtual std::optional<json> next();
   /// Asynchronous form: emits through `context` until done.
-  virtual boost::asio::awaitable<void> run(SourceContext& context);
+  virtual boost::asio::awaitable<void, boost::asio::any_io_executor> run(SourceContext& context);
   /// How many values the source will emit, when it knows (for progress lines).
   virtual std::optional<std::uint64_t> size_hint() const { return std::nullopt; }
 };
@@ -211,10 +211,11 @@ class Registry {
       std::function<std::vector<json>(std::vector<json> values, const json& params)> function,
       CoroutineOptions options = {});
   /// An awaitable transform: `awaitable<json>(json value, const json& params)`.
-  void add_async(
-      std::string name,
-      std::function<boost::asio::awaitable<json>(json value, const json& params)> function,
-      CoroutineOptions options = {});
+  void add_async(std::string name,
+                 std::function<boost::asio::awaitable<json, boost::asio::any_io_executor>(
+                     json value, const json& params)>
+                     function,
+                 CoroutineOptions options = {});
   /// A source that emits until done: the factory turns params into a generator
   /// that returns std::nullopt at the end.
   void add_generator(
@@ -222,11 +223,11 @@ class Registry {
       std::function<std::function<std::optional<json>()>(const json& params)> make_generator,
       CoroutineOptions options = {});
   /// An awaitable source: `awaitable<void>(SourceContext&, const json& params)`.
-  void add_async_source(
-      std::string name,
-      std::function<boost::asio::awaitable<void>(SourceContext& context, const json& params)>
-          function,
-      CoroutineOptions options = {});
+  void add_async_source(std::string name,
+                        std::function<boost::asio::awaitable<void, boost::asio::any_io_executor>(
+                            SourceContext& context, const json& params)>
+                            function,
+                        CoroutineOptions options = {});
 
   const CoroutineInfo* find(std::string_view name) const;
   const PredicateInfo* find_predicate(std::string_view name) const;

@@ -8,7 +8,7 @@
 #include <span>
 #include <vector>
 
-#include "plumber/message.hpp"
+#include "plumber/blob.hpp"
 
 namespace plumber {
 

@@ -17,6 +17,7 @@
 #include "json_write.hpp"
 #include "plumber/builtins.hpp"
 #include "plumber/registry.hpp"
+#include "registry/in_place_transform.hpp"
 
 namespace plumber {
 namespace detail {
@@ -24,15 +25,10 @@ namespace {
 
 /// Applies `edit` to each value in place (no copy of the value).
 template <class Edit>
-class InPlaceStep final : public Transform {
+class InPlaceStep final : public InPlaceTransform {
  public:
   explicit InPlaceStep(Edit edit) : edit_(std::move(edit)) {}
-  void process(std::span<Message> batch, std::vector<Message>& out) override {
-    for (Message& m : batch) {
-      edit_(m);
-      out.push_back(std::move(m));
-    }
-  }
+  void apply(Message& message) override { edit_(message); }
 
  private:
   Edit edit_;

@@ -177,6 +177,8 @@ int main(int argc, char** argv) {
       "--progress", run.progress, "progress line on stderr (default: when stderr is a terminal)");
   run_command->add_flag("--no-progress", run.no_progress, "no progress line")
       ->excludes(progress_flag);
+  run_command->add_option("--trace", run.trace,
+                          "write a Chrome trace of the run to FILE (Perfetto, chrome://tracing)");
   add_plugin_option(run_command);
 
   std::vector<std::string> validate_files;
@@ -200,6 +202,7 @@ int main(int argc, char** argv) {
   std::int64_t idle_s = serve_options.idle_timeout.count();
   std::int64_t process_timeout_ms = serve_options.process_timeout.count();
   std::int64_t max_run_ms = 0;
+  std::int64_t max_step_ms = serve_options.max_step.count();
   auto* serve_command = app.add_subcommand("serve", "the socket server: WebSocket, HTTP, web page");
   serve_command->add_option("--bind", serve_options.bind, "address to listen on")
       ->capture_default_str();
@@ -267,6 +270,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{31'536'000'000}))
       ->capture_default_str();
   serve_command
+      ->add_option("--max-step-ms", max_step_ms,
+                   "a WebSocket run with one step invocation running longer than this is "
+                   "cancelled (0: no limit)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{31'536'000'000}))
+      ->capture_default_str();
+  serve_command
       ->add_option("--max-total-runs", serve_options.max_total_runs,
                    "runs at once, all connections together")
       ->check(CLI::Range(1, 1000000))
@@ -300,6 +309,8 @@ int main(int argc, char** argv) {
   submit_command->add_flag("--records", submit_options.records,
                            "print {\"id\",\"node\",\"value\"} records");
   submit_command->add_flag("--stats", submit_options.stats, "print per-node counts at the end");
+  submit_command->add_option("--trace", submit_options.trace,
+                             "write the run's Chrome trace to FILE (Perfetto, chrome://tracing)");
   add_plugin_option(submit_command);
 
   if (auto typo = find_typo(app, argc, argv)) {
@@ -334,6 +345,7 @@ int main(int argc, char** argv) {
     serve_options.idle_timeout = std::chrono::seconds(idle_s);
     serve_options.process_timeout = std::chrono::milliseconds(process_timeout_ms);
     serve_options.max_run = std::chrono::milliseconds(max_run_ms);
+    serve_options.max_step = std::chrono::milliseconds(max_step_ms);
     return serve(serve_options, serve_threads, registry);
   }
   if (*submit_command) {

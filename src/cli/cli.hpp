@@ -22,6 +22,7 @@ struct RunOptions {
   bool stats = false;
   bool progress = false;     ///< the progress line even when stderr is not a terminal
   bool no_progress = false;  ///< never the progress line
+  std::string trace;         ///< write a Chrome trace of the run here (empty: none)
 };
 
 /// `plumber ...`: parses the command line and runs the command.

@@ -196,9 +196,20 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     return kExitInvalid;
   }
 
+  // Opened first: a path that cannot be written fails before the run, not after.
+  std::ofstream trace_file;
+  if (!options.trace.empty()) {
+    trace_file.open(options.trace, std::ios::binary | std::ios::trunc);
+    if (!trace_file) {
+      std::cerr << "plumber: cannot write the trace to " << options.trace << ": "
+                << std::strerror(errno) << '\n';
+      return kExitInvalid;
+    }
+  }
   asio::io_context io(options.threads);
-  Pipeline pipeline =
-      Plumber(registry).build(graph, io.get_executor(), {.collect_timings = options.stats});
+  Pipeline pipeline = Plumber(registry).build(
+      graph, io.get_executor(),
+      {.collect_timings = options.stats, .trace = {.enabled = !options.trace.empty()}});
 
   // Output: stdout fully buffered, flushed by a timer so streams stay live.
   static char stdout_buffer[1 << 16];
@@ -344,6 +355,11 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   }
   progress->finish(progress_text());  // the final count, however short the run
   if (options.stats) print_stats(pipeline, wall);
+  if (trace_file.is_open()) {
+    pipeline.write_trace(trace_file);
+    trace_file.close();
+    if (!trace_file) std::cerr << "plumber: cannot write the trace to " << options.trace << '\n';
+  }
 
   int status = kExitOk;
   if (failed.load() + reader->malformed.load() > 0) status = kExitFailed;

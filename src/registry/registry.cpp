@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <utility>
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
 #include "plumber/builtins.hpp"
 #include "plumber/error.hpp"
 #include "registry/edit_distance.hpp"
+#include "registry/in_place_transform.hpp"
 
 namespace plumber {
 
@@ -81,16 +85,11 @@ boost::asio::awaitable<void> Source::run(SourceContext& context) {
 
 namespace {
 
-class ValueFunctionStep final : public Transform {
+class ValueFunctionStep final : public detail::InPlaceTransform {
  public:
   ValueFunctionStep(std::function<json(const json&, const json&)> function, json params)
       : function_(std::move(function)), params_(std::move(params)) {}
-  void process(std::span<Message> batch, std::vector<Message>& out) override {
-    for (Message& m : batch) {
-      m.value = function_(m.value, params_);
-      out.push_back(std::move(m));
-    }
-  }
+  void apply(Message& message) override { message.value = function_(message.value, params_); }
 
  private:
   std::function<json(const json&, const json&)> function_;

@@ -5,14 +5,20 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <utility>
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
 #include "plumber/error.hpp"
+#include "plumber/graph_spec.hpp"
 #include "runtime/pipeline_core.hpp"
 #include "runtime/source_processor.hpp"
 
@@ -97,7 +103,7 @@ void Pipeline::feed_batch(std::vector<json> values) {
   }
 }
 
-boost::asio::awaitable<void> Pipeline::async_feed(json value) {
+boost::asio::awaitable<void, Pipeline::executor_type> Pipeline::async_feed(json value) {
   auto& feed = input_feed(*core_);
   // A named item, not a temporary inside co_await: g++ 12 destroys those early.
   detail::FeedItem item;
@@ -119,29 +125,50 @@ void Pipeline::start_process(json value, ProcessOptions options,
     throw UsageError("graph \"" + core_->graph().name +
                      "\" has no `input` node: process() has nowhere to send values");
   }
+  auto slot = boost::asio::get_associated_cancellation_slot(handler);
   auto request = std::make_shared<detail::Request>(core_->strand(), std::move(handler));
   request->priority = options.priority;
   const auto now = Clock::now();
   request->deadline = options.timeout >= Clock::time_point::max() - now ? Clock::time_point::max()
                                                                         : now + options.timeout;
+  if (slot.is_connected()) {
+    // Runs where the caller emits the signal: the request is only touched on
+    // the strand. Weak: a finished request, or a pipeline gone, ignores it.
+    slot.assign(
+        [core = std::weak_ptr<detail::PipelineCore>(core_),
+         weak = std::weak_ptr<detail::Request>(request)](boost::asio::cancellation_type type) {
+          using boost::asio::cancellation_type;
+          if ((type & (cancellation_type::terminal | cancellation_type::partial)) ==
+              cancellation_type::none)
+            return;
+          auto live = core.lock();
+          if (!live) return;
+          boost::asio::post(live->strand(), [live, weak] {
+            if (auto request = weak.lock()) live->cancel_request(*request);
+          });
+        });
+  }
   boost::asio::post(core_->strand(),
                     [core = core_, request = std::move(request), v = std::move(value)]() mutable {
                       core->start_request(std::move(request), std::move(v));
                     });
 }
 
-boost::asio::awaitable<ProcessResult> Pipeline::process(json value,
-                                                        std::chrono::milliseconds timeout,
-                                                        std::uint8_t priority) {
-  ProcessOptions options;
-  options.timeout = timeout;
-  options.priority = priority;
-  // A named operation, not a temporary inside co_await: g++ 12 destroys those early.
-  auto operation = async_process(std::move(value), options, boost::asio::use_awaitable);
-  co_return co_await std::move(operation);
+boost::asio::awaitable<ProcessResult, Pipeline::executor_type> Pipeline::process(
+    json value, ProcessOptions options) {
+  // A named operation and a named result, not temporaries or structured
+  // bindings around co_await: g++ 12 destroys those early, or twice.
+  auto operation =
+      async_process(std::move(value), options, boost::asio::as_tuple(boost::asio::use_awaitable));
+  std::tuple<boost::system::error_code, ProcessResult> outcome = co_await std::move(operation);
+  ProcessResult& result = std::get<1>(outcome);
+  if (const boost::system::error_code ec = std::get<0>(outcome)) {
+    throw ProcessError(ec, std::move(result.node), std::move(result.error));
+  }
+  co_return std::move(result);
 }
 
-boost::asio::any_io_executor Pipeline::executor_() const {
+Pipeline::executor_type Pipeline::get_executor() const noexcept {
   return core_->strand();
 }
 
@@ -154,8 +181,21 @@ json ProcessResult::value() const {
   return all;
 }
 
-ProcessError::ProcessError(errc code, std::string node, const std::string& what)
-    : std::runtime_error(what), code_(code), node_(std::move(node)) {}
+ProcessError::ProcessError(std::error_code code, std::string node, std::string what)
+    : std::system_error(code, what), node_(std::move(node)), what_(std::move(what)) {}
+
+void Pipeline::write_trace(std::ostream& out) const {
+  if (!core_->tracer()) throw UsageError("Pipeline::write_trace: the run is not traced");
+  core_->tracer()->write(out);
+}
+
+std::optional<RunningStep> Pipeline::longest_running_step() const {
+  const detail::StepWatch* watch = core_->step_watch();
+  if (!watch) return std::nullopt;
+  const auto oldest = watch->oldest();
+  if (!oldest) return std::nullopt;
+  return RunningStep{oldest->node, Clock::now() - oldest->since, oldest->holds_thread};
+}
 
 std::vector<ProcessorStats> Pipeline::stats() const {
   std::vector<ProcessorStats> all;
@@ -191,7 +231,12 @@ void Pipeline::stream_outputs(OutputStreamOptions options) {
 }
 
 void Pipeline::receive_output(boost::asio::any_completion_handler<OutputSignature> handler) {
-  core_->receive_output(std::move(handler));
+  // Posted through the strand to the handler's own executor (the strand when
+  // it has none), as Asio's operations complete: never inside a step.
+  core_->receive_output([handler = std::move(handler), strand = core_->strand()](
+                            boost::system::error_code ec, OutputRecord record) mutable {
+    boost::asio::post(strand, boost::asio::append(std::move(handler), ec, std::move(record)));
+  });
 }
 
 std::uint64_t Pipeline::dropped_outputs() const noexcept {
@@ -209,7 +254,7 @@ void Pipeline::start_in_background(
     } catch (...) {
       error = std::current_exception();
     }
-    std::move(handler)(error);
+    boost::asio::post(core->strand(), boost::asio::append(std::move(handler), error));
   }).detach();
 }
 

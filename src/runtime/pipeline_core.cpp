@@ -8,6 +8,8 @@
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -23,15 +25,19 @@
 namespace plumber::detail {
 
 namespace {
-std::exception_ptr stopped_error() {
-  return std::make_exception_ptr(
-      ProcessError(errc::pipeline_stopped, "", "the pipeline no longer accepts input"));
+void finish_stopped(PipelineCore& core, Request& request) {
+  core.finish(request, errc::pipeline_stopped, "", "the pipeline no longer accepts input");
 }
 }  // namespace
 
 PipelineCore::PipelineCore(GraphSpec graph, const asio::any_io_executor& executor,
                            PipelineOptions options)
-    : graph_(std::move(graph)), options_(options), strand_(asio::make_strand(executor)) {}
+    : graph_(std::move(graph)),
+      options_(options),
+      strand_(asio::make_strand(executor)),
+      step_watch_(options.watch_steps ? std::make_unique<StepWatch>() : nullptr) {
+  if (options_.trace.enabled) tracer_ = std::make_unique<Tracer>(graph_, options_.trace);
+}
 
 PipelineCore::~PipelineCore() {
   for (auto& link : reader_links_) {
@@ -69,7 +75,7 @@ void PipelineCore::task_finished() {
     feed->channel.close();
   }
   for (auto& [id, request] : requests_)
-    finish(*request, stopped_error());
+    finish_stopped(*this, *request);
   requests_.clear();
   if (output_stream_) output_stream_->finish();
   {
@@ -92,7 +98,7 @@ bool PipelineCore::try_output_value(std::string_view node, Message& message) {
       if (!request.finished) {
         OutputRecord record;
         record.id = message.id;
-        record.node = node;
+        record.node.assign(node);
         record.value = std::move(message.value);
         record.blobs = std::move(message.blobs);
         request.result.outputs.push_back(std::move(record));
@@ -106,7 +112,7 @@ bool PipelineCore::try_output_value(std::string_view node, Message& message) {
   OutputRecord record;
   record.kind = OutputRecord::Kind::value;
   record.id = message.id;
-  record.node = node;
+  record.node.assign(node);
   record.value = std::move(message.value);
   record.blobs = std::move(message.blobs);
   if (output_handler) {
@@ -145,24 +151,28 @@ void PipelineCore::receive_output(OutputStream::Handler handler) {
   });
 }
 
-void PipelineCore::note_position(std::uint64_t id, std::string_view node) {
-  if (auto it = requests_.find(id); it != requests_.end()) it->second->where = node;
+bool PipelineCore::note_position(std::uint64_t id, std::string_view node) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return true;
+  if (it->second->cancelled) return false;
+  it->second->where = node;
+  return true;
 }
 
 void PipelineCore::output_error(std::string_view node, std::uint64_t id, std::string error,
                                 errc code) {
   if (!requests_.empty()) {
     if (auto it = requests_.find(id); it != requests_.end()) {
-      const std::string where(node);
-      finish(*it->second, std::make_exception_ptr(
-                              ProcessError(code, where, "node \"" + where + "\": " + error)));
+      std::string where(node);
+      std::string what = "node \"" + where + "\": " + error;
+      finish(*it->second, code, std::move(where), std::move(what));
       return;
     }
   }
   OutputRecord record;
   record.kind = OutputRecord::Kind::error;
   record.id = id;
-  record.node = node;
+  record.node.assign(node);
   record.error = std::move(error);
   deliver(std::move(record));
 }
@@ -170,16 +180,18 @@ void PipelineCore::output_error(std::string_view node, std::uint64_t id, std::st
 void PipelineCore::output_cancelled(std::string_view node, std::uint64_t id) {
   if (!cancelled_ids_.insert(id).second) return;
   if (auto it = requests_.find(id); it != requests_.end()) {
-    const std::string where(node);
-    finish(*it->second, std::make_exception_ptr(ProcessError(
-                            errc::cancelled, where, "cancelled at node \"" + where + "\"")));
-    requests_.erase(it);
+    std::string where(node);
+    std::string what = "cancelled at node \"" + where + "\"";
+    finish(*it->second, errc::cancelled, std::move(where), std::move(what));
+    // Kept (finished) until the pipeline ends, not erased: copies of the message
+    // on other branches may still report a value or an error before they see
+    // the cancellation, and those belong to the caller, never to on_output.
     return;
   }
   OutputRecord record;
   record.kind = OutputRecord::Kind::cancelled;
   record.id = id;
-  record.node = node;
+  record.node.assign(node);
   record.error = "cancelled";
   deliver(std::move(record));
 }
@@ -188,27 +200,24 @@ void PipelineCore::output_cancelled(std::string_view node, std::uint64_t id) {
 
 void PipelineCore::start_request(std::shared_ptr<Request> request, json value) {
   if (!started_) {
-    finish(*request,
-           std::make_exception_ptr(ProcessError(
-               errc::not_started, "", "process() before start(): start the pipeline first")));
+    finish(*request, errc::not_started, "", "process() before start(): start the pipeline first");
     return;
   }
+  if (request->finished) return;  // cancelled by its caller before it got here
   if (!input_feed || input_feed->ended || cancelled_ || done()) {
-    finish(*request, stopped_error());
+    finish_stopped(*this, *request);
     return;
   }
   request->timer.expires_at(request->deadline);
   request->timer.async_wait([self = shared_from_this(), request](error_code ec) {
     if (ec || request->finished) return;
-    const std::string where = request->where;
-    self->finish(*request,
-                 std::make_exception_ptr(ProcessError(
-                     errc::timed_out, where,
-                     where.empty() ? "no result before the request's timeout (it had not "
-                                     "entered the graph)"
-                                   : "no result before the request's timeout (the message was "
-                                     "at node \"" +
-                                         where + "\")")));
+    std::string where = request->where;
+    std::string what = where.empty() ? "no result before the request's timeout (it had not "
+                                       "entered the graph)"
+                                     : "no result before the request's timeout (the message was "
+                                       "at node \"" +
+                                           where + "\")";
+    self->finish(*request, errc::timed_out, std::move(where), std::move(what));
   });
   FeedItem item;
   item.value = std::move(value);
@@ -216,13 +225,14 @@ void PipelineCore::start_request(std::shared_ptr<Request> request, json value) {
   input_feed->channel.async_send(
       error_code{}, std::move(item),
       asio::bind_executor(strand_, [self = shared_from_this(), request](error_code ec) {
-        if (ec) self->finish(*request, stopped_error());
+        if (ec) finish_stopped(*self, *request);
       }));
 }
 
 void PipelineCore::admit_request(std::uint64_t id, const std::shared_ptr<Request>& request) {
   request->id = id;
   request->tokens = 1;
+  request->where = input_feed->node_id;  // the input source emits it
   requests_.emplace(id, request);
 }
 
@@ -232,16 +242,39 @@ void PipelineCore::track_request(std::uint64_t id, std::int64_t delta) {
   Request& request = *it->second;
   request.tokens += delta;
   if (request.tokens > 0) return;
-  finish(request, nullptr);
+  finish(request);
   requests_.erase(it);
 }
 
-void PipelineCore::finish(Request& request, std::exception_ptr error) {
+void PipelineCore::finish(Request& request, error_code error, std::string node, std::string what) {
   if (request.finished) return;
   request.finished = true;
   request.timer.cancel();
-  // The handler (made by Pipeline::async_process) posts to the caller's executor.
-  std::move(request.handler)(error, std::move(request.result));
+  ProcessResult result = std::move(request.result);
+  if (error) {
+    result.outputs.clear();
+    result.node = std::move(node);
+    result.error = std::move(what);
+  }
+  // Always posted, so it never runs inside a step, and run on the caller's
+  // executor (the strand when it has none); the cancellation slot is cleared
+  // there, where the caller emits its signal, just before the handler runs.
+  auto executor = asio::get_associated_executor(request.handler, strand_);
+  asio::post(strand_, asio::bind_executor(executor, [handler = std::move(request.handler), error,
+                                                     result = std::move(result)]() mutable {
+               auto slot = asio::get_associated_cancellation_slot(handler);
+               if (slot.is_connected()) slot.clear();
+               std::move(handler)(error, std::move(result));
+             }));
+}
+
+void PipelineCore::cancel_request(Request& request) {
+  if (request.finished) return;
+  request.cancelled = true;
+  finish(request, asio::error::operation_aborted, request.where,
+         request.where.empty()
+             ? "cancelled by the caller before it entered the graph"
+             : "cancelled by the caller (the message was at node \"" + request.where + "\")");
 }
 
 void PipelineCore::start() {
@@ -366,8 +399,7 @@ void PipelineCore::cancel_all() {
     // Values fed but not yet emitted never got an id: report them with a new one.
     while (feed->channel.try_receive([&](error_code, FeedItem item) {
       if (item.request) {
-        finish(*item.request, std::make_exception_ptr(ProcessError(
-                                  errc::cancelled, "", "cancelled before it entered the graph")));
+        finish(*item.request, errc::cancelled, "", "cancelled before it entered the graph");
       } else if (item.value) {
         output_cancelled(feed->node_id, next_id());
       }
@@ -376,6 +408,9 @@ void PipelineCore::cancel_all() {
     })) {
     }
     feed->channel.close();
+  }
+  for (auto& processor : processors) {
+    if (processor->fused_in()) processor->cancel_held_parts();
   }
   for (auto& signal : signals_)
     signal.emit(asio::cancellation_type::terminal);

@@ -23,13 +23,17 @@
 #include "runtime/output_stream.hpp"
 #include "runtime/packet.hpp"
 #include "runtime/processor.hpp"
+#include "runtime/tracer.hpp"
+#include "runtime/step_watch.hpp"
 
 namespace plumber::detail {
 
-/// One Pipeline::process call, from its start to its completion. The message it
-/// sent holds `tokens`: one per copy of it (or of a message derived from it)
-/// still in the graph. The request completes when they are all gone, or at the
-/// first error, timeout or cancellation; it is forgotten when they are all gone.
+/// One Pipeline::async_process call, from its start to its completion. The
+/// message it sent holds `tokens`: one per copy of it (or of a message derived
+/// from it) still in the graph. The request completes when they are all gone, or
+/// at the first error, timeout or cancellation; it is forgotten when they are
+/// all gone (a cancelled request's copies are dropped by the next node that
+/// takes them).
 struct Request {
   // Constructed with its handler, never assigned one: Boost 1.81's
   // any_completion_handler move assignment wraps the handler in itself forever.
@@ -41,6 +45,7 @@ struct Request {
   std::int64_t tokens = 0;
   std::uint64_t id = 0;  ///< 0 until the input source emits it
   bool finished = false;
+  bool cancelled = false;  ///< by its caller: what is left of it is dropped
   std::uint8_t priority = 0;
   Clock::time_point deadline = Clock::time_point::max();
   /// The node that last took the message (for a timeout's error).
@@ -111,6 +116,10 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   const GraphSpec& graph() const noexcept { return graph_; }
   const PipelineOptions& options() const noexcept { return options_; }
   const Strand& strand() const noexcept { return strand_; }
+  /// Null unless the run is traced (PipelineOptions::trace).
+  Tracer* tracer() const noexcept { return tracer_.get(); }
+  /// The in-process step invocations under way; null unless options().watch_steps.
+  StepWatch* step_watch() const noexcept { return step_watch_.get(); }
 
   // --- strand only -----------------------------------------------------------
   std::uint64_t next_id() noexcept { return ++last_id_; }
@@ -140,10 +149,15 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
     if (!requests_.empty()) track_request(id, delta);
   }
   bool tracking() const noexcept { return !requests_.empty(); }
-  /// A node took the message of a request (tracking() only).
-  void note_position(std::uint64_t id, std::string_view node);
-  /// Completes `request` once (later calls do nothing).
-  void finish(Request& request, std::exception_ptr error);
+  /// A node took the message with `id` (tracking() only). False when it belongs
+  /// to a cancelled request: the node drops it.
+  bool note_position(std::uint64_t id, std::string_view node);
+  /// Completes `request` once (later calls do nothing): with its result, or
+  /// with `error`, the node where it happened and what went wrong.
+  void finish(Request& request, error_code error = {}, std::string node = {},
+              std::string what = {});
+  /// The caller cancelled `request`: it completes with operation_aborted now.
+  void cancel_request(Request& request);
   /// Starts the timeout of a request and sends it to the input feed.
   void start_request(std::shared_ptr<Request> request, json value);
 
@@ -179,6 +193,8 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   GraphSpec graph_;
   PipelineOptions options_;
   Strand strand_;
+  std::unique_ptr<Tracer> tracer_;
+  std::unique_ptr<StepWatch> step_watch_;
   std::uint64_t last_id_ = 0;
   bool sources_stopping_ = false;
   bool cancelled_ = false;

@@ -1,6 +1,7 @@
 // Plumber::build: one processor per node, connected, fused where it can be.
 #include "plumber/plumber.hpp"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -11,6 +12,32 @@
 #include "runtime/transform_processor.hpp"
 
 namespace plumber {
+namespace {
+
+/// Operator fusion. Every node runs in a coroutine: its own, or, when it is a
+/// synchronous step without batching whose predecessors all run in one
+/// coroutine, theirs: a chain, a fan-out or a diamond of such steps then costs
+/// function calls instead of channel hops. The predecessors must share one
+/// coroutine (`driver`) because a fused node is driven by one caller at a time.
+void fuse_where_possible(detail::PipelineCore& core) {
+  const GraphSpec& spec = core.graph();
+  std::vector<std::size_t> driver(spec.nodes.size());
+  for (std::size_t node : spec.topological_order) {
+    driver[node] = node;
+    const auto& predecessors = spec.predecessors[node];
+    auto* successor = dynamic_cast<detail::TransformProcessor*>(core.processors[node].get());
+    if (predecessors.empty() || !successor || !successor->fusible()) continue;
+    const bool one_driver = std::all_of(predecessors.begin(), predecessors.end(), [&](auto p) {
+      return core.processors[p]->may_fuse() && driver[p] == driver[predecessors.front()];
+    });
+    if (!one_driver) continue;
+    driver[node] = driver[predecessors.front()];
+    for (std::size_t p : predecessors)
+      core.processors[p]->fuse(*successor);
+  }
+}
+
+}  // namespace
 
 // --- Plumber -----------------------------------------------------------------
 
@@ -69,14 +96,7 @@ Pipeline Plumber::build(const GraphSpec& graph, boost::asio::any_io_executor exe
     }
     if (feeds_zip[*it]) core->processors[*it]->set_feeds_zip();
   }
-  for (std::size_t from = 0; from < spec.nodes.size(); ++from) {
-    if (spec.successors[from].size() != 1) continue;
-    auto* successor =
-        dynamic_cast<detail::TransformProcessor*>(core->processors[spec.successors[from][0]].get());
-    if (successor && core->processors[from]->may_fuse() && successor->fusible()) {
-      core->processors[from]->fuse(*successor);
-    }
-  }
+  fuse_where_possible(*core);
   return Pipeline(std::move(core));
 }
 

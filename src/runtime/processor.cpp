@@ -18,9 +18,26 @@ void Processor::connect(Processor& successor, std::uint16_t port) {
 }
 
 void Processor::fuse(TransformProcessor& successor) {
-  fused_ = &successor;
+  for (Successor& to : successors_) {
+    if (to.port == successor.input()) to.fused = &successor;
+  }
+  fused_.push_back(&successor);
   successor.fused_in_ = true;
 }
+
+namespace {
+
+// The last successor gets `packet` itself, by reference (not `cond ? move : copy`,
+// which would move it into a temporary); the others a copy.
+void hand_over(TransformProcessor& successor, Packet& packet, bool last, std::uint16_t port) {
+  if (last) {
+    successor.handle_inline(std::move(packet), port);
+  } else {
+    successor.handle_inline(Packet(packet), port);
+  }
+}
+
+}  // namespace
 
 Packet Processor::dropped_packet(std::uint64_t id) {
   Packet packet;
@@ -38,6 +55,7 @@ ProcessorStats Processor::stats() const {
   s.errors = counters_.errors.get();
   s.skipped = counters_.skipped.get();
   s.expired = counters_.expired.get();
+  s.cancelled = counters_.cancelled.get();
   s.retried = counters_.retried.get();
   s.batches = counters_.batches.get();
   s.busy_ns = counters_.busy_ns.get();
@@ -67,13 +85,6 @@ bool Processor::try_send_all_now(Outbox& out) {
       if (packet.kind == PacketKind::data) core_.output_cancelled(spec_.id, packet.msg.id);
       continue;
     }
-    if (fused_) {
-      // The successor runs inline, once its own outputs have left.
-      if (!fused_->flush_outbox()) return false;
-      if (packet.kind == PacketKind::data) counters_.emitted.add();
-      fused_->handle_inline(std::move(packet));
-      continue;
-    }
     if (successors_.empty()) {  // a sink: what it emits is the pipeline's output
       if (!try_deliver(packet)) return false;
       continue;
@@ -83,24 +94,93 @@ bool Processor::try_send_all_now(Outbox& out) {
       const bool last = out.next_successor + 1 == successors_.size();
       // Fan-out copies the value and shares the blobs; the last successor gets
       // the original. try_send leaves its argument untouched when it fails.
+      const bool copy_of_data = !last && packet.kind == PacketKind::data;
+      if (to.fused) {
+        // The successor runs inline, once its own outputs have left. The copy
+        // is counted before the successor can count its input consumed.
+        if (!to.fused->flush_outbox()) return false;
+        if (copy_of_data) core_.track(packet.msg.id, +1);
+        hand_over(*to.fused, packet, last, to.index);
+        continue;
+      }
       Packet copy;
       Packet& sent = last ? packet : (copy = packet);
       sent.port = to.index;
       if (!to.port->try_send(sent)) return false;
-      if (!last && packet.kind == PacketKind::data) core_.track(packet.msg.id, +1);
+      if (copy_of_data) core_.track(packet.msg.id, +1);
     }
     if (packet.kind == PacketKind::data) counters_.emitted.add();
   }
   out.clear();
-  return !fused_ || fused_->flush_outbox();
+  return flush_fused();
+}
+
+bool Processor::try_pass_on(Packet& packet) {
+  if (core_.cancelled()) return false;
+  if (successors_.empty()) return try_deliver(packet);
+  const std::size_t count = successors_.size();
+  std::size_t next = 0;
+  for (; next < count; ++next) {
+    const Successor& to = successors_[next];
+    const bool last = next + 1 == count;
+    if (to.fused) {
+      if (!to.fused->idle()) break;
+      // The copy is counted before the successor can count its input consumed.
+      if (!last) core_.track(packet.msg.id, +1);
+      hand_over(*to.fused, packet, last, to.index);
+      // What the successor made leaves now. Blocked further down: this node
+      // must not pass on until what waits there has left (see idle()).
+      if (!to.fused->flush_outbox()) blocked_ = true;
+    } else if (last) {
+      packet.port = to.index;
+      if (!to.port->try_send(packet)) break;
+    } else {
+      Packet copy = packet;
+      copy.port = to.index;
+      if (!to.port->try_send(copy)) break;
+      core_.track(packet.msg.id, +1);
+    }
+  }
+  if (next == 0) return false;
+  if (next < count) {
+    // Partly sent: the rest waits in the outbox (empty: the node was idle),
+    // from the successor that could not take it.
+    outbox_.packets.push_back(std::move(packet));
+    outbox_.next_successor = next;
+    return true;
+  }
+  counters_.emitted.add();
+  return true;
+}
+
+bool Processor::flush_fused() {
+  for (TransformProcessor* successor : fused_) {
+    if (!successor->flush_outbox()) return false;
+  }
+  return true;
+}
+
+TransformProcessor* Processor::blocked_fused(const Outbox& out) const noexcept {
+  if (!out.empty()) {
+    return successors_.empty() ? nullptr : successors_[out.next_successor].fused;
+  }
+  for (TransformProcessor* successor : fused_) {
+    if (!successor->idle()) return successor;
+  }
+  return nullptr;
 }
 
 asio::awaitable<void> Processor::send_all(Outbox& out) {
   while (!try_send_all(out)) {
-    if (fused_) {
-      // Blocked beyond the fused successor (maybe several fused nodes down):
-      // it sends what it holds, and so on down the chain.
-      co_await fused_->send_outbox();
+    if (TransformProcessor* below = blocked_fused(out)) {
+      // Blocked beyond a fused successor (maybe several fused nodes down): it
+      // sends what it holds, and so on down the chain.
+      try {
+        co_await below->send_outbox();
+      } catch (...) {
+        cancel_held(out, {});  // what waited here for the fused successor
+        throw;
+      }
       continue;
     }
     Packet& packet = out.packets[out.next_packet];

@@ -34,7 +34,7 @@ struct Outbox {
 
 /// A node's counters: written on the strand, read by stats() from any thread.
 struct NodeCounters {
-  Counter received, emitted, errors, skipped, expired, retried, batches, busy_ns;
+  Counter received, emitted, errors, skipped, expired, cancelled, retried, batches, busy_ns;
   StepHistogram busy_buckets;  ///< calls by time inside the step, beside busy_ns
 };
 
@@ -65,13 +65,17 @@ class Processor {
   /// Messages this node drops or fails must be announced downstream (a zip waits).
   void set_feeds_zip() noexcept { feeds_zip_ = true; }
 
-  /// Whether this node may call a fused successor: it sends from one coroutine.
+  /// Whether this node may call fused successors: it sends from one coroutine.
   virtual bool may_fuse() const noexcept = 0;
   /// Runs `successor` inline instead of through its input port (operator
-  /// fusion): a chain of synchronous steps costs function calls, not channel hops.
+  /// fusion): a chain, a fan-out or a diamond of synchronous steps costs
+  /// function calls, not channel hops. Call after connect().
   void fuse(TransformProcessor& successor);
   /// True when a predecessor runs this node: it has no coroutine of its own.
   bool fused_in() const noexcept { return fused_in_; }
+  /// Cancellation: reports what the node holds beyond its outbox (a fused
+  /// node has no coroutine that would).
+  virtual void cancel_held_parts() {}
 
   /// Start, first phase: what takes long and can overlap with the other nodes
   /// (worker processes are spawned). Called for every node before any on_start.
@@ -85,20 +89,28 @@ class Processor {
   std::uint64_t emitted() const noexcept { return counters_.emitted.get(); }
 
   // --- the fused successor's side (its predecessor drives it) ----------------
+  /// Nothing waits in this node's outbox, nor further down its fused successors.
+  bool idle() const noexcept { return outbox_.empty() && !blocked_; }
   /// Sends what this node's outbox holds without suspending; false when blocked.
-  bool flush_outbox() { return (outbox_.empty() && !blocked_) || try_send_all(outbox_); }
+  bool flush_outbox() { return idle() || try_send_all(outbox_); }
   /// Sends what this node, and the fused nodes after it, hold; suspends while blocked.
   asio::awaitable<void> send_outbox() { return send_all(outbox_); }
 
  protected:
   struct Successor {
     InputPort* port;
-    std::uint16_t index;  ///< the port number on the successor
+    std::uint16_t index;                  ///< the port number on the successor
+    TransformProcessor* fused = nullptr;  ///< run inline instead of through `port`
   };
 
   /// Sends what `out` holds without suspending; false when a successor (or the
   /// pipeline's output) is full: then call send_all.
   bool try_send_all(Outbox& out);
+  /// Sends a data packet on with no outbox; call only when idle() (nothing
+  /// waits before it). False, the packet untouched, when no successor could
+  /// take it: then it goes through the outbox. When only some could, the
+  /// rest waits in the outbox (send it with try_send_all / send_all).
+  bool try_pass_on(Packet& packet);
   /// Sends what `out` holds, suspending while a successor is full.
   asio::awaitable<void> send_all(Outbox& out);
   asio::awaitable<void> send_end();
@@ -110,8 +122,8 @@ class Processor {
   NodeSpec spec_;
   const CoroutineInfo& info_;
   std::vector<Successor> successors_;
+  std::vector<TransformProcessor*> fused_;  // the successors this node runs inline
   bool feeds_zip_ = false;
-  TransformProcessor* fused_ = nullptr;  // the successor this node runs inline
   bool fused_in_ = false;
   /// The last try_send_all could not send everything (maybe only further down
   /// the fused chain, with this node's outbox empty).
@@ -122,6 +134,9 @@ class Processor {
  private:
   bool try_deliver(Packet& packet);
   bool try_send_all_now(Outbox& out);
+  bool flush_fused();
+  /// The fused successor that stopped the last try_send_all, if one did.
+  TransformProcessor* blocked_fused(const Outbox& out) const noexcept;
 };
 
 }  // namespace plumber::detail

@@ -74,6 +74,7 @@ asio::awaitable<void> SourceProcessor::run_generator() {
     std::optional<json> value;
     bool failed = false, last = false;
     try {
+      StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       value = source_->next();
     } catch (const SourceItemError& e) {  // one bad item: the source goes on
       counters_.errors.add();
@@ -89,11 +90,11 @@ asio::awaitable<void> SourceProcessor::run_generator() {
       // An error record waits for room like a value would: memory stays bounded.
       if (core_.output_full()) co_await core_.wait_output_room();
     } else {
-      Message message;
-      message.id = core_.next_id();
-      message.value = std::move(*value);
-      out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
-      if (!try_send_all(out)) co_await send_all(out);
+      Packet packet;
+      packet.msg.id = core_.next_id();
+      packet.msg.value = std::move(*value);
+      if (!idle() || !try_pass_on(packet)) out.packets.push_back(std::move(packet));
+      if (!out.empty() && !try_send_all(out)) co_await send_all(out);
     }
   }
 }
@@ -133,9 +134,8 @@ void SourceProcessor::refuse_leftover_feed() {
   feed_->refuse_more();
   for (std::optional<FeedItem> left = take_feed_item(); left; left = take_feed_item()) {
     if (left->request) {
-      core_.finish(*left->request,
-                   std::make_exception_ptr(ProcessError(errc::pipeline_stopped, spec_.id,
-                                                        "input ended before this request")));
+      core_.finish(*left->request, errc::pipeline_stopped, spec_.id,
+                   "input ended before this request");
     } else if (left->value) {
       core_.output_cancelled(spec_.id, core_.next_id());
     }

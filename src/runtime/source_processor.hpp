@@ -20,7 +20,7 @@ class SourceProcessor final : public Processor, public SourceContext {
   SourceProcessor(PipelineCore& core, const NodeSpec& spec, const CoroutineInfo& info);
   ~SourceProcessor() override;
 
-  bool may_fuse() const noexcept override { return successors_.size() == 1; }
+  bool may_fuse() const noexcept override { return true; }
   void on_start() override { source_->on_start(); }
   asio::awaitable<void> run() override;
   ProcessorStats stats() const override;

@@ -24,6 +24,9 @@ struct StepOutcome {
   errc code{};           ///< 0 when it succeeded
   std::string failure;   ///< what went wrong, when it failed
   bool expired = false;  ///< it gave up because the batch's deadline passed
+  /// The worker process that ran the batch, and when (CLOCK_MONOTONIC ns), for traces.
+  int worker_pid = 0;
+  std::uint64_t worker_started_ns = 0, worker_finished_ns = 0;
   bool ok() const noexcept { return failure.empty(); }
 };
 

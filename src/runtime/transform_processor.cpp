@@ -38,6 +38,10 @@ TransformProcessor::TransformProcessor(PipelineCore& core, const NodeSpec& spec,
                                info.make_transform(spec_.params))),
       batcher_(core.strand(), spec.batch_size, spec.batch_timeout) {
   inline_step_ = runner_->inline_step();
+  // In place, a step call is not measured: not when timed, retried or traced.
+  const bool plain =
+      spec_.retries == 0 && !spec_.timeout && !core_.options().collect_timings && !core_.tracer();
+  if (plain) in_place_ = dynamic_cast<InPlaceTransform*>(inline_step_);
   if (spec_.concurrency > 1 && !fast_path()) slots_.emplace(core_.strand(), spec_.concurrency);
 }
 
@@ -46,11 +50,7 @@ TransformProcessor::~TransformProcessor() = default;
 void TransformProcessor::add_predecessor(std::uint16_t port, const std::string& name) {
   if (input_names_.size() <= port) input_names_.resize(port + 1);
   input_names_[port] = name;
-}
-
-bool TransformProcessor::fusible() const noexcept {
-  return fast_path() && spec_.batch_size == 1 && spec_.join != JoinPolicy::zip &&
-         input_names_.size() == 1;
+  if (spec_.join == JoinPolicy::zip) zip_.emplace(input_names_);
 }
 
 ProcessorStats TransformProcessor::stats() const {
@@ -61,7 +61,6 @@ ProcessorStats TransformProcessor::stats() const {
 }
 
 asio::awaitable<void> TransformProcessor::run() {
-  if (spec_.join == JoinPolicy::zip) zip_.emplace(input_names_);
   runner_->serve([this](asio::awaitable<void> task) { core_.spawn(std::move(task)); });
   try {
     co_await receive_loop();
@@ -87,16 +86,7 @@ asio::awaitable<void> TransformProcessor::receive_loop() {
     switch (packet.kind) {
       case PacketKind::data: {
         counters_.received.add();
-        if (zip_) {
-          std::int64_t tokens = 0;
-          if (!zip_->add(packet, tokens)) break;
-          core_.track(packet.msg.id, tokens);
-          if (packet.kind == PacketKind::dropped) {  // the zip lost one of its parts
-            if (feeds_zip_) out.packets.push_back(std::move(packet));
-            break;
-          }
-        }
-        if (!accept_data(packet, out)) break;
+        if (!take_part(packet, out) || !accept_data(packet, out)) break;
         const bool full = batcher_.add(std::move(packet.msg));
         if (!full) {
           if (auto timer = batcher_.arm(input_)) core_.spawn(std::move(*timer));
@@ -104,6 +94,7 @@ asio::awaitable<void> TransformProcessor::receive_loop() {
         }
         if (fast_path()) {  // the hot path: no coroutine frame per message
           compute_now(batcher_.current(), out);
+          if (zip_) zip_->recycle(batcher_.current().front().value);  // dead, as below
           batcher_.clear();
         } else {
           co_await dispatch_batch();
@@ -125,13 +116,38 @@ asio::awaitable<void> TransformProcessor::receive_loop() {
   }
 }
 
+// With a zip: holds the part until every input delivered its id. True when
+// `packet` is then data to process (the combination, or a message without zip).
+bool TransformProcessor::take_part(Packet& packet, Outbox& out) {
+  if (!zip_) return true;
+  std::int64_t tokens = 0;
+  if (!zip_->add(packet, tokens)) return false;
+  core_.track(packet.msg.id, tokens);
+  if (packet.kind == PacketKind::data) return true;
+  // A part was dropped upstream: so is the whole id.
+  if (feeds_zip_) out.packets.push_back(std::move(packet));
+  return false;
+}
+
 void TransformProcessor::take_dropped(Packet& packet, Outbox& out) {
   if (zip_) {
-    std::int64_t tokens = 0;
-    if (!zip_->add(packet, tokens)) return;  // a dropped part drops the whole id
-    core_.track(packet.msg.id, tokens);
+    take_part(packet, out);
+  } else if (feeds_zip_) {
+    out.packets.push_back(std::move(packet));
   }
-  if (feeds_zip_) out.packets.push_back(std::move(packet));
+}
+
+void TransformProcessor::release_zip_leftovers(Outbox& out) {
+  if (!zip_) return;
+  for (const ZipJoiner::Leftover& left : zip_->take_leftovers()) {
+    // Ids already reported upstream (dropped parts) need no second record.
+    if (left.data_parts > 0) {
+      counters_.errors.add();
+      core_.output_error(spec_.id, left.id, "zip: no message with this id from " + left.missing);
+      core_.track(left.id, -left.data_parts);
+    }
+    if (feeds_zip_) out.packets.push_back(dropped_packet(left.id));
+  }
 }
 
 asio::awaitable<void> TransformProcessor::finish_input(Outbox& out) {
@@ -139,24 +155,19 @@ asio::awaitable<void> TransformProcessor::finish_input(Outbox& out) {
   co_await wait_units_idle();
   runner_->close();
   batcher_.cancel_timer();
-  if (zip_) {
-    for (const ZipJoiner::Leftover& left : zip_->take_leftovers()) {
-      // Ids already reported upstream (dropped parts) need no second record.
-      if (left.data_parts > 0) {
-        counters_.errors.add();
-        core_.output_error(spec_.id, left.id, "zip: no message with this id from " + left.missing);
-        core_.track(left.id, -left.data_parts);
-      }
-      if (feeds_zip_) out.packets.push_back(dropped_packet(left.id));
-    }
-  }
+  release_zip_leftovers(out);
   if (!try_send_all(out)) co_await send_all(out);
   co_await send_end();
 }
 
 bool TransformProcessor::accept_data(Packet& packet, Outbox& out) {
   Message& message = packet.msg;
-  if (core_.tracking()) core_.note_position(message.id, spec_.id);
+  if (core_.tracking() && !core_.note_position(message.id, spec_.id)) {
+    counters_.cancelled.add();  // its caller cancelled the request: nobody waits
+    core_.track(message.id, -1);
+    if (feeds_zip_) out.packets.push_back(dropped_packet(message.id));
+    return false;
+  }
   if (message.deadline != Clock::time_point::max() && Clock::now() > message.deadline) {
     counters_.expired.add();
     counters_.errors.add();
@@ -174,21 +185,53 @@ bool TransformProcessor::accept_data(Packet& packet, Outbox& out) {
   return true;
 }
 
-void TransformProcessor::handle_inline(Packet&& packet) {
+void TransformProcessor::handle_inline(Packet&& packet, std::uint16_t port) {
+  packet.port = port;
   switch (packet.kind) {
     case PacketKind::data:
       counters_.received.add();
-      if (accept_data(packet, outbox_)) compute_now({&packet.msg, 1}, outbox_);
+      if (!take_part(packet, outbox_)) return;
+      if (in_place_) {
+        pass_in_place(packet);
+      } else if (accept_data(packet, outbox_)) {
+        compute_now({&packet.msg, 1}, outbox_);
+      }
+      // What the step and the fused nodes after it left here is dead (a value
+      // passed on or queued was moved away).
+      if (zip_) zip_->recycle(packet.msg.value);
       return;
     case PacketKind::dropped:
-      if (feeds_zip_) outbox_.packets.push_back(std::move(packet));
+      take_dropped(packet, outbox_);
       return;
-    case PacketKind::end:  // the only predecessor ended: so does this node
+    case PacketKind::end:  // once every predecessor ended, so does this node
+      if (++ends_seen_ < input_names_.size()) return;
+      release_zip_leftovers(outbox_);
       outbox_.packets.push_back(std::move(packet));
       return;
     case PacketKind::flush:
       return;
   }
+}
+
+// The fused fast path: the message is edited where it lies and goes on by
+// reference. One output with the input's id and envelope: nothing to track.
+void TransformProcessor::pass_in_place(Packet& packet) {
+  if (!accept_data(packet, outbox_)) return;
+  counters_.batches.add();
+  try {
+    StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
+    in_place_->apply(packet.msg);
+  } catch (const std::exception& e) {
+    fail_batch({&packet.msg, 1}, {errc::step_failed, e.what(), false}, outbox_);
+    return;
+  }
+  if (!idle() || !try_pass_on(packet)) outbox_.packets.push_back(std::move(packet));
+}
+
+void TransformProcessor::cancel_held_parts() {
+  if (!zip_) return;
+  for (std::uint64_t id : zip_->take_ids())
+    core_.output_cancelled(spec_.id, id);
 }
 
 // --- running the step ------------------------------------------------------------
@@ -212,12 +255,13 @@ asio::awaitable<void> TransformProcessor::dispatch_batch() {
 }
 
 void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
-  const bool timed = core_.options().collect_timings || spec_.timeout.has_value();
+  const bool timed = core_.options().collect_timings || spec_.timeout.has_value() || core_.tracer();
   if (!timed && spec_.retries == 0) {
     // The hottest path (a fused chain): one attempt, nothing to measure.
     results_.clear();
     counters_.batches.add();
     try {
+      StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       inline_step_->process(batch, results_);
     } catch (const std::exception& e) {
       fail_batch(batch, {errc::step_failed, e.what(), false}, out);
@@ -234,6 +278,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
     const auto started = timed ? Clock::now() : Clock::time_point{};
     counters_.batches.add();
     try {
+      StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       inline_step_->process(batch, results_);
     } catch (const std::exception& e) {
       outcome.code = errc::step_failed;
@@ -248,6 +293,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
         outcome.code = errc::timed_out;
         outcome.failure = timeout_text(*spec_.timeout);
       }
+      if (auto* tracer = core_.tracer()) tracer->step(spec_.id, started, ns, batch, !outcome.ok());
     }
     if (!attempts.retry(outcome, batch, results_)) break;
     counters_.retried.add();
@@ -266,11 +312,19 @@ asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, O
   for (;;) {
     const auto started = Clock::now();
     counters_.batches.add();
-    outcome = co_await runner_->run(batch, results, attempts.limits());
+    {
+      // Worker processes are bounded by kill_after_ms, not watched here.
+      StepWatch::Scope watched(spec_.procs == 0 ? core_.step_watch() : nullptr, spec_.id, false);
+      outcome = co_await runner_->run(batch, results, attempts.limits());
+    }
     if (core_.cancelled()) throw boost::system::system_error(asio::error::operation_aborted);
     const auto ns = elapsed_ns(started);
     counters_.busy_ns.add(ns);
     counters_.busy_buckets.observe(ns);
+    if (auto* tracer = core_.tracer()) {
+      tracer->step(spec_.id, started, ns, batch, !outcome.ok(), outcome.worker_pid,
+                   outcome.worker_started_ns, outcome.worker_finished_ns);
+    }
     if (outcome.expired) counters_.expired.add(batch.size());
     if (!attempts.retry(outcome, batch, results)) break;
     counters_.retried.add();
@@ -364,10 +418,7 @@ void TransformProcessor::fail_batch(std::span<const Message> batch, const StepOu
 void TransformProcessor::cancel_everything_held(Outbox& out) {
   cancel_held(out, batcher_.current());
   batcher_.clear();
-  if (zip_) {
-    for (std::uint64_t id : zip_->take_ids())
-      core_.output_cancelled(spec_.id, id);
-  }
+  cancel_held_parts();
   Packet packet;
   while (input_.try_receive(packet)) {
     if (packet.kind == PacketKind::data) core_.output_cancelled(spec_.id, packet.msg.id);

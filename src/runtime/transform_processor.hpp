@@ -7,6 +7,7 @@
 
 #include <boost/asio/experimental/channel.hpp>
 
+#include "registry/in_place_transform.hpp"
 #include "runtime/batcher.hpp"
 #include "runtime/processor.hpp"
 #include "runtime/step_runner.hpp"
@@ -27,24 +28,30 @@ class TransformProcessor final : public Processor {
 
   InputPort* input() noexcept override { return &input_; }
   void add_predecessor(std::uint16_t port, const std::string& name) override;
-  bool may_fuse() const noexcept override { return successors_.size() == 1 && fast_path(); }
-  /// True when this node can run inline in its only predecessor's coroutine:
-  /// a synchronous step on the strand, one input, no batching, no zip.
-  bool fusible() const noexcept;
+  bool may_fuse() const noexcept override { return fast_path(); }
+  /// True when this node can run inline in its predecessors' coroutine (when
+  /// they all run in one): a synchronous step on the strand, no batching.
+  bool fusible() const noexcept { return fast_path() && spec_.batch_size == 1; }
 
   void launch() override { runner_->launch(); }
   void on_start() override { runner_->on_start(); }
   asio::awaitable<void> run() override;
   ProcessorStats stats() const override;
 
-  /// The fused predecessor hands over one packet (see Processor::fuse).
-  void handle_inline(Packet&& packet);
+  /// A fused predecessor hands over one packet, from its edge to input `port`
+  /// (see Processor::fuse).
+  void handle_inline(Packet&& packet, std::uint16_t port);
+  /// Cancellation of a fused node: reports the zip parts it holds.
+  void cancel_held_parts() override;
 
  private:
   bool fast_path() const noexcept { return inline_step_ != nullptr; }
   asio::awaitable<void> receive_loop();
+  void pass_in_place(Packet& packet);
+  bool take_part(Packet& packet, Outbox& out);
   bool accept_data(Packet& packet, Outbox& out);
   void take_dropped(Packet& packet, Outbox& out);
+  void release_zip_leftovers(Outbox& out);
   asio::awaitable<void> finish_input(Outbox& out);
 
   /// Runs what the batcher holds (the fast path in place; else in a unit).
@@ -61,6 +68,7 @@ class TransformProcessor final : public Processor {
   InputPort input_;
   std::unique_ptr<StepRunner> runner_;
   Transform* inline_step_ = nullptr;      // a synchronous runner's step, called directly
+  InPlaceTransform* in_place_ = nullptr;  // set when a fused message may pass by reference
   std::vector<std::string> input_names_;  // predecessor id by port
   std::size_t ends_seen_ = 0;
   std::optional<ZipJoiner> zip_;

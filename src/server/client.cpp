@@ -4,7 +4,9 @@
 #include "server/client.hpp"
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -280,6 +282,10 @@ class Client {
       }
       write_line(stderr, frame);
       failed_ = true;
+    } else if (type == "trace") {
+      std::ofstream out(options_.trace, std::ios::binary | std::ios::trunc);
+      out << frame.value("trace", json::object()).dump() << '\n';
+      if (!out) std::cerr << "plumber: cannot write the trace to " << options_.trace << '\n';
     } else if (type == "shutdown") {
       std::cerr << "plumber: the server is shutting down: " << frame.value("reason", "") << '\n';
     } else if (type == "done") {
@@ -481,6 +487,16 @@ int submit(const SubmitOptions& options) {
     return cli::kExitInvalid;
   } else {
     frame["name"] = options.graph;
+  }
+  if (!options.trace.empty()) {
+    // Checked first: a path that cannot be written fails before the run.
+    std::ofstream probe(options.trace, std::ios::binary | std::ios::trunc);
+    if (!probe) {
+      std::cerr << "plumber: cannot write the trace to " << options.trace << ": "
+                << std::strerror(errno) << '\n';
+      return cli::kExitInvalid;
+    }
+    frame["trace"] = true;
   }
 
   static char stdout_buffer[1 << 16];

@@ -11,6 +11,7 @@ struct SubmitOptions {
   std::string token;  ///< sent as Authorization: Bearer TOKEN
   bool records = false;
   bool stats = false;
+  std::string trace;  ///< write the run's Chrome trace here (empty: none)
 };
 
 /// Runs one graph on the server, streaming inputs and printing outputs as JSON

@@ -51,7 +51,7 @@ ProtocolError problem(std::string code, std::string pointer, std::string message
 std::vector<std::string_view> fields_of(Op op) {
   switch (op) {
     case Op::submit:
-      return {"graph", "name", "stats_ms"};
+      return {"graph", "name", "stats_ms", "trace"};
     case Op::input:
       return {"run", "value", "values"};
     case Op::end:
@@ -108,6 +108,13 @@ std::optional<ProtocolError> read_submit(const json& frame, Command& request) {
           "\"stats_ms\" must be 0 (never) or an integer from 50 to 60000, not " + stats->dump());
     }
     request.stats_ms = stats->get<std::uint32_t>();
+  }
+  if (auto trace = frame.find("trace"); trace != frame.end()) {
+    if (!trace->is_boolean()) {
+      return problem("protocol.wrong_type", "/trace",
+                     "\"trace\" must be true or false, not " + type_name(*trace));
+    }
+    request.trace = trace->get<bool>();
   }
   return std::nullopt;
 }

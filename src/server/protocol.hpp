@@ -36,6 +36,7 @@ struct Command {
   json graph;                  ///< submit: inline graph document (null when by name)
   std::string name;            ///< submit: graph name from --graphs
   std::uint32_t stats_ms = 0;  ///< submit: push stats every this many ms (0: never)
+  bool trace = false;          ///< submit: send a Chrome trace of the run before "done"
   std::vector<json> values;    ///< input: the value, or the values of "values"
 };
 

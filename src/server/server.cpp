@@ -258,15 +258,34 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
   listen();
   // Last: nothing may throw once the threads run (a joinable thread must not be destroyed).
   pipeline_work_.emplace(pipeline_io_.get_executor());
-  pipeline_running_ = std::max<std::size_t>(1, options.pipeline_threads);
-  for (std::size_t i = 0; i < pipeline_running_; ++i) {
-    pipeline_threads_.emplace_back([this] {
-      pipeline_io_.run();
-      std::lock_guard lock(pipeline_mutex_);
-      --pipeline_running_;
-      pipeline_exited_.notify_all();
-    });
+  std::lock_guard lock(pipeline_mutex_);
+  for (std::size_t i = 0; i < std::max<std::size_t>(1, options.pipeline_threads); ++i)
+    start_pipeline_thread();
+}
+
+void ServerCore::start_pipeline_thread() {
+  ++pipeline_running_;
+  pipeline_threads_.emplace_back([this] {
+    pipeline_io_.run();
+    std::lock_guard lock(pipeline_mutex_);
+    --pipeline_running_;
+    pipeline_exited_.notify_all();
+  });
+}
+
+void ServerCore::replace_stuck_pipeline_thread() {
+  std::lock_guard lock(pipeline_mutex_);
+  if (!pipeline_work_ || stopping_) return;  // shutting down: nothing new runs
+  if (replacement_threads_ >= std::max<std::size_t>(1, options.pipeline_threads)) {
+    spdlog::warn(
+        "a step that never returns holds a pipeline thread; no more are started "
+        "({} already replace such threads)",
+        replacement_threads_);
+    return;
   }
+  ++replacement_threads_;
+  start_pipeline_thread();
+  spdlog::info("a step that never returns holds a pipeline thread: started another");
 }
 
 void ServerCore::listen() {
@@ -297,8 +316,8 @@ ServerCore::~ServerCore() {
 }
 
 bool ServerCore::wait_pipelines(std::chrono::milliseconds limit) {
-  pipeline_work_.reset();
   std::unique_lock lock(pipeline_mutex_);
+  pipeline_work_.reset();
   return pipeline_exited_.wait_for(lock, limit, [this] { return pipeline_running_ == 0; });
 }
 
@@ -762,23 +781,17 @@ asio::awaitable<void> ServerCore::handle(const Request& request, Response& respo
 
 namespace {
 
-/// The status and error code of a failed process() call.
-std::pair<http::status, std::string> process_failure(errc code) {
-  switch (code) {
-    case errc::timed_out:
-      return {http::status::gateway_timeout, "process.timed_out"};
-    case errc::step_failed:
-      return {http::status::unprocessable_entity, "process.step_failed"};
-    case errc::cancelled:
-      return {http::status::service_unavailable, "process.cancelled"};
-    default:
-      return {http::status::service_unavailable, "process.pipeline_stopped"};
-  }
+/// The status and error code of a failed process request.
+std::pair<http::status, std::string> process_failure(const boost::system::error_code& ec) {
+  if (ec == errc::timed_out) return {http::status::gateway_timeout, "process.timed_out"};
+  if (ec == errc::step_failed) return {http::status::unprocessable_entity, "process.step_failed"};
+  if (ec == errc::cancelled) return {http::status::service_unavailable, "process.cancelled"};
+  return {http::status::service_unavailable, "process.pipeline_stopped"};
 }
 
-json process_error_body(const ProcessError& e, const std::string& code) {
-  json body = error_body(code, e.what());
-  if (!e.node().empty()) body["error"]["node"] = e.node();
+json process_error_body(const ProcessResult& failed, const std::string& code) {
+  json body = error_body(code, failed.error);
+  if (!failed.node.empty()) body["error"]["node"] = failed.node;
   return body;
 }
 
@@ -823,26 +836,24 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
     refuse(request, response, http::status::service_unavailable, "server.shutting_down",
            stop_reason());
   } else {
-    // Named locals, not temporaries, around co_await (g++ 12).
-    bool ok = false;
-    json result;
-    std::optional<ProcessError> failure;
+    const ProcessOptions process_options{std::chrono::milliseconds(*timeout_ms),
+                                         static_cast<std::uint8_t>(*priority)};
+    // Named locals, not temporaries or structured bindings, around co_await (g++ 12).
+    std::tuple<boost::system::error_code, ProcessResult> outcome;
     try {
-      ProcessResult outcome = co_await service.pipeline->process(
-          std::move(value), std::chrono::milliseconds(*timeout_ms),
-          static_cast<std::uint8_t>(*priority));
-      result = outcome.value();
-      ok = true;
-    } catch (const ProcessError& e) {
-      failure.emplace(e);
-    } catch (const std::exception& e) {
-      failure.emplace(errc::pipeline_stopped, "", e.what());
+      auto operation = service.pipeline->async_process(std::move(value), process_options,
+                                                       asio::as_tuple(asio::use_awaitable));
+      outcome = co_await std::move(operation);
+    } catch (const std::exception& e) {  // a graph without `input`
+      std::get<0>(outcome) = errc::pipeline_stopped;
+      std::get<1>(outcome).error = e.what();
     }
-    if (ok) {
-      set_json(response, http::status::ok, result);
+    const boost::system::error_code& ec = std::get<0>(outcome);
+    if (!ec) {
+      set_json(response, http::status::ok, std::get<1>(outcome).value());
     } else {
-      const auto [status, code] = process_failure(failure->code());
-      set_json(response, status, process_error_body(*failure, code));
+      const auto [status, code] = process_failure(ec);
+      set_json(response, status, process_error_body(std::get<1>(outcome), code));
     }
   }
   const double seconds =

@@ -32,6 +32,7 @@ struct WorkerPool::Pending {
   std::vector<Message>* results = nullptr;
   std::string* failure = nullptr;
   errc* code = nullptr;
+  StepOutcome* outcome = nullptr;  // where the worker and its times go (traces)
   std::optional<std::chrono::milliseconds> timeout;
   asio::steady_timer timer;  // timeout, armed when a worker is handed the batch
   /// Where complete() signals the waiting process() call.

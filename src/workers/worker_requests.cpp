@@ -94,6 +94,7 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
   pending.results = &results;
   pending.failure = &failure;
   pending.code = &outcome.code;
+  pending.outcome = &outcome;
   pending.timeout = timeout;
   try {
     encode_request(pending);
@@ -297,6 +298,11 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
   Pending* p = found == w.in_flight.end() ? nullptr : found->second;
   if (p && p->sent_ns && started > p->sent_ns) queue_ns_.add(started - p->sent_ns);
   if (finished > started) worker_ns_.add(finished - started);
+  if (p) {  // for traces: which worker ran it, and when
+    p->outcome->worker_pid = w.pid;
+    p->outcome->worker_started_ns = started;
+    p->outcome->worker_finished_ns = finished;
+  }
   batches_done_.add();
   if (type == RecordType::failure) {
     std::string text = d.text();

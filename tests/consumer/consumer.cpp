@@ -21,7 +21,8 @@ namespace {
 
 asio::awaitable<void> ask(plumber::Pipeline& pipeline) {
   for (int i = 1; i <= 5; ++i) {
-    const plumber::ProcessResult r = co_await pipeline.process(i, std::chrono::seconds(60));
+    const plumber::ProcessResult r =
+        co_await pipeline.process(i, {.timeout = std::chrono::seconds(60)});
     std::cout << i << " -> " << r.value().dump() << '\n';
   }
   pipeline.end_input();

@@ -44,6 +44,34 @@ class WebSocket(unittest.TestCase):
                 self.assertEqual(stats["inp"]["emitted"], 5)
         run_async(go())
 
+    def test_trace_on_request_comes_before_done(self):
+        async def go():
+            async with connect(self.server) as ws:
+                accepted = await submit(ws, name="strings", trace=True)
+                self.assertEqual(accepted["type"], "accepted", accepted)
+                run = accepted["run"]
+                frames = await recv_until(ws, "done", run)
+                traces = [f for f in frames if f["type"] == "trace"]
+                self.assertEqual(len(traces), 1)
+                self.assertEqual(frames[-2]["type"], "trace")  # after the outputs, before done
+                events = traces[0]["trace"]["traceEvents"]
+                tracks = {e["args"]["name"] for e in events
+                          if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 1}
+                self.assertEqual(len(tracks), len(accepted["graph"]["order"]))
+                for e in events:
+                    self.assertIn(e["ph"], ("M", "X", "s", "f"), e)
+                    self.assertIsInstance(e["pid"], int, e)
+                    self.assertIsInstance(e["tid"], int, e)
+                    if e["ph"] == "X":
+                        self.assertGreaterEqual(e["dur"], 0, e)
+                self.assertTrue(any(e["ph"] == "X" and e["cat"] == "step" for e in events))
+                # "trace" is a boolean
+                await send(ws, {"op": "submit", "name": "strings", "trace": 1})
+                error = await recv(ws)
+                self.assertEqual(error["code"], "protocol.wrong_type", error)
+                self.assertEqual(error["pointer"], "/trace")
+        run_async(go())
+
     def test_inline_graph_with_inputs_errors_and_end(self):
         async def go():
             async with connect(self.server) as ws:
