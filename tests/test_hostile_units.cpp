@@ -215,7 +215,7 @@ std::vector<std::string> records_after_stop(const char* graph_text, bool gracefu
   for (int i = 0; i < requests; ++i) {
     const auto timeout = i % 3 == 0 ? std::chrono::milliseconds(5) : std::chrono::minutes(1);
     pipeline.async_process(json(i), plumber::ProcessOptions{timeout, 0},
-                           [](std::exception_ptr, plumber::ProcessResult) {});
+                           [](boost::system::error_code, plumber::ProcessResult) {});
   }
   std::vector<std::thread> pool;
   for (int i = 0; i < threads; ++i)
