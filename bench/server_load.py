@@ -127,7 +127,7 @@ def main():
         print(f"RSS after streaming: {rss_mib(proc.pid):.1f} MiB")
         out = process(port, args.wrk_seconds, args.wrk_connections, 2)
         if out is None:
-            print("process: wrk not installed (tools/setup-deps installs it)")
+            print("process: wrk not installed (tools/setup-deps --bench installs it)")
         else:
             print(f"process (wrk, {args.wrk_connections} connections, {args.wrk_seconds} s):")
             print("\n".join("  " + line for line in out.strip().splitlines()))

@@ -33,6 +33,11 @@ json parse_json(std::string_view text, std::size_t max_depth = kMaxJsonDepth);
 /// Parses `n` bytes of CBOR (a worker record's value); throws JsonParseError.
 json parse_cbor(const std::uint8_t* data, std::size_t n, std::size_t max_depth = kMaxJsonDepth);
 
+/// The length of the well-formed UTF-8 sequence (RFC 3629: no overlong form,
+/// no surrogate, nothing past U+10FFFF, as nlohmann checks it) of a non-ASCII
+/// byte at `p`; 0 when it does not start one.
+std::size_t utf8_length(const char* p, const char* end) noexcept;
+
 /// A nlohmann exception's message without its `[json.exception.type_error.302] ` prefix.
 std::string json_error_text(const std::exception& e);
 

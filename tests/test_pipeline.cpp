@@ -892,6 +892,69 @@ TEST_CASE("Pipeline.FeedFromAnotherThread") {
   CHECK_THROWS_AS(p.feed(json("late")), std::system_error);
 }
 
+// Batches (what `plumber run` feeds): in order, mixed with single values, more
+// batches than may be in flight at once, and refused after end_input.
+TEST_CASE("Pipeline.FeedBatches") {
+  Harness h;
+  Pipeline& p = h.build(kInputGraph);
+  p.start();
+  std::vector<json> expected;
+  std::error_code late;
+  std::thread feeder([&] {
+    int n = 0;
+    for (int batch = 0; batch < 20; ++batch) {
+      std::vector<json> values;
+      for (int i = 0; i < 50; ++i, ++n) {
+        values.push_back("v" + std::to_string(n));
+        expected.push_back("V" + std::to_string(n));
+      }
+      p.feed_batch(std::move(values));
+      p.feed(json("v" + std::to_string(n)));
+      expected.push_back("V" + std::to_string(n++));
+    }
+    p.end_input();
+    try {
+      p.feed_batch({json("late")});
+    } catch (const std::system_error& e) {
+      late = e.code();
+    }
+  });
+  h.run_io();
+  feeder.join();
+  std::vector<json> got;
+  for (const auto& [id, value] : h.by_id("out"))
+    got.push_back(value);
+  CHECK(got == expected);  // ids follow the order fed
+  CHECK(late == make_error_code(errc::input_closed));
+}
+
+// stop(false) while batches wait: every value fed is an output or a cancelled record.
+TEST_CASE("Pipeline.FeedBatchesCancelled") {
+  Harness h;
+  Pipeline& p = h.build(R"({"plumber": 1, "nodes": [
+      {"id": "in", "coroutine": "input"},
+      {"id": "slow", "coroutine": "sleep", "params": {"ms": 1}, "queue_size": 1}],
+    "edges": [{"from": "in", "to": "slow"}]})");
+  p.start();
+  std::size_t fed = 0;
+  std::thread feeder([&] {
+    try {
+      for (int batch = 0; batch < 100; ++batch) {
+        std::vector<json> values(100, json(batch));
+        p.feed_batch(std::move(values));
+        fed += 100;
+        if (batch == 5) p.stop(false);
+      }
+    } catch (const std::system_error&) {
+      // refused once the pipeline stopped
+    }
+  });
+  h.run_io();
+  feeder.join();
+  CHECK(fed >= 600);
+  CHECK(h.values().size() + h.cancelled().size() == fed);
+}
+
 TEST_CASE("Pipeline.FeedErrors") {
   SUBCASE("a graph without an input node") {
     Harness h;

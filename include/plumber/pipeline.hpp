@@ -127,6 +127,18 @@ struct PipelineOptions {
   std::chrono::milliseconds worker_start_timeout{10'000};
   /// Record a trace of the run: a span per step call, per worker batch, flows.
   TraceOptions trace{};
+  /// Keep track of the in-process step invocations under way, for
+  /// Pipeline::longest_running_step (a server's per-step limit).
+  bool watch_steps = false;
+};
+
+/// An in-process step invocation under way (Pipeline::longest_running_step).
+struct RunningStep {
+  std::string_view node;  ///< valid while the Pipeline lives
+  std::chrono::nanoseconds elapsed{0};
+  /// A synchronous call on the pipeline's strand: it cannot be interrupted, and
+  /// the thread running it serves nothing else until it returns.
+  bool holds_thread = false;
 };
 
 /// A running graph. Made by Plumber::build; runs on a strand of the executor it
@@ -193,6 +205,11 @@ class Pipeline {
   /// the graph has no `input` node, std::system_error(errc::input_closed) after
   /// end_input().
   void feed(json value);
+  /// Feeds several values with one hand-off, emitted in order: far cheaper than
+  /// a feed() a value (`plumber run` feeds the lines it reads this way). Blocks
+  /// while a few batches are still waiting to be emitted (back pressure);
+  /// throws as feed() does.
+  void feed_batch(std::vector<json> values);
   /// Coroutine form of feed: suspends while the queue is full.
   boost::asio::awaitable<void, executor_type> async_feed(json value);
   /// No more input: the `input` source ends once what was fed has been emitted.
@@ -234,6 +251,12 @@ class Pipeline {
   /// Blocks until done(); call it from a thread that does not run the executor.
   void wait() const;
 
+  /// The in-process step invocation (a transform's step, a source's next value)
+  /// that has run longest among those under way now, even one that holds the
+  /// pipeline's thread; nullopt when none runs or PipelineOptions::watch_steps
+  /// is off. Worker processes are not counted (kill_after_ms bounds them).
+  /// Thread-safe.
+  std::optional<RunningStep> longest_running_step() const;
   /// Per-node counters, in topological order. Thread-safe.
   std::vector<ProcessorStats> stats() const;
   /// How many messages the sources will emit in all, when they all know.

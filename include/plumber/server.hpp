@@ -43,6 +43,9 @@ struct ServerOptions {
   std::size_t pipeline_threads = 1;
   /// A WebSocket run still going after this long is cancelled (0: no limit).
   std::chrono::milliseconds max_run{0};
+  /// A WebSocket run with one in-process step invocation (a transform's step,
+  /// a source's next value) running longer than this is cancelled (0: no limit).
+  std::chrono::milliseconds max_step{60000};
   std::size_t max_total_runs = 256;  ///< runs at once, all connections together
   std::size_t max_total_procs = 64;  ///< worker processes of all runs and /v1 graphs
   /// Bytes queued for all WebSocket clients together: past it, the clients

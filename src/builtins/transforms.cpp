@@ -14,6 +14,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "builtins/builtins_detail.hpp"
+#include "json_write.hpp"
 #include "plumber/builtins.hpp"
 #include "plumber/registry.hpp"
 #include "registry/in_place_transform.hpp"
@@ -158,11 +159,8 @@ class SinkStep final : public Transform {
   explicit SinkStep(bool print) : print_(print) {}
   void process(std::span<Message> batch, std::vector<Message>&) override {
     if (!print_) return;
-    for (const Message& m : batch) {
-      std::string line = m.value.dump(-1, ' ', false, json::error_handler_t::replace);
-      line += '\n';
-      std::fwrite(line.data(), 1, line.size(), stdout);
-    }
+    for (const Message& m : batch)
+      write_json_line(stdout, m.value);
   }
 
  private:

@@ -202,6 +202,7 @@ int main(int argc, char** argv) {
   std::int64_t idle_s = serve_options.idle_timeout.count();
   std::int64_t process_timeout_ms = serve_options.process_timeout.count();
   std::int64_t max_run_ms = 0;
+  std::int64_t max_step_ms = serve_options.max_step.count();
   auto* serve_command = app.add_subcommand("serve", "the socket server: WebSocket, HTTP, web page");
   serve_command->add_option("--bind", serve_options.bind, "address to listen on")
       ->capture_default_str();
@@ -266,6 +267,12 @@ int main(int argc, char** argv) {
   serve_command
       ->add_option("--max-run-ms", max_run_ms,
                    "a WebSocket run still going after this long is cancelled (0: no limit)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{31'536'000'000}))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--max-step-ms", max_step_ms,
+                   "a WebSocket run with one step invocation running longer than this is "
+                   "cancelled (0: no limit)")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{31'536'000'000}))
       ->capture_default_str();
   serve_command
@@ -338,6 +345,7 @@ int main(int argc, char** argv) {
     serve_options.idle_timeout = std::chrono::seconds(idle_s);
     serve_options.process_timeout = std::chrono::milliseconds(process_timeout_ms);
     serve_options.max_run = std::chrono::milliseconds(max_run_ms);
+    serve_options.max_step = std::chrono::milliseconds(max_step_ms);
     return serve(serve_options, serve_threads, registry);
   }
   if (*submit_command) {

@@ -1,4 +1,5 @@
 // `plumber run`: one graph, run to completion on an io_context.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +12,8 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -22,6 +25,8 @@
 #include "cli/cli.hpp"
 #include "cli/progress.hpp"
 #include "json_parse.hpp"
+#include "json_write.hpp"
+#include "line_reader.hpp"
 #include "log.hpp"
 #include "plumber/all.hpp"
 
@@ -29,12 +34,6 @@ namespace plumber::cli {
 namespace {
 
 namespace asio = boost::asio;
-
-void write_line(std::FILE* stream, const json& record) {
-  std::string line = record.dump(-1, ' ', false, json::error_handler_t::replace);
-  line += '\n';
-  std::fwrite(line.data(), 1, line.size(), stream);
-}
 
 /// Flushes stdout; false once a write to it has failed (disk full, closed
 /// pipe), with the first errno kept in `error`.
@@ -64,42 +63,69 @@ struct InputReader {
 
 /// Bytes of the input when it is a regular file (--input, or stdin redirected
 /// from one); 0 when unknown (a pipe, a terminal).
-std::uint64_t input_size(const std::string& path) {
+std::uint64_t input_size(int fd) {
   struct stat info {};
-  const int status = path.empty() ? ::fstat(STDIN_FILENO, &info) : ::stat(path.c_str(), &info);
-  return status == 0 && S_ISREG(info.st_mode) ? static_cast<std::uint64_t>(info.st_size) : 0;
+  return ::fstat(fd, &info) == 0 && S_ISREG(info.st_mode) ? static_cast<std::uint64_t>(info.st_size)
+                                                          : 0;
 }
 
-void read_input(std::shared_ptr<InputReader> reader, std::string path, Pipeline* pipeline) {
-  std::ifstream file;
-  if (!path.empty()) file.open(path);
-  std::istream& in = path.empty() ? std::cin : file;
-  const std::string label = path.empty() ? "stdin" : path;
-  std::string line;
+/// Lines handed to the pipeline at once, at most: few enough that the batches
+/// in flight (FeedQueue::kMaxBatches) stay small, enough that a hand-off (a
+/// wake-up of the pipeline's thread at worst) costs nothing per line.
+constexpr std::size_t kBatchLines = 1024;
+
+/// The reader thread: reads `fd` in large blocks, parses each line here (in
+/// parallel with the pipeline's thread), and feeds the values in batches. A
+/// batch is handed over when full, or when the lines of one read() are used up:
+/// a line typed on a terminal or trickling through a pipe is not held back.
+void read_input(std::shared_ptr<InputReader> reader, int fd, std::string label,
+                Pipeline* pipeline) {
+  std::vector<json> batch;
+  auto hand_over = [&] {
+    if (batch.empty()) return;
+    pipeline->feed_batch(std::move(batch));
+    batch.clear();
+    batch.reserve(kBatchLines);
+  };
+  auto report = [&](const std::string& where, const std::string& error) {
+    json record = json::object();
+    record["input"] = where;
+    record["error"] = error;
+    auto lock = reader->progress->before_write(stderr);
+    detail::write_json_line(stderr, record);
+    reader->malformed.fetch_add(1);
+  };
   std::uint64_t number = 0;
   try {
-    while (std::getline(in, line)) {
-      ++number;
-      reader->lines.store(number, std::memory_order_relaxed);
-      reader->bytes.fetch_add(line.size() + 1, std::memory_order_relaxed);
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      json value;
+    detail::LineReader lines(fd);
+    batch.reserve(kBatchLines);
+    for (bool more = true; more;) {
       try {
-        value = detail::parse_json(line);
-      } catch (const detail::JsonParseError& e) {
-        json record = json::object();
-        record["input"] = label + ":" + std::to_string(number);
-        record["error"] = "malformed JSON: " + std::string(e.what());
-        auto lock = reader->progress->before_write(stderr);
-        write_line(stderr, record);
-        reader->malformed.fetch_add(1);
-        continue;
+        more = lines.read_some([&](std::string_view line) {
+          ++number;
+          if (line.find_first_not_of(" \t\r") == std::string_view::npos) return;  // blank
+          try {
+            batch.push_back(detail::parse_json(line));
+          } catch (const detail::JsonParseError& e) {
+            report(label + ":" + std::to_string(number),
+                   "malformed JSON: " + std::string(e.what()));
+          }
+          if (batch.size() == kBatchLines) hand_over();
+        });
+      } catch (const std::system_error& e) {
+        if (e.code().category() != std::generic_category()) throw;  // not read() failing
+        report(label, "cannot read the input: " + std::string(std::strerror(e.code().value())));
+        more = false;
       }
-      pipeline->feed(std::move(value));
+      reader->lines.store(number, std::memory_order_relaxed);
+      reader->bytes.store(lines.bytes_read(), std::memory_order_relaxed);
+      hand_over();
     }
   } catch (const std::exception& e) {
+    // The pipeline stopped taking input (end of the run, Ctrl-C).
     spdlog::debug("input reader stopped: {}", e.what());
   }
+  if (fd != STDIN_FILENO) ::close(fd);
   pipeline->end_input();
   reader->finished = true;
 }
@@ -207,25 +233,33 @@ int run_graph(const RunOptions& options, const Registry& registry) {
           record["id"] = r.id;
           record["node"] = std::string(r.node);
           record["value"] = std::move(r.value);
-          write_line(stdout, record);
+          detail::write_json_line(stdout, record);
         } else {
-          write_line(stdout, r.value);
+          detail::write_json_line(stdout, r.value);
         }
         break;
       case OutputRecord::Kind::error:
         failed.fetch_add(1, std::memory_order_relaxed);
-        write_line(stderr, error_record(r));
+        detail::write_json_line(stderr, error_record(r));
         break;
       case OutputRecord::Kind::cancelled:
         cancelled.fetch_add(1, std::memory_order_relaxed);
-        write_line(stderr, error_record(r));
+        detail::write_json_line(stderr, error_record(r));
         break;
     }
   });
 
   auto reader = std::make_shared<InputReader>();
   reader->progress = progress;
-  const std::uint64_t input_bytes = has_input ? input_size(options.input) : 0;
+  int input_fd = STDIN_FILENO;
+  if (has_input && !options.input.empty()) {
+    input_fd = ::open(options.input.c_str(), O_RDONLY | O_CLOEXEC);
+    if (input_fd < 0) {
+      std::cerr << "plumber: cannot read " << options.input << ": " << std::strerror(errno) << '\n';
+      return kExitInvalid;
+    }
+  }
+  const std::uint64_t input_bytes = has_input ? input_size(input_fd) : 0;
   asio::steady_timer ticker(io);
   asio::signal_set signals(io, SIGINT, SIGTERM);
   bool interrupted = false;
@@ -300,7 +334,9 @@ int run_graph(const RunOptions& options, const Registry& registry) {
               graph.nodes.size());
 
   if (has_input) {
-    std::thread(read_input, reader, options.input, &pipeline).detach();
+    std::thread(read_input, reader, input_fd, options.input.empty() ? "stdin" : options.input,
+                &pipeline)
+        .detach();
   }
 
   const auto started = std::chrono::steady_clock::now();

@@ -71,10 +71,34 @@ void Pipeline::feed(json value) {
   auto& feed = input_feed(*core_);
   try {
     feed.channel
-        .async_send(detail::error_code{}, detail::FeedItem{std::move(value), nullptr, false, {}},
+        .async_send(detail::error_code{},
+                    detail::FeedItem{std::move(value), nullptr, false, {}, {}},
                     boost::asio::use_future)
         .get();
   } catch (const boost::system::system_error&) {
+    throw std::system_error(make_error_code(errc::pipeline_stopped));
+  }
+}
+
+void Pipeline::feed_batch(std::vector<json> values) {
+  if (values.empty()) return;
+  auto& feed = input_feed(*core_);
+  detail::FeedItem item;
+  item.batch = std::move(values);
+  switch (feed.send_batch(item)) {
+    case detail::FeedQueue::BatchSent::sent:
+      return;
+    case detail::FeedQueue::BatchSent::refused:
+      throw std::system_error(make_error_code(errc::input_closed));
+    case detail::FeedQueue::BatchSent::no_room:
+      break;
+  }
+  // Single values fill the channel: wait for room (use_future completes
+  // through Asio's system thread pool, a few wake-ups).
+  try {
+    feed.channel.async_send(detail::error_code{}, std::move(item), boost::asio::use_future).get();
+  } catch (const boost::system::system_error&) {
+    feed.release_batch();
     throw std::system_error(make_error_code(errc::pipeline_stopped));
   }
 }
@@ -92,7 +116,7 @@ boost::asio::awaitable<void, Pipeline::executor_type> Pipeline::async_feed(json 
 void Pipeline::end_input() {
   if (!core_->input_feed) return;
   auto feed = core_->input_feed;
-  if (!feed->ended.exchange(true)) detail::send_feed_end(feed, core_->strand());
+  if (!feed->refuse_more()) detail::send_feed_end(feed, core_->strand());
 }
 
 void Pipeline::start_process(json value, ProcessOptions options,
@@ -163,6 +187,14 @@ ProcessError::ProcessError(std::error_code code, std::string node, std::string w
 void Pipeline::write_trace(std::ostream& out) const {
   if (!core_->tracer()) throw UsageError("Pipeline::write_trace: the run is not traced");
   core_->tracer()->write(out);
+}
+
+std::optional<RunningStep> Pipeline::longest_running_step() const {
+  const detail::StepWatch* watch = core_->step_watch();
+  if (!watch) return std::nullopt;
+  const auto oldest = watch->oldest();
+  if (!oldest) return std::nullopt;
+  return RunningStep{oldest->node, Clock::now() - oldest->since, oldest->holds_thread};
 }
 
 std::vector<ProcessorStats> Pipeline::stats() const {

@@ -32,7 +32,10 @@ void finish_stopped(PipelineCore& core, Request& request) {
 
 PipelineCore::PipelineCore(GraphSpec graph, const asio::any_io_executor& executor,
                            PipelineOptions options)
-    : graph_(std::move(graph)), options_(options), strand_(asio::make_strand(executor)) {
+    : graph_(std::move(graph)),
+      options_(options),
+      strand_(asio::make_strand(executor)),
+      step_watch_(options.watch_steps ? std::make_unique<StepWatch>() : nullptr) {
   if (options_.trace.enabled) tracer_ = std::make_unique<Tracer>(graph_, options_.trace);
 }
 
@@ -68,7 +71,7 @@ void PipelineCore::spawn(asio::awaitable<void> task) {
 void PipelineCore::task_finished() {
   if (--live_tasks_ != 0) return;
   for (auto& feed : feeds) {
-    feed->ended = true;
+    feed->refuse_more();
     feed->channel.close();
   }
   for (auto& [id, request] : requests_)
@@ -180,7 +183,9 @@ void PipelineCore::output_cancelled(std::string_view node, std::uint64_t id) {
     std::string where(node);
     std::string what = "cancelled at node \"" + where + "\"";
     finish(*it->second, errc::cancelled, std::move(where), std::move(what));
-    requests_.erase(it);
+    // Kept (finished) until the pipeline ends, not erased: copies of the message
+    // on other branches may still report a value or an error before they see
+    // the cancellation, and those belong to the caller, never to on_output.
     return;
   }
   OutputRecord record;
@@ -342,8 +347,35 @@ void PipelineCore::start_blocking_readers() {
 
 void PipelineCore::end_feeds() {
   for (auto& feed : feeds) {
-    if (!feed->ended.exchange(true)) send_feed_end(feed, strand_);
+    if (!feed->refuse_more()) send_feed_end(feed, strand_);
   }
+}
+
+FeedQueue::BatchSent FeedQueue::send_batch(FeedItem& item) {
+  std::unique_lock lock(batch_mutex_);
+  batch_room_.wait(lock, [&] { return batches_ < kMaxBatches || ended.load(); });
+  if (ended.load()) return BatchSent::refused;
+  ++batches_;
+  // try_send leaves `item` untouched when it fails.
+  return channel.try_send(error_code{}, std::move(item)) ? BatchSent::sent : BatchSent::no_room;
+}
+
+void FeedQueue::release_batch() {
+  {
+    std::lock_guard lock(batch_mutex_);
+    --batches_;
+  }
+  batch_room_.notify_one();
+}
+
+bool FeedQueue::refuse_more() {
+  bool was_ended = false;
+  {
+    std::lock_guard lock(batch_mutex_);
+    was_ended = ended.exchange(true);
+  }
+  batch_room_.notify_all();
+  return was_ended;
 }
 
 void send_feed_end(const std::shared_ptr<FeedQueue>& feed, const Strand& strand) {
@@ -363,7 +395,7 @@ void PipelineCore::cancel_all() {
   cancelled_ = true;
   sources_stopping_ = true;
   for (auto& feed : feeds) {
-    feed->ended = true;
+    feed->refuse_more();
     // Values fed but not yet emitted never got an id: report them with a new one.
     while (feed->channel.try_receive([&](error_code, FeedItem item) {
       if (item.request) {
@@ -371,6 +403,8 @@ void PipelineCore::cancel_all() {
       } else if (item.value) {
         output_cancelled(feed->node_id, next_id());
       }
+      for (std::size_t i = 0; i < item.batch.size(); ++i)
+        output_cancelled(feed->node_id, next_id());
     })) {
     }
     feed->channel.close();

@@ -24,6 +24,7 @@
 #include "runtime/packet.hpp"
 #include "runtime/processor.hpp"
 #include "runtime/tracer.hpp"
+#include "runtime/step_watch.hpp"
 
 namespace plumber::detail {
 
@@ -51,8 +52,8 @@ struct Request {
   std::string where;
 };
 
-/// One value entering the graph from another thread: a value to emit, an error
-/// to report, or the end of the stream.
+/// One value entering the graph from another thread: a value to emit, a batch
+/// of them, an error to report, or the end of the stream.
 struct FeedItem {
   std::optional<json> value;
   /// A string, or null. Not std::string: g++ 12 relocates a co_await result
@@ -61,6 +62,7 @@ struct FeedItem {
   json error;
   bool end = false;
   std::shared_ptr<Request> request;  ///< set for a Pipeline::process call
+  std::vector<json> batch;           ///< Pipeline::feed_batch: emitted in order, after `value`
 };
 
 /// Values that enter the graph from another thread: what the host feeds the
@@ -73,6 +75,26 @@ class FeedQueue {
   Channel channel;
   std::string node_id;  ///< the source node it feeds, for cancellation records
   std::atomic<bool> ended{false};
+
+  /// Batches fed and not yet emitted are at most this many: a reader ahead of
+  /// a slow graph holds a few batches, never its whole input.
+  static constexpr std::size_t kMaxBatches = 4;
+  enum class BatchSent { sent, no_room, refused };
+  /// Waits until fewer than kMaxBatches are in flight, counts one more and
+  /// sends `item` if the channel has room (no_room: send it with async_send).
+  /// Under the lock refuse_more takes: a batch is either refused or in the
+  /// channel before cancel_all drains it, never dropped by close().
+  BatchSent send_batch(FeedItem& item);
+  /// A batch was emitted (or refused): room for another.
+  void release_batch();
+  /// Sets `ended` and wakes whoever waits in send_batch; returns what
+  /// `ended` was before.
+  bool refuse_more();
+
+ private:
+  std::mutex batch_mutex_;
+  std::condition_variable batch_room_;
+  std::size_t batches_ = 0;
 };
 
 /// Sends the end of `feed` from a coroutine on `strand` (never blocks the caller).
@@ -96,6 +118,8 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   const Strand& strand() const noexcept { return strand_; }
   /// Null unless the run is traced (PipelineOptions::trace).
   Tracer* tracer() const noexcept { return tracer_.get(); }
+  /// The in-process step invocations under way; null unless options().watch_steps.
+  StepWatch* step_watch() const noexcept { return step_watch_.get(); }
 
   // --- strand only -----------------------------------------------------------
   std::uint64_t next_id() noexcept { return ++last_id_; }
@@ -170,6 +194,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   PipelineOptions options_;
   Strand strand_;
   std::unique_ptr<Tracer> tracer_;
+  std::unique_ptr<StepWatch> step_watch_;
   std::uint64_t last_id_ = 0;
   bool sources_stopping_ = false;
   bool cancelled_ = false;

@@ -74,6 +74,7 @@ asio::awaitable<void> SourceProcessor::run_generator() {
     std::optional<json> value;
     bool failed = false, last = false;
     try {
+      StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       value = source_->next();
     } catch (const SourceItemError& e) {  // one bad item: the source goes on
       counters_.errors.add();
@@ -112,10 +113,17 @@ asio::awaitable<void> SourceProcessor::run_fed() {
       if (!std::get<0>(received)) item = std::move(std::get<1>(received));
     }
     const bool had_error = item && item->error.is_string();
+    const bool had_batch = item && !item->batch.empty();
     open = item && accept_feed_item(std::move(*item), out);
     if (!out.empty() && !try_send_all(out)) co_await send_all(out);
     // An error record waits for room like a value would: memory stays bounded.
     if (had_error && core_.output_full()) co_await core_.wait_output_room();
+    if (had_batch) {
+      feed_->release_batch();
+      // A reader ahead of a fused chain would otherwise hold the strand for
+      // ever: let stop() and timers in between batches.
+      co_await asio::post(core_.strand(), use_awaitable);
+    }
   }
   refuse_leftover_feed();
 }
@@ -123,7 +131,7 @@ asio::awaitable<void> SourceProcessor::run_fed() {
 void SourceProcessor::refuse_leftover_feed() {
   // Anything fed after the end (or after stop) is refused, never left unread:
   // close() alone would drop what is buffered.
-  feed_->ended = true;
+  feed_->refuse_more();
   for (std::optional<FeedItem> left = take_feed_item(); left; left = take_feed_item()) {
     if (left->request) {
       core_.finish(*left->request, errc::pipeline_stopped, spec_.id,
@@ -131,6 +139,8 @@ void SourceProcessor::refuse_leftover_feed() {
     } else if (left->value) {
       core_.output_cancelled(spec_.id, core_.next_id());
     }
+    for (std::size_t i = 0; i < left->batch.size(); ++i)
+      core_.output_cancelled(spec_.id, core_.next_id());
   }
   feed_->channel.close();
 }
@@ -157,6 +167,12 @@ bool SourceProcessor::accept_feed_item(FeedItem&& item, Outbox& out) {
       packet.msg.deadline = item.request->deadline;
       core_.admit_request(packet.msg.id, item.request);
     }
+    out.packets.push_back(std::move(packet));
+  }
+  for (json& value : item.batch) {
+    Packet packet;
+    packet.msg.id = core_.next_id();
+    packet.msg.value = std::move(value);
     out.packets.push_back(std::move(packet));
   }
   return !item.end;

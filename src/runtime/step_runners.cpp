@@ -5,6 +5,8 @@
 #include <exception>
 #include <utility>
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -109,6 +111,11 @@ class ThreadPoolRunner final : public InProcessRunner {
     // Measured on the pool thread: time queued for a thread is not the step's.
     std::chrono::nanoseconds ran{0};
     std::exception_ptr failure;
+    // Not cancellable (an empty slot): a synchronous step cannot be
+    // interrupted, and a cancellation that reached the pool thread while the
+    // step ran made Asio 1.81's co_spawn throw from its last step there, past
+    // every handler (std::terminate). Once the step returns, this coroutine
+    // sees the cancellation at its next co_await.
     co_await asio::co_spawn(
         pool_.get_executor(),
         [&]() -> asio::awaitable<void> {
@@ -121,7 +128,7 @@ class ThreadPoolRunner final : public InProcessRunner {
           ran = Clock::now() - started;
           co_return;
         },
-        use_awaitable);
+        asio::bind_cancellation_slot(asio::cancellation_slot(), use_awaitable));
     if (failure) {
       outcome.code = errc::step_failed;
       try {

@@ -219,6 +219,7 @@ void TransformProcessor::pass_in_place(Packet& packet) {
   if (!accept_data(packet, outbox_)) return;
   counters_.batches.add();
   try {
+    StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
     in_place_->apply(packet.msg);
   } catch (const std::exception& e) {
     fail_batch({&packet.msg, 1}, {errc::step_failed, e.what(), false}, outbox_);
@@ -260,6 +261,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
     results_.clear();
     counters_.batches.add();
     try {
+      StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       inline_step_->process(batch, results_);
     } catch (const std::exception& e) {
       fail_batch(batch, {errc::step_failed, e.what(), false}, out);
@@ -276,6 +278,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
     const auto started = timed ? Clock::now() : Clock::time_point{};
     counters_.batches.add();
     try {
+      StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       inline_step_->process(batch, results_);
     } catch (const std::exception& e) {
       outcome.code = errc::step_failed;
@@ -309,7 +312,11 @@ asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, O
   for (;;) {
     const auto started = Clock::now();
     counters_.batches.add();
-    outcome = co_await runner_->run(batch, results, attempts.limits());
+    {
+      // Worker processes are bounded by kill_after_ms, not watched here.
+      StepWatch::Scope watched(spec_.procs == 0 ? core_.step_watch() : nullptr, spec_.id, false);
+      outcome = co_await runner_->run(batch, results, attempts.limits());
+    }
     if (core_.cancelled()) throw boost::system::system_error(asio::error::operation_aborted);
     const auto ns = elapsed_ns(started);
     counters_.busy_ns.add(ns);

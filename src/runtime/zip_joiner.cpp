@@ -138,8 +138,15 @@ std::vector<ZipJoiner::Leftover> ZipJoiner::take_leftovers() {
 
 std::vector<std::uint64_t> ZipJoiner::take_ids() {
   std::vector<std::uint64_t> ids;
-  for (const auto& [id, slot] : slot_of_)
-    ids.push_back(id);
+  for (const auto& [id, slot] : slot_of_) {
+    // An id held only as `dropped` parts was reported where it was dropped.
+    bool data = false;
+    for (std::size_t port = 0; port < inputs_ && !data; ++port)
+      data = present(slot, port) && part(slot, port).kind == PacketKind::data;
+    for (const Packet& p : slots_[slot].later)
+      data = data || p.kind == PacketKind::data;
+    if (data) ids.push_back(id);
+  }
   std::sort(ids.begin(), ids.end());
   forget_all();
   return ids;

@@ -37,7 +37,8 @@ class ZipJoiner {
   };
   /// Everything still held, forgotten.
   std::vector<Leftover> take_leftovers();
-  /// The ids held (for cancellation), forgotten.
+  /// The ids held with data (for cancellation), forgotten. An id held only as
+  /// `dropped` parts is not one: it was reported where it was dropped.
   std::vector<std::uint64_t> take_ids();
   bool empty() const noexcept { return slot_of_.empty(); }
   /// Keeps the storage of a combination that is no longer referenced (the

@@ -258,15 +258,34 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
   listen();
   // Last: nothing may throw once the threads run (a joinable thread must not be destroyed).
   pipeline_work_.emplace(pipeline_io_.get_executor());
-  pipeline_running_ = std::max<std::size_t>(1, options.pipeline_threads);
-  for (std::size_t i = 0; i < pipeline_running_; ++i) {
-    pipeline_threads_.emplace_back([this] {
-      pipeline_io_.run();
-      std::lock_guard lock(pipeline_mutex_);
-      --pipeline_running_;
-      pipeline_exited_.notify_all();
-    });
+  std::lock_guard lock(pipeline_mutex_);
+  for (std::size_t i = 0; i < std::max<std::size_t>(1, options.pipeline_threads); ++i)
+    start_pipeline_thread();
+}
+
+void ServerCore::start_pipeline_thread() {
+  ++pipeline_running_;
+  pipeline_threads_.emplace_back([this] {
+    pipeline_io_.run();
+    std::lock_guard lock(pipeline_mutex_);
+    --pipeline_running_;
+    pipeline_exited_.notify_all();
+  });
+}
+
+void ServerCore::replace_stuck_pipeline_thread() {
+  std::lock_guard lock(pipeline_mutex_);
+  if (!pipeline_work_ || stopping_) return;  // shutting down: nothing new runs
+  if (replacement_threads_ >= std::max<std::size_t>(1, options.pipeline_threads)) {
+    spdlog::warn(
+        "a step that never returns holds a pipeline thread; no more are started "
+        "({} already replace such threads)",
+        replacement_threads_);
+    return;
   }
+  ++replacement_threads_;
+  start_pipeline_thread();
+  spdlog::info("a step that never returns holds a pipeline thread: started another");
 }
 
 void ServerCore::listen() {
@@ -297,8 +316,8 @@ ServerCore::~ServerCore() {
 }
 
 bool ServerCore::wait_pipelines(std::chrono::milliseconds limit) {
-  pipeline_work_.reset();
   std::unique_lock lock(pipeline_mutex_);
+  pipeline_work_.reset();
   return pipeline_exited_.wait_for(lock, limit, [this] { return pipeline_running_ == 0; });
 }
 

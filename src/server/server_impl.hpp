@@ -99,7 +99,8 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   std::vector<std::thread> pipeline_threads_;
   std::mutex pipeline_mutex_;
   std::condition_variable pipeline_exited_;
-  std::size_t pipeline_running_ = 0;  // threads inside pipeline_io_.run()
+  std::size_t pipeline_running_ = 0;     // threads inside pipeline_io_.run()
+  std::size_t replacement_threads_ = 0;  // started for threads held by a step that never returns
   std::atomic<std::size_t> total_runs_{0};
   std::atomic<std::size_t> total_procs_{0};
 
@@ -128,6 +129,10 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   /// While all clients together have more than --max-total-send-queue bytes
   /// queued, closes the one with the most. Thread-safe.
   void check_total_send_queue();
+  /// A synchronous step past --max-step-ms holds a pipeline thread (it cannot
+  /// be interrupted): starts another, up to --pipeline-threads of them in all,
+  /// so that the other runs go on. Thread-safe.
+  void replace_stuck_pipeline_thread();
   /// See Server::wait_pipelines.
   bool wait_pipelines(std::chrono::milliseconds limit);
   std::string stop_reason() const;
@@ -161,6 +166,8 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   /// Opens, binds and listens; throws std::system_error naming the address.
   void listen();
   void start_services();
+  /// Starts one more thread on pipeline_io_ (pipeline_mutex_ held).
+  void start_pipeline_thread();
   void cancel_everything(const std::string& reason);
   void check_stopped();
   asio::awaitable<void> process(const Request& request, Response& response, Service& service);

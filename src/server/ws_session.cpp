@@ -2,6 +2,7 @@
 // connection, on the connection's strand. A reader coroutine handles client
 // frames in order; a writer coroutine drains the outbox. Pipelines run on their
 // own strands and post their output frames here.
+#include <algorithm>
 #include <deque>
 #include <sstream>
 
@@ -51,7 +52,9 @@ struct Run {
   std::uint32_t stats_ms = 0;
   bool traced = false;  ///< a "trace" frame goes before "done"
   std::unique_ptr<asio::steady_timer> stats_timer;
-  std::unique_ptr<asio::steady_timer> budget;  ///< --max-run-ms
+  std::unique_ptr<asio::steady_timer> budget;      ///< --max-run-ms
+  std::unique_ptr<asio::steady_timer> step_watch;  ///< --max-step-ms
+  std::unique_ptr<asio::steady_timer> ending;      ///< see WsSession::give_up
 };
 
 /// Worker processes a graph starts (for --max-total-procs).
@@ -285,7 +288,8 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
           Plumber(server_->registry)
               .build(spec, server_->executor(),
                      {.collect_timings = true,
-                      .trace = {.enabled = request.trace, .max_events = kTraceEvents}}));
+                      .trace = {.enabled = request.trace, .max_events = kTraceEvents},
+                      .watch_steps = watch_steps()}));
     } catch (const GraphError& e) {
       server_->release_run(procs);
       send_error(graph_error(e), 0, request.ref);
@@ -336,16 +340,61 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
           std::make_unique<asio::steady_timer>(ws_.get_executor(), server_->options.max_run);
       run->budget->async_wait([self = shared_from_this(), run](error_code ec) {
         if (ec || run->finished) return;
-        self->cancel_one(*run, "the run took longer than this server allows (--max-run-ms " +
-                                   std::to_string(self->server_->options.max_run.count()) + ")");
-        // A synchronous step cannot be interrupted: if the run does not end
-        // soon, the client is told now and the run ends in the background.
-        run->budget->expires_after(std::chrono::seconds(1));
-        run->budget->async_wait([self, run](error_code ec2) {
-          if (!ec2 && !run->finished) self->finish_run(run->id);
-        });
+        self->give_up(run, "the run took longer than this server allows (--max-run-ms " +
+                               std::to_string(self->server_->options.max_run.count()) + ")");
       });
     }
+    if (watch_steps()) {
+      run->step_watch = std::make_unique<asio::steady_timer>(ws_.get_executor());
+      asio::co_spawn(ws_.get_executor(), watch_steps(shared_from_this(), run), asio::detached);
+    }
+  }
+
+  bool watch_steps() const noexcept { return server_->options.max_step.count() > 0; }
+
+  /// Cancels a run for `reason`. A synchronous step cannot be interrupted: if
+  /// the run has not ended a second later, the client gets its "done" then and
+  /// the run ends in the background, whenever its step returns.
+  void give_up(const std::shared_ptr<Run>& run, const std::string& reason) {
+    cancel_one(*run, reason);
+    if (run->ending) return;
+    run->ending = std::make_unique<asio::steady_timer>(ws_.get_executor(), std::chrono::seconds(1));
+    run->ending->async_wait([self = shared_from_this(), run](error_code ec) {
+      if (!ec && !run->finished) self->finish_run(run->id);
+    });
+  }
+
+  /// --max-step-ms: looks at the run's longest step invocation under way a few
+  /// times per limit; past the limit, the run is given up.
+  static asio::awaitable<void> watch_steps(std::shared_ptr<WsSession> self,
+                                           std::shared_ptr<Run> run) {
+    using std::chrono::milliseconds;
+    const milliseconds limit = self->server_->options.max_step;
+    const milliseconds period = std::clamp(limit / 4, milliseconds(5), milliseconds(1000));
+    while (!run->finished) {
+      run->step_watch->expires_after(period);
+      co_await run->step_watch->async_wait(tuple_awaitable);
+      if (run->finished) break;
+      // No `continue` past a live local in a coroutine: g++ 12 destroys it twice.
+      if (step_overran(*self, run, limit)) break;
+    }
+  }
+
+  /// True when the run's longest step invocation under way is past `limit`:
+  /// the run is then given up.
+  static bool step_overran(WsSession& self, const std::shared_ptr<Run>& run,
+                           std::chrono::milliseconds limit) {
+    const std::optional<RunningStep> step = run->pipeline->longest_running_step();
+    if (!step || step->elapsed <= limit) return false;
+    const std::string node(step->node);
+    spdlog::info("websocket connection {}: run {}: the step in node \"{}\" ran longer than {} ms",
+                 self.id_, run->id, node, limit.count());
+    // Its thread is lost until the step returns: the other runs get another.
+    if (step->holds_thread) self.server_->replace_stuck_pipeline_thread();
+    self.give_up(run, "the step in node \"" + node + "\" ran longer than " +
+                          std::to_string(limit.count()) + " ms (--max-step-ms " +
+                          std::to_string(limit.count()) + ")");
+    return true;
   }
 
   /// Sends a run's outputs to the client as it reads them, then its "done":
@@ -478,6 +527,8 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     run->finished = true;
     if (run->stats_timer) run->stats_timer->cancel();
     if (run->budget) run->budget->cancel();
+    if (run->step_watch) run->step_watch->cancel();
+    if (run->ending) run->ending->cancel();
     RunSummary summary;
     summary.status = run->shared->cancel_requested ? "cancelled" : "completed";
     summary.reason = run->cancel_reason;
