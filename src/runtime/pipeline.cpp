@@ -2,6 +2,7 @@
 #include "plumber/pipeline.hpp"
 
 #include <exception>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -14,6 +15,7 @@
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
@@ -247,7 +249,13 @@ void Pipeline::start_in_background(
     boost::asio::any_completion_handler<void(std::exception_ptr)> handler) {
   // start() blocks while worker processes run their on_start: on a thread of
   // its own, a server's event loop goes on meanwhile.
-  std::thread([core = core_, handler = std::move(handler)]() mutable {
+  // The thread counts as work of the io_context until it is done with it: the
+  // handler can run as soon as it is posted, and the caller then destroy the
+  // pipeline and the io_context while this thread is still inside post()
+  // (ThreadSanitizer saw it). So: post, drop the pipeline, then the work.
+  std::optional work(boost::asio::prefer(core_->strand().get_inner_executor(),
+                                         boost::asio::execution::outstanding_work.tracked));
+  std::thread([core = core_, handler = std::move(handler), work = std::move(work)]() mutable {
     std::exception_ptr error;
     try {
       core->start();
@@ -255,6 +263,8 @@ void Pipeline::start_in_background(
       error = std::current_exception();
     }
     boost::asio::post(core->strand(), boost::asio::append(std::move(handler), error));
+    core.reset();
+    work.reset();
   }).detach();
 }
 
