@@ -2,7 +2,7 @@
 """`plumber run` as a user runs it, timed from outside (bench/run input, bench/run scaling).
 
   cli_bench.py input   --plumber EXE [--lines N] [--runs N]
-      bench/graphs/jsonl_echo.json (input -> identity -> print) over an N-line JSONL
+      bench/jsonl_echo.json (input -> identity -> print) over an N-line JSONL
       file given with --input, redirected to stdin, and through `cat |`, against
       `jq -c .` on the same file, in the same run; best of --runs each.
   cli_bench.py scaling --plumber EXE [--runs N]
@@ -72,7 +72,7 @@ def write_jsonl(path, lines):
 def bench_input(args, root):
     if shutil.which("jq") is None:
         sys.exit("jq is missing: tools/setup-deps --bench installs it")
-    graph = os.path.join(root, "bench", "graphs", "jsonl_echo.json")
+    graph = os.path.join(root, "bench", "jsonl_echo.json")
     work = tempfile.mkdtemp(prefix="plumber_bench_input_")
     try:
         data = os.path.join(work, "input.jsonl")
@@ -102,7 +102,7 @@ def bench_input(args, root):
         shutil.rmtree(work)
 
     print(f"input workload: {args.lines:,} JSONL lines ({size / 2**20:.1f} MiB), "
-          f"bench/graphs/jsonl_echo.json (input -> identity -> print), stdout to /dev/null, "
+          f"bench/jsonl_echo.json (input -> identity -> print), stdout to /dev/null, "
           f"best of {args.runs}")
     print(f"{'case':<24} {'seconds':>8} {'lines/s':>12} {'peak RSS':>10} {'vs jq':>7}")
     jq = best["jq -c . FILE"][0]

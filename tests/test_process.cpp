@@ -674,7 +674,8 @@ TEST_CASE("Process.GetExecutorIsThePipelinesStrand") {
   Fixture f;
   Pipeline& pipeline = f.build(kDoubleGraph);
   using Strand = asio::strand<asio::any_io_executor>;
-  const auto* strand = pipeline.get_executor().target<Strand>();
+  const Pipeline::executor_type executor = pipeline.get_executor();
+  const auto* strand = executor.target<Strand>();
   REQUIRE(strand != nullptr);
   CHECK(strand->get_inner_executor() == asio::any_io_executor(f.io.get_executor()));
   bool on_strand = false, completion_on_strand = false;

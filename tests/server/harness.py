@@ -182,10 +182,14 @@ async def recv_until(ws, kind, run=None, timeout=GUARD):
 
 
 async def submit(ws, **frame):
-    """Submits a graph; returns the accepted (or error) frame."""
+    """Submits a graph; returns the accepted (or error) frame. With a `ref`, frames
+    of the connection's other runs that arrive first are skipped."""
     frame["op"] = "submit"
     await send(ws, frame)
-    return await recv(ws)
+    while True:
+        answer = await recv(ws)
+        if "ref" not in frame or answer.get("ref") == frame["ref"] or "run" not in answer:
+            return answer
 
 
 def run_async(coroutine, guard=GUARD * 3):
