@@ -200,7 +200,11 @@ TEST_CASE("Cli.HostileLargeGraphValidatesInLinearTime") {
             R"(", "to": "n)" + std::to_string(i) + "\"}";
   }
   text += "]}";
-  const ProcessResult result = plumber_cli({"validate", scratch.write("long.json", text)});
+  // A generous guard (a sanitizer build on a loaded machine took 68 s): what
+  // fails a quadratic validation is ctest's timeout, not this bound.
+  const ProcessResult result =
+      plumber::test::run_process({PLUMBER_EXE, "validate", scratch.write("long.json", text)},
+                                 "/dev/null", std::chrono::seconds(240));
   CHECK(result.exit_code == 0);
   CHECK(result.out.ends_with(": ok (200000 nodes, 199999 edges)\n"));
 }

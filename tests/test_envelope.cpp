@@ -161,12 +161,14 @@ TEST_CASE("Workers.PrioritiesAtAProcsNodeOfDefaultConcurrency") {
 }
 
 TEST_CASE("Workers.TimeoutCountsFromTheStepsStart") {
-  // Four 200 ms messages in one worker with a 300 ms limit: each is within its
-  // limit once the worker starts it, however long it waited before.
+  // Eight 100 ms messages in one worker with a 600 ms limit: each is within its
+  // limit once the worker starts it, however long it waited before (the last
+  // one 700 ms). The margin is wide: a loaded machine may be slow to schedule
+  // the worker.
   Run r;
   Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
-      {"id": "src", "coroutine": "values", "params": {"values": [1, 2, 3, 4]}},
-      {"id": "w", "coroutine": "spin", "params": {"us": 200000}, "procs": 1, "timeout_ms": 300},
+      {"id": "src", "coroutine": "values", "params": {"values": [1, 2, 3, 4, 5, 6, 7, 8]}},
+      {"id": "w", "coroutine": "spin", "params": {"us": 100000}, "procs": 1, "timeout_ms": 600},
       {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "src", "to": "w"}, {"from": "w", "to": "out"}]})");
   p.start();
@@ -177,7 +179,7 @@ TEST_CASE("Workers.TimeoutCountsFromTheStepsStart") {
     CHECK_MESSAGE(is_value, record.error);
     values.push_back(record.value);
   }
-  CHECK(values == std::vector<json>{1, 2, 3, 4});
+  CHECK(values == std::vector<json>{1, 2, 3, 4, 5, 6, 7, 8});
 }
 
 TEST_CASE("Workers.NodesStartInParallel") {

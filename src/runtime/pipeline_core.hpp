@@ -23,8 +23,8 @@
 #include "runtime/output_stream.hpp"
 #include "runtime/packet.hpp"
 #include "runtime/processor.hpp"
-#include "runtime/tracer.hpp"
 #include "runtime/step_watch.hpp"
+#include "runtime/tracer.hpp"
 
 namespace plumber::detail {
 
