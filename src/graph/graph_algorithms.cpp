@@ -8,7 +8,9 @@
 
 // Boost.Graph's edge iterator trips g++ 12's -Wmaybe-uninitialized at -O2 (a
 // false positive inside boost::optional); it is not ours to fix.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <boost/graph/adjacency_list.hpp>
 #include <boost/graph/graphviz.hpp>
 #include <boost/graph/strong_components.hpp>
