@@ -21,6 +21,7 @@
 #include "plumber/all.hpp"
 #include "runtime/batcher.hpp"
 #include "runtime/input_port.hpp"
+#include "runtime/rate_window.hpp"
 #include "runtime/zip_joiner.hpp"
 #include "test_support.hpp"
 
@@ -103,7 +104,7 @@ TEST_CASE("Processor.ZipJoinerReportsLeftovers") {
 TEST_CASE("Processor.BatcherFillsAndFlushesAtItsTimeout") {
   boost::asio::io_context io;
   const Strand strand = boost::asio::make_strand(io.get_executor());
-  InputPort input(strand, 8, 1);
+  InputPort input(strand, 8, 1, false);
   Batcher batcher(strand, 3, 20ms);
   Message m;
   CHECK_FALSE(batcher.add(Message(m)));
@@ -128,7 +129,7 @@ TEST_CASE("Processor.BatcherFillsAndFlushesAtItsTimeout") {
 TEST_CASE("Processor.InputPortServesTheHighestLaneFirst") {
   boost::asio::io_context io;
   const Strand strand = boost::asio::make_strand(io.get_executor());
-  InputPort input(strand, 4, 2);
+  InputPort input(strand, 4, 2, false);
   for (int i = 0; i < 3; ++i) {
     Packet p = data(static_cast<std::uint64_t>(i + 1), 0, i);
     REQUIRE(input.try_send(p));
@@ -163,9 +164,9 @@ struct Run {
   GraphSpec graph;
   std::optional<Pipeline> pipeline;
 
-  Pipeline& build(std::string_view text) {
+  Pipeline& build(std::string_view text, PipelineOptions options = {}) {
     graph = parse_graph(text, registry);
-    pipeline.emplace(Plumber(registry).build(graph, io.get_executor()));
+    pipeline.emplace(Plumber(registry).build(graph, io.get_executor(), options));
     return *pipeline;
   }
   ProcessorStats stats(std::string_view node) const {
@@ -512,4 +513,99 @@ TEST_CASE("Pipeline.FusedChainBlockedFarDownstreamLosesNothing") {
   CHECK(values.front() == 0);
   CHECK(values.back() == 2999);
   CHECK(r.stats("c").fused);
+}
+
+// --- the figures Aqueduct exports: batch sizes, waits between steps, rates ----------
+
+TEST_CASE("Processor.StatsCountBatchSizes") {
+  Run r;
+  r.registry.add_batch_function("sizes",
+                                [](std::vector<json> values, const json&) { return values; });
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 10}},
+      {"id": "b", "coroutine": "sizes", "batch_size": 4, "batch_timeout_ms": 600000},
+      {"id": "out", "coroutine": "discard"}],
+    "edges": [{"from": "src", "to": "b"}, {"from": "b", "to": "out"}]})");
+  p.start();
+  r.io.run();
+  // Batches of 4, 4 and 2 (the end of the input flushes the last).
+  const ProcessorStats b = r.stats("b");
+  CHECK(b.batches == 3);
+  CHECK(b.batched == 10);
+  BatchBuckets expected{};
+  expected[1] = 1;  // <= 2
+  expected[2] = 2;  // <= 4
+  CHECK(b.batch_sizes == expected);
+  // A node that takes one message a call has them all in the first bucket.
+  const ProcessorStats out = r.stats("out");
+  CHECK(out.batch_sizes[0] == 10);
+  CHECK(out.batched == 10);
+}
+
+TEST_CASE("Processor.StatsMeasureWaitsBetweenSteps") {
+  Run r;
+  r.registry.add_batch_function("sizes",
+                                [](std::vector<json> values, const json&) { return values; });
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 100}},
+      {"id": "b", "coroutine": "sizes", "batch_size": 4, "batch_timeout_ms": 600000},
+      {"id": "out", "coroutine": "discard"}],
+    "edges": [{"from": "src", "to": "b"}, {"from": "b", "to": "out"}]})",
+                        {.collect_timings = true});
+  p.start();
+  r.io.run();
+  const ProcessorStats b = r.stats("b");  // reached through its input channel
+  CHECK(b.waited == 100);
+  std::uint64_t in_buckets = 0;
+  for (auto n : b.wait_buckets)
+    in_buckets += n;
+  CHECK(in_buckets == 100);
+  const ProcessorStats out = r.stats("out");  // fused into b: no channel, no wait
+  CHECK(out.fused);
+  CHECK(out.waited == 0);
+  // Read once, at the end: the rates are over the whole run.
+  CHECK(b.rate_in > 0);
+  CHECK(r.stats("src").rate_out > 0);
+}
+
+TEST_CASE("Processor.StatsWaitsAreMeasuredOnlyWhenAskedFor") {
+  Run r;
+  Pipeline& p = r.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 10}},
+      {"id": "b", "coroutine": "identity", "batch_size": 2},
+      {"id": "out", "coroutine": "discard"}],
+    "edges": [{"from": "src", "to": "b"}, {"from": "b", "to": "out"}]})");
+  p.start();
+  r.io.run();
+  CHECK(r.stats("b").received == 10);
+  CHECK(r.stats("b").waited == 0);
+}
+
+TEST_CASE("Processor.RateWindowCoversTheLastSeconds") {
+  RateWindow window;
+  const Clock::time_point t0{};
+  std::vector<ProcessorStats> stats(1);
+  window.begin(t0);
+  auto read_at = [&](int second, std::uint64_t received) {
+    stats[0].received = stats[0].emitted = received;
+    window.apply(stats, t0 + std::chrono::seconds(second));
+    return stats[0].rate_in;
+  };
+  // 100 messages a second for 6 s, then none.
+  CHECK(read_at(1, 100) == doctest::Approx(100));
+  CHECK(read_at(2, 200) == doctest::Approx(100));  // since the start: no sample is 5 s old
+  for (int second = 3; second <= 6; ++second)
+    read_at(second, 100 * static_cast<std::uint64_t>(second));
+  CHECK(read_at(7, 600) == doctest::Approx(80));   // since second 2: (600 - 200) / 5
+  CHECK(read_at(10, 600) == doctest::Approx(20));  // since second 5: (600 - 500) / 5
+  CHECK(read_at(20, 600) == doctest::Approx(0));
+  CHECK(stats[0].rate_out == doctest::Approx(0));
+}
+
+TEST_CASE("Processor.RateWindowBeforeStartIsZero") {
+  RateWindow window;
+  std::vector<ProcessorStats> stats(1);
+  stats[0].received = 50;
+  window.apply(stats, Clock::now());
+  CHECK(stats[0].rate_in == 0);
 }

@@ -14,23 +14,40 @@ inline constexpr std::array<double, 12> kStepSecondsBuckets{1e-6, 5e-6, 2.5e-5, 
                                                             1e-2, 5e-2, 0.25,   1,    5,    30};
 /// Calls of a step per bucket of kStepSecondsBuckets (not cumulative).
 using StepBuckets = std::array<std::uint64_t, kStepSecondsBuckets.size()>;
+/// Upper bounds, in messages, of the buckets of ProcessorStats::batch_sizes.
+inline constexpr std::array<std::uint64_t, 11> kBatchSizeBuckets{1,  2,   4,   8,   16,  32,
+                                                                 64, 128, 256, 512, 1024};
+/// Step calls per bucket of kBatchSizeBuckets (not cumulative).
+using BatchBuckets = std::array<std::uint64_t, kBatchSizeBuckets.size()>;
 
 /// Counters of one node at run time (a Processor). Read them at any time with
 /// Pipeline::stats(); they are updated by the pipeline's strand only.
 struct ProcessorStats {
   std::string node;
   std::string coroutine;
-  std::uint64_t received = 0;     ///< messages taken from the input (or emitted, for a source)
-  std::uint64_t emitted = 0;      ///< messages sent on, or output by a sink
-  std::uint64_t errors = 0;       ///< error records (step failures, timeouts)
-  std::uint64_t skipped = 0;      ///< passed on unchanged because `when` rejected them
-  std::uint64_t expired = 0;      ///< skipped because their deadline had passed
-  std::uint64_t cancelled = 0;    ///< dropped because their caller cancelled the request
-  std::uint64_t retried = 0;      ///< attempts repeated after a failure
-  std::uint64_t batches = 0;      ///< calls of the step
-  std::uint64_t busy_ns = 0;      ///< time inside the step (only with collect_timings)
-  StepBuckets busy_buckets{};     ///< calls by time inside the step (only with collect_timings)
+  std::uint64_t received = 0;   ///< messages taken from the input (or emitted, for a source)
+  std::uint64_t emitted = 0;    ///< messages sent on, or output by a sink
+  std::uint64_t errors = 0;     ///< error records (step failures, timeouts)
+  std::uint64_t skipped = 0;    ///< passed on unchanged because `when` rejected them
+  std::uint64_t expired = 0;    ///< skipped because their deadline had passed
+  std::uint64_t cancelled = 0;  ///< dropped because their caller cancelled the request
+  std::uint64_t retried = 0;    ///< attempts repeated after a failure
+  std::uint64_t batches = 0;    ///< calls of the step
+  std::uint64_t busy_ns = 0;    ///< time inside the step (only with collect_timings)
+  StepBuckets busy_buckets{};   ///< calls by time inside the step (only with collect_timings)
+  /// Step calls by messages in the call (batches of 4, 4 and 2: two calls in
+  /// the bucket "4", one in "2"); calls of more than 1024 are in none.
+  BatchBuckets batch_sizes{};
+  std::uint64_t batched = 0;   ///< messages in every step call (the sum of the batch sizes)
+  std::uint64_t waited = 0;    ///< messages whose wait in the input was measured (collect_timings)
+  std::uint64_t wait_ns = 0;   ///< their time from the predecessor's send to this node's receive
+  StepBuckets wait_buckets{};  ///< those messages by their wait, in kStepSecondsBuckets
   std::uint64_t queue_depth = 0;  ///< messages waiting in the input channel
+  /// Messages per second taken in (received) and sent on (emitted), over the
+  /// last few seconds: since the previous Pipeline::stats() call at least 5 s
+  /// back, else since start().
+  double rate_in = 0;
+  double rate_out = 0;
   std::optional<WorkerPoolStats> workers;  ///< for a node with `procs`
   bool fused = false;  ///< runs inline in its predecessor's coroutine (no channel hop)
 };

@@ -162,15 +162,33 @@ void print_worker_stats(const Pipeline& pipeline) {
 
 void print_stats(const Pipeline& pipeline, std::chrono::steady_clock::duration wall) {
   const double seconds = std::chrono::duration<double>(wall).count();
-  std::fprintf(stderr, "%-14s %-12s %10s %10s %7s %7s %8s %10s\n", "node", "coroutine", "received",
-               "emitted", "errors", "skipped", "batches", "busy ms");
-  for (const auto& s : pipeline.stats()) {
-    std::fprintf(stderr, "%-14s %-12s %10llu %10llu %7llu %7llu %8llu %10.1f\n", s.node.c_str(),
-                 s.coroutine.c_str(), static_cast<unsigned long long>(s.received),
-                 static_cast<unsigned long long>(s.emitted),
-                 static_cast<unsigned long long>(s.errors),
-                 static_cast<unsigned long long>(s.skipped + s.expired),
-                 static_cast<unsigned long long>(s.batches), static_cast<double>(s.busy_ns) / 1e6);
+  const auto all = pipeline.stats();
+  std::fprintf(stderr, "%-14s %-12s %10s %10s %7s %7s %7s %7s %8s %10s %9s %10s %10s\n", "node",
+               "coroutine", "received", "emitted", "errors", "skipped", "expired", "retried",
+               "batches", "busy ms", "wait ms", "in/s", "out/s");
+  for (const auto& s : all) {
+    std::fprintf(
+        stderr,
+        "%-14s %-12s %10llu %10llu %7llu %7llu %7llu %7llu %8llu %10.1f %9.3f %10.0f %10.0f\n",
+        s.node.c_str(), s.coroutine.c_str(), static_cast<unsigned long long>(s.received),
+        static_cast<unsigned long long>(s.emitted), static_cast<unsigned long long>(s.errors),
+        static_cast<unsigned long long>(s.skipped), static_cast<unsigned long long>(s.expired),
+        static_cast<unsigned long long>(s.retried), static_cast<unsigned long long>(s.batches),
+        static_cast<double>(s.busy_ns) / 1e6,
+        s.waited ? static_cast<double>(s.wait_ns) / 1e6 / static_cast<double>(s.waited) : 0.0,
+        s.rate_in, s.rate_out);
+  }
+  // Batch sizes, for the nodes whose calls were not all of one message.
+  for (const auto& s : all) {
+    if (s.batches == s.batch_sizes[0]) continue;
+    std::string sizes;
+    for (std::size_t i = 0; i < s.batch_sizes.size(); ++i) {
+      if (s.batch_sizes[i] == 0) continue;
+      sizes +=
+          " <=" + std::to_string(kBatchSizeBuckets[i]) + ":" + std::to_string(s.batch_sizes[i]);
+    }
+    std::fprintf(stderr, "batch sizes of %s (calls by messages in the call):%s\n", s.node.c_str(),
+                 sizes.c_str());
   }
   print_worker_stats(pipeline);
   const auto emitted = pipeline.emitted_messages();

@@ -28,6 +28,8 @@ struct Packet {
   PacketKind kind = PacketKind::data;
   std::uint16_t port = 0;  ///< which predecessor edge it came through
   Message msg;
+  /// When a predecessor sent it into an input that measures waits.
+  Clock::time_point sent_at{};
 };
 
 using PacketChannel = asio::experimental::channel<void(error_code, Packet)>;

@@ -204,6 +204,7 @@ std::vector<ProcessorStats> Pipeline::stats() const {
   for (std::size_t index : core_->graph().topological_order) {
     all.push_back(core_->processors[index]->stats());
   }
+  core_->rates.apply(all, Clock::now());
   return all;
 }
 

@@ -292,6 +292,7 @@ void PipelineCore::start() {
     throw std::runtime_error("node \"" + processors[index]->spec().id +
                              "\": on_start failed: " + e.what());
   }
+  rates.begin(Clock::now());
   asio::post(strand_, [self = shared_from_this()] {
     self->start_blocking_readers();
     for (std::size_t index : self->graph_.topological_order) {

@@ -23,6 +23,7 @@
 #include "runtime/output_stream.hpp"
 #include "runtime/packet.hpp"
 #include "runtime/processor.hpp"
+#include "runtime/rate_window.hpp"
 #include "runtime/step_watch.hpp"
 #include "runtime/tracer.hpp"
 
@@ -181,6 +182,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   std::vector<std::shared_ptr<FeedQueue>> feeds;       // every feed, input_feed included
   OutputHandler output_handler;
   std::function<void()> done_handler;
+  RateWindow rates;  ///< the nodes' rates, for Pipeline::stats()
 
  private:
   void task_finished();

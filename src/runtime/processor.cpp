@@ -60,6 +60,10 @@ ProcessorStats Processor::stats() const {
   s.batches = counters_.batches.get();
   s.busy_ns = counters_.busy_ns.get();
   s.busy_buckets = counters_.busy_buckets.get();
+  s.batch_sizes = counters_.larger_batches.get();
+  const std::uint64_t larger = counters_.larger_batches.observed();
+  if (s.batches > larger) s.batch_sizes[0] = s.batches - larger;
+  s.batched = s.batch_sizes[0] + counters_.larger_batches.messages();
   s.fused = fused_in_;
   return s;
 }

@@ -36,6 +36,9 @@ struct Outbox {
 struct NodeCounters {
   Counter received, emitted, errors, skipped, expired, cancelled, retried, batches, busy_ns;
   StepHistogram busy_buckets;  ///< calls by time inside the step, beside busy_ns
+  /// Calls of more than one message. The hot path (one message a call) counts
+  /// only `batches`: stats() puts the rest in the bucket "1".
+  BatchHistogram larger_batches;
 };
 
 /// One node at run time. This base is what every role shares: where its

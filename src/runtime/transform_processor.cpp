@@ -32,7 +32,7 @@ TransformProcessor::TransformProcessor(PipelineCore& core, const NodeSpec& spec,
       // A batch is gathered from what waits in the input: the input holds at
       // least a batch (docs/graph-format.md, batch_size).
       input_(core.strand(), std::max(spec.queue_size, spec.batch_size),
-             core.graph().settings.priorities),
+             core.graph().settings.priorities, core.options().collect_timings),
       runner_(make_step_runner({spec_, core.strand(), core.graph().settings.priorities,
                                 core.options().worker_start_timeout},
                                info.make_transform(spec_.params))),
@@ -56,6 +56,7 @@ void TransformProcessor::add_predecessor(std::uint16_t port, const std::string& 
 ProcessorStats TransformProcessor::stats() const {
   ProcessorStats s = Processor::stats();
   s.queue_depth = input_.depth();
+  input_.read_waits(s);
   s.workers = runner_->worker_stats();
   return s;
 }
@@ -260,6 +261,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
     // The hottest path (a fused chain): one attempt, nothing to measure.
     results_.clear();
     counters_.batches.add();
+    if (batch.size() > 1) counters_.larger_batches.observe(batch.size());
     try {
       StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       inline_step_->process(batch, results_);
@@ -277,6 +279,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
     results_.clear();
     const auto started = timed ? Clock::now() : Clock::time_point{};
     counters_.batches.add();
+    if (batch.size() > 1) counters_.larger_batches.observe(batch.size());
     try {
       StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       inline_step_->process(batch, results_);
@@ -312,6 +315,7 @@ asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, O
   for (;;) {
     const auto started = Clock::now();
     counters_.batches.add();
+    if (batch.size() > 1) counters_.larger_batches.observe(batch.size());
     {
       // Worker processes are bounded by kill_after_ms, not watched here.
       StepWatch::Scope watched(spec_.procs == 0 ? core_.step_watch() : nullptr, spec_.id, false);

@@ -1,5 +1,7 @@
 #include "server/metrics.hpp"
 
+#include <algorithm>
+#include <limits>
 #include <sstream>
 
 #include <prometheus/histogram.h>
@@ -40,10 +42,54 @@ std::vector<ClientMetric::Label> node_labels(const std::pair<std::string, std::s
   return {{"graph", key.first}, {"node", key.second}};
 }
 
+/// A histogram from per-bucket counts (not cumulative) with the bounds `upper`;
+/// `count` also holds what is above every bound.
+template <typename Counts, typename Bounds>
+ClientMetric histogram(std::vector<ClientMetric::Label> labels, const Counts& counts,
+                       const Bounds& upper, std::uint64_t count, double sum) {
+  ClientMetric h;
+  h.label = std::move(labels);
+  h.histogram.sample_count = count;
+  h.histogram.sample_sum = sum;
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    cumulative += counts[i];
+    h.histogram.bucket.push_back({cumulative, static_cast<double>(upper[i])});
+  }
+  h.histogram.bucket.push_back(
+      {std::max(count, cumulative), std::numeric_limits<double>::infinity()});
+  return h;
+}
+
 }  // namespace
 
 Metrics::Metrics() = default;
 Metrics::~Metrics() = default;
+
+void Metrics::NodeTotals::add(const ProcessorStats& s) {
+  received += s.received;
+  sent += s.emitted;
+  errors += s.errors;
+  skipped += s.skipped;
+  expired += s.expired;
+  retried += s.retried;
+  cancelled += s.cancelled;
+  calls += s.batches;
+  batched += s.batched;
+  busy_ns += s.busy_ns;
+  waited += s.waited;
+  wait_ns += s.wait_ns;
+  for (std::size_t i = 0; i < buckets.size(); ++i) {
+    buckets[i] += s.busy_buckets[i];
+    wait_buckets[i] += s.wait_buckets[i];
+  }
+  for (std::size_t i = 0; i < batch_sizes.size(); ++i)
+    batch_sizes[i] += s.batch_sizes[i];
+  if (s.workers) {
+    pool = true;
+    restarts += s.workers->restarts;
+  }
+}
 
 void Metrics::count_http(unsigned status) {
   std::lock_guard lock(mutex_);
@@ -81,21 +127,8 @@ void Metrics::finished(std::uint64_t key, const std::string& status) {
   std::lock_guard lock(mutex_);
   auto it = live_.find(key);
   if (it == live_.end()) return;
-  for (const auto& s : it->second.pipeline->stats()) {
-    NodeTotals& t = totals_[series(it->second.graph, s.node)];
-    t.received += s.received;
-    t.sent += s.emitted;
-    t.errors += s.errors;
-    t.skipped += s.skipped + s.expired;
-    t.calls += s.batches;
-    t.busy_ns += s.busy_ns;
-    for (std::size_t i = 0; i < t.buckets.size(); ++i)
-      t.buckets[i] += s.busy_buckets[i];
-    if (s.workers) {
-      t.pool = true;
-      t.restarts += s.workers->restarts;
-    }
-  }
+  for (const auto& s : it->second.pipeline->stats())
+    totals_[series(it->second.graph, s.node)].add(s);
   ++runs_total_[status];
   live_.erase(it);
 }
@@ -119,23 +152,14 @@ std::string Metrics::render() {
     // Node counters: finished runs' totals plus what live pipelines counted so far.
     std::map<std::pair<std::string, std::string>, NodeTotals> nodes = totals_;
     std::map<std::pair<std::string, std::string>, std::uint64_t> depth;
+    std::map<std::pair<std::string, std::string>, double> rate_in, rate_out;
     for (const auto& [key, tracked] : live_) {
       for (const auto& s : tracked.pipeline->stats()) {
         auto name = series(tracked.graph, s.node);
-        NodeTotals& t = nodes[name];
-        t.received += s.received;
-        t.sent += s.emitted;
-        t.errors += s.errors;
-        t.skipped += s.skipped + s.expired;
-        t.calls += s.batches;
-        t.busy_ns += s.busy_ns;
-        for (std::size_t i = 0; i < t.buckets.size(); ++i)
-          t.buckets[i] += s.busy_buckets[i];
-        if (s.workers) {
-          t.pool = true;
-          t.restarts += s.workers->restarts;
-        }
+        nodes[name].add(s);
         depth[name] += s.queue_depth;
+        rate_in[name] += s.rate_in;
+        rate_out[name] += s.rate_out;
       }
     }
     auto received =
@@ -146,8 +170,30 @@ std::string Metrics::render() {
     auto errors = family("plumber_node_errors_total",
                          "Error records of a node (step failures, timeouts)", MetricType::Counter);
     auto skipped = family("plumber_node_skipped_total",
-                          "Messages passed unchanged (when) or skipped (deadline passed)",
+                          "Messages passed on unchanged because the node's `when` rejected them",
                           MetricType::Counter);
+    auto expired =
+        family("plumber_node_expired_total",
+               "Messages not processed because their deadline had passed", MetricType::Counter);
+    auto retried = family("plumber_node_retried_total",
+                          "Step calls repeated after a failure or a timeout", MetricType::Counter);
+    auto cancelled =
+        family("plumber_node_cancelled_total",
+               "Messages dropped because their request was cancelled", MetricType::Counter);
+    auto rate_in_family = family("plumber_node_in_per_second",
+                                 "Messages a node took in per second over the last seconds, "
+                                 "over live pipelines",
+                                 MetricType::Gauge);
+    auto rate_out_family = family("plumber_node_out_per_second",
+                                  "Messages a node sent on per second over the last seconds, "
+                                  "over live pipelines",
+                                  MetricType::Gauge);
+    auto batch_size = family("plumber_node_batch_size", "Messages per call of a node's step",
+                             MetricType::Histogram);
+    auto wait = family("plumber_node_wait_seconds",
+                       "Time a message waited between its predecessor's send and this node's "
+                       "receive (channel hops only; fused nodes wait for nothing)",
+                       MetricType::Histogram);
     auto queue = family("plumber_node_queue_depth",
                         "Messages waiting in a node's input channel, over live pipelines",
                         MetricType::Gauge);
@@ -162,24 +208,25 @@ std::string Metrics::render() {
       sent.metric.push_back(sample(static_cast<double>(t.sent), node_labels(key)));
       errors.metric.push_back(sample(static_cast<double>(t.errors), node_labels(key)));
       skipped.metric.push_back(sample(static_cast<double>(t.skipped), node_labels(key)));
+      expired.metric.push_back(sample(static_cast<double>(t.expired), node_labels(key)));
+      retried.metric.push_back(sample(static_cast<double>(t.retried), node_labels(key)));
+      cancelled.metric.push_back(sample(static_cast<double>(t.cancelled), node_labels(key)));
       queue.metric.push_back(sample(static_cast<double>(depth[key]), node_labels(key)));
-      ClientMetric h;
-      h.label = node_labels(key);
-      h.histogram.sample_count = t.calls;
-      h.histogram.sample_sum = static_cast<double>(t.busy_ns) / 1e9;
-      std::uint64_t cumulative = 0;
-      for (std::size_t i = 0; i < t.buckets.size(); ++i) {
-        cumulative += t.buckets[i];
-        h.histogram.bucket.push_back({cumulative, kStepSecondsBuckets[i]});
-      }
-      // Calls that failed before they were timed count only here.
-      h.histogram.bucket.push_back({t.calls, std::numeric_limits<double>::infinity()});
-      busy.metric.push_back(std::move(h));
+      rate_in_family.metric.push_back(sample(rate_in[key], node_labels(key)));
+      rate_out_family.metric.push_back(sample(rate_out[key], node_labels(key)));
+      // Calls that failed before they were timed count only in +Inf.
+      busy.metric.push_back(histogram(node_labels(key), t.buckets, kStepSecondsBuckets, t.calls,
+                                      static_cast<double>(t.busy_ns) / 1e9));
+      wait.metric.push_back(histogram(node_labels(key), t.wait_buckets, kStepSecondsBuckets,
+                                      t.waited, static_cast<double>(t.wait_ns) / 1e9));
+      batch_size.metric.push_back(histogram(node_labels(key), t.batch_sizes, kBatchSizeBuckets,
+                                            t.calls, static_cast<double>(t.batched)));
       if (t.pool) {
         restarts.metric.push_back(sample(static_cast<double>(t.restarts), node_labels(key)));
       }
     }
-    for (auto* f : {&received, &sent, &errors, &skipped, &queue, &busy, &restarts})
+    for (auto* f : {&received, &sent, &errors, &skipped, &expired, &retried, &cancelled, &queue,
+                    &rate_in_family, &rate_out_family, &busy, &wait, &batch_size, &restarts})
       families.push_back(std::move(*f));
 
     auto runs_total =

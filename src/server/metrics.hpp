@@ -53,10 +53,13 @@ class Metrics {
 
  private:
   struct NodeTotals {
-    std::uint64_t received = 0, sent = 0, errors = 0, skipped = 0, calls = 0, busy_ns = 0;
-    std::uint64_t restarts = 0;
-    StepBuckets buckets{};  ///< calls by time inside the step
-    bool pool = false;      ///< the node runs in worker processes (`procs`)
+    std::uint64_t received = 0, sent = 0, errors = 0, skipped = 0, expired = 0, retried = 0;
+    std::uint64_t cancelled = 0, calls = 0, batched = 0, busy_ns = 0, waited = 0, wait_ns = 0, restarts = 0;
+    StepBuckets buckets{};       ///< calls by time inside the step
+    StepBuckets wait_buckets{};  ///< messages by their wait in the node's input
+    BatchBuckets batch_sizes{};  ///< calls by messages in the call
+    bool pool = false;           ///< the node runs in worker processes (`procs`)
+    void add(const ProcessorStats& s);
   };
   struct Tracked {
     std::string graph;

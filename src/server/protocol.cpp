@@ -332,9 +332,19 @@ json stats_json(const std::vector<ProcessorStats>& stats) {
     one["skipped"] = s.skipped;
     one["expired"] = s.expired;
     one["retried"] = s.retried;
+    one["cancelled"] = s.cancelled;
     one["batches"] = s.batches;
+    json sizes = json::object();  // upper bound -> calls, the buckets that have any
+    for (std::size_t i = 0; i < s.batch_sizes.size(); ++i) {
+      if (s.batch_sizes[i] > 0) sizes[std::to_string(kBatchSizeBuckets[i])] = s.batch_sizes[i];
+    }
+    one["batch_sizes"] = std::move(sizes);
     one["busy_ms"] = static_cast<double>(s.busy_ns) / 1e6;
+    one["wait_ms"] =
+        s.waited ? static_cast<double>(s.wait_ns) / 1e6 / static_cast<double>(s.waited) : 0.0;
     one["queue_depth"] = s.queue_depth;
+    one["in_per_s"] = s.rate_in;
+    one["out_per_s"] = s.rate_out;
     all.push_back(std::move(one));
   }
   return all;
