@@ -88,6 +88,13 @@ class Http(unittest.TestCase):
                              ("plumber_node_errors_total", "counter"),
                              ("plumber_node_queue_depth", "gauge"),
                              ("plumber_node_processing_seconds", "histogram"),
+                             ("plumber_node_wait_seconds", "histogram"),
+                             ("plumber_node_batch_size", "histogram"),
+                             ("plumber_node_expired_total", "counter"),
+                             ("plumber_node_retried_total", "counter"),
+                             ("plumber_node_cancelled_total", "counter"),
+                             ("plumber_node_in_per_second", "gauge"),
+                             ("plumber_node_out_per_second", "gauge"),
                              ("plumber_worker_restarts_total", "counter"),
                              ("plumber_connections_open", "gauge"),
                              ("plumber_runs_active", "gauge"),
@@ -104,6 +111,13 @@ class Http(unittest.TestCase):
         self.assertEqual(delta("plumber_ws_errors_total", code="protocol.unknown_op"), 1)
         self.assertGreaterEqual(
             delta("plumber_node_processing_seconds_count", graph="inline:upper", node="up"), 3)
+        # Unbatched: every call of "up" is in the batch-size bucket 1, and holds one message.
+        calls = delta("plumber_node_batch_size_count", graph="inline:upper", node="up")
+        self.assertGreaterEqual(calls, 3)
+        self.assertEqual(delta("plumber_node_batch_size_bucket", graph="inline:upper", node="up",
+                               le="1"), calls)
+        self.assertEqual(delta("plumber_node_batch_size_sum", graph="inline:upper", node="up"),
+                         calls)
         self.assertEqual(metric(m, "plumber_node_processing_seconds_bucket", graph="inline:upper",
                                 node="up", le="+Inf"),
                          metric(m, "plumber_node_processing_seconds_count", graph="inline:upper",
