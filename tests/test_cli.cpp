@@ -168,24 +168,26 @@ TEST_CASE("Cli.RunStats") {
   for (std::string word; header >> word;)
     columns.push_back(word);
   CHECK(columns == std::vector<std::string>{"node", "coroutine", "received", "emitted", "errors",
-                                            "skipped", "batches", "busy", "ms"});
+                                            "skipped", "expired", "retried", "batches", "busy-ms",
+                                            "wait-ms", "in/s", "out/s"});
   std::map<std::string, std::vector<std::string>> rows;
   for (std::size_t i = 1; i <= 3; ++i) {
     std::istringstream row(lines[i]);
     std::vector<std::string> cells;
     for (std::string word; row >> word;)
       cells.push_back(word);
-    REQUIRE(cells.size() == 8);
+    REQUIRE(cells.size() == 13);
     rows[cells[0]] = cells;
   }
   REQUIRE(rows.size() == 3);
   CHECK(rows["n"][1] == "range");
   CHECK(rows["n"][3] == "11");  // emitted
   CHECK(rows["fib"][1] == "fib");
-  CHECK(rows["fib"][2] == "11");  // received
-  CHECK(rows["fib"][3] == "11");  // emitted
-  CHECK(rows["fib"][4] == "0");   // errors
-  CHECK(rows["fib"][6] == "11");  // batches
+  CHECK(rows["fib"][2] == "11");          // received
+  CHECK(rows["fib"][3] == "11");          // emitted
+  CHECK(rows["fib"][4] == "0");           // errors
+  CHECK(rows["fib"][8] == "11");          // batches
+  CHECK(std::stod(rows["fib"][11]) > 0);  // in/s: over the whole run, read once at the end
   CHECK(rows["out"][2] == "11");
   CHECK(lines[4].starts_with("11 messages in "));
 }

@@ -125,6 +125,9 @@ class Source {
   virtual bool is_blocking() const noexcept { return false; }
   /// Pulls the next value; std::nullopt ends the stream.
   virtual std::optional<json> next();
+  /// The blobs of the value next() returned last (a `files` source's bytes);
+  /// called once after each value.
+  virtual std::vector<Blob> take_blobs() { return {}; }
   /// Asynchronous form: emits through `context` until done.
   virtual boost::asio::awaitable<void, boost::asio::any_io_executor> run(SourceContext& context);
   /// How many values the source will emit, when it knows (for progress lines).
@@ -139,6 +142,8 @@ struct Capabilities {
   bool host_fed = false;
   /// Opens the file named by its `path` param ("-" is stdin).
   bool reads_files = false;
+  /// With reads_files: `path` names a directory, whose files it reads.
+  bool reads_directory = false;
   /// Writes to the process's stdout.
   bool writes_stdout = false;
 };

@@ -4,6 +4,7 @@
 namespace plumber::detail {
 
 void register_builtin_sources(Registry& registry);
+void register_files_source(Registry& registry);
 void register_builtin_transforms(Registry& registry);
 
 }  // namespace plumber::detail

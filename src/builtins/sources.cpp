@@ -1,4 +1,4 @@
-// Built-in sources: input, lines, jsonl, range, values, uuid.
+// Built-in sources: input, lines, jsonl, range, values, uuid (files: files_source.cpp).
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -193,6 +193,8 @@ void register_builtin_sources(Registry& registry) {
   };
   uuid.emits = {ValueTypes::string};
   registry.add(std::move(uuid));
+
+  register_files_source(registry);
 }
 
 }  // namespace plumber::detail

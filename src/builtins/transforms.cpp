@@ -1,5 +1,4 @@
 // Built-in transforms, sinks and predicates.
-#include <openssl/evp.h>
 
 #include <algorithm>
 #include <cctype>
@@ -18,6 +17,7 @@
 #include "plumber/builtins.hpp"
 #include "plumber/registry.hpp"
 #include "registry/in_place_transform.hpp"
+#include "sha256.hpp"
 
 namespace plumber {
 namespace detail {
@@ -83,22 +83,6 @@ std::int64_t fib(std::int64_t n) {
   return n < 2 ? n : fib(n - 1) + fib(n - 2);
 }
 
-std::string sha256_hex(const void* data, std::size_t size) {
-  // OpenSSL's libcrypto, as Boost 1.81 has no SHA-256.
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  if (EVP_Digest(data, size, digest, &length, EVP_sha256(), nullptr) != 1) {
-    throw std::runtime_error("sha256: digest failed");
-  }
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string text;
-  for (unsigned int i = 0; i < length; ++i) {
-    text += hex[digest[i] >> 4];
-    text += hex[digest[i] & 15];
-  }
-  return text;
-}
-
 std::int64_t integer_value(const Message& m, const char* step, std::int64_t low,
                            std::int64_t high) {
   if (!m.value.is_number_integer()) {
@@ -159,8 +143,23 @@ class SinkStep final : public Transform {
   explicit SinkStep(bool print) : print_(print) {}
   void process(std::span<Message> batch, std::vector<Message>&) override {
     if (!print_) return;
-    for (const Message& m : batch)
-      write_json_line(stdout, m.value);
+    for (const Message& m : batch) {
+      if (m.blobs.empty()) {
+        write_json_line(stdout, m.value);
+        continue;
+      }
+      // Binary data is not printed, but never dropped unseen: its size and digest.
+      json line = json::object();
+      line["value"] = m.value;
+      line["blobs"] = json::array();
+      for (const Blob& blob : m.blobs) {
+        json one = json::object();
+        one["size"] = blob.size();
+        one["sha256"] = sha256_hex(blob.data(), blob.size());
+        line["blobs"].push_back(std::move(one));
+      }
+      write_json_line(stdout, line);
+    }
   }
 
  private:

@@ -173,6 +173,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run_command->add_flag("--records", run.records, "print {\"id\",\"node\",\"value\"} records");
   run_command->add_flag("--stats", run.stats, "print per-node counts and timings at exit");
+  run_command
+      ->add_option("--blobs-dir", run.blobs_dir,
+                   "write the blobs (binary data) of outputs to files in DIR and print their paths")
+      ->check(CLI::ExistingDirectory);
   auto* progress_flag = run_command->add_flag(
       "--progress", run.progress, "progress line on stderr (default: when stderr is a terminal)");
   run_command->add_flag("--no-progress", run.no_progress, "no progress line")

@@ -22,6 +22,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "cli/blob_output.hpp"
 #include "cli/cli.hpp"
 #include "cli/progress.hpp"
 #include "json_parse.hpp"
@@ -138,9 +139,9 @@ void print_worker_stats(const Pipeline& pipeline) {
     if (!s.workers) continue;
     const WorkerPoolStats& w = *s.workers;
     if (!header) {
-      std::fprintf(stderr, "%-14s %5s %10s %9s %8s %10s %8s %10s %10s  %s\n", "workers", "procs",
-                   "tasks", "in-flight", "batches", "mean-batch", "restarts", "queue-ms",
-                   "worker-ms", "pids");
+      std::fprintf(stderr, "%-14s %5s %10s %9s %8s %10s %8s %10s %10s %12s %12s  %s\n", "workers",
+                   "procs", "tasks", "in-flight", "batches", "mean-batch", "restarts", "queue-ms",
+                   "worker-ms", "blob-copied", "blob-shared", "pids");
       header = true;
     }
     std::string pids;
@@ -148,15 +149,17 @@ void print_worker_stats(const Pipeline& pipeline) {
       if (!pids.empty()) pids += ',';
       pids += std::to_string(one.pid);
     }
-    std::fprintf(stderr, "%-14s %5zu %10llu %9llu %8llu %10.1f %8llu %10.1f %10.1f  %s\n",
-                 s.node.c_str(), w.procs, static_cast<unsigned long long>(w.tasks_done),
-                 static_cast<unsigned long long>(w.in_flight),
-                 static_cast<unsigned long long>(w.batches_done),
-                 w.batches_done
-                     ? static_cast<double>(w.tasks_done) / static_cast<double>(w.batches_done)
-                     : 0.0,
-                 static_cast<unsigned long long>(w.restarts), static_cast<double>(w.queue_ns) / 1e6,
-                 static_cast<double>(w.worker_ns) / 1e6, pids.c_str());
+    std::fprintf(
+        stderr, "%-14s %5zu %10llu %9llu %8llu %10.1f %8llu %10.1f %10.1f %12llu %12llu  %s\n",
+        s.node.c_str(), w.procs, static_cast<unsigned long long>(w.tasks_done),
+        static_cast<unsigned long long>(w.in_flight),
+        static_cast<unsigned long long>(w.batches_done),
+        w.batches_done ? static_cast<double>(w.tasks_done) / static_cast<double>(w.batches_done)
+                       : 0.0,
+        static_cast<unsigned long long>(w.restarts), static_cast<double>(w.queue_ns) / 1e6,
+        static_cast<double>(w.worker_ns) / 1e6,
+        static_cast<unsigned long long>(w.blob_bytes_copied),
+        static_cast<unsigned long long>(w.blob_bytes_shared), pids.c_str());
   }
 }
 
@@ -165,7 +168,7 @@ void print_stats(const Pipeline& pipeline, std::chrono::steady_clock::duration w
   const auto all = pipeline.stats();
   std::fprintf(stderr, "%-14s %-12s %10s %10s %7s %7s %7s %7s %8s %10s %9s %10s %10s\n", "node",
                "coroutine", "received", "emitted", "errors", "skipped", "expired", "retried",
-               "batches", "busy ms", "wait ms", "in/s", "out/s");
+               "batches", "busy-ms", "wait-ms", "in/s", "out/s");
   for (const auto& s : all) {
     std::fprintf(
         stderr,
@@ -240,6 +243,7 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   std::atomic<std::uint64_t> outputs{0};
   const bool show_progress = !options.no_progress && (options.progress || ::isatty(STDERR_FILENO));
   auto progress = std::make_shared<ProgressLine>(show_progress);
+  BlobOutput blob_output(options.blobs_dir);
   pipeline.on_output([&, records = options.records](OutputRecord&& r) {
     if (output_failed.load(std::memory_order_relaxed)) return;
     outputs.fetch_add(1, std::memory_order_relaxed);
@@ -251,7 +255,14 @@ int run_graph(const RunOptions& options, const Registry& registry) {
           record["id"] = r.id;
           record["node"] = std::string(r.node);
           record["value"] = std::move(r.value);
+          if (!r.blobs.empty()) record["blobs"] = blob_output.describe(r.id, r.blobs);
           detail::write_json_line(stdout, record);
+        } else if (!r.blobs.empty()) {
+          // A value with binary data: where its bytes went (or their digest).
+          json line = json::object();
+          line["value"] = std::move(r.value);
+          line["blobs"] = blob_output.describe(r.id, r.blobs);
+          detail::write_json_line(stdout, line);
         } else {
           detail::write_json_line(stdout, r.value);
         }
@@ -373,6 +384,13 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     std::_Exit(kExitOutputFailed);  // exit() would flush stdout again, and fail again
   }
   progress->finish(progress_text());  // the final count, however short the run
+  if (blob_output.unwritten() > 0) {
+    std::fprintf(stderr,
+                 "plumber: %llu blobs of outputs were not written to files (their sizes and "
+                 "SHA-256 are in the output lines)%s\n",
+                 static_cast<unsigned long long>(blob_output.unwritten()),
+                 options.blobs_dir.empty() ? "; --blobs-dir DIR writes them" : "");
+  }
   if (options.stats) print_stats(pipeline, wall);
   if (trace_file.is_open()) {
     pipeline.write_trace(trace_file);

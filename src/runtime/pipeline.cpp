@@ -74,7 +74,7 @@ void Pipeline::feed(json value) {
   try {
     feed.channel
         .async_send(detail::error_code{},
-                    detail::FeedItem{std::move(value), nullptr, false, {}, {}},
+                    detail::FeedItem{std::move(value), nullptr, false, {}, {}, {}},
                     boost::asio::use_future)
         .get();
   } catch (const boost::system::system_error&) {

@@ -324,6 +324,7 @@ void PipelineCore::start_blocking_readers() {
           try {
             item.value = source->next();
             item.end = !item.value;
+            if (item.value) item.blobs = source->take_blobs();
           } catch (const SourceItemError& e) {
             item.error = e.what();
           } catch (const std::exception& e) {

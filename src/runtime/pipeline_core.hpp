@@ -64,6 +64,7 @@ struct FeedItem {
   bool end = false;
   std::shared_ptr<Request> request;  ///< set for a Pipeline::process call
   std::vector<json> batch;           ///< Pipeline::feed_batch: emitted in order, after `value`
+  std::vector<Blob> blobs;           ///< value's
 };
 
 /// Values that enter the graph from another thread: what the host feeds the

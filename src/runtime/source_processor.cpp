@@ -72,10 +72,12 @@ asio::awaitable<void> SourceProcessor::run_generator() {
   for (std::uint64_t emitted = 1; !stopping(); ++emitted) {
     if (emitted % kYieldEvery == 0) co_await asio::post(core_.strand(), use_awaitable);
     std::optional<json> value;
+    std::vector<Blob> blobs;
     bool failed = false, last = false;
     try {
       StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       value = source_->next();
+      if (value) blobs = source_->take_blobs();
     } catch (const SourceItemError& e) {  // one bad item: the source goes on
       counters_.errors.add();
       core_.output_error(spec_.id, core_.next_id(), e.what());
@@ -93,6 +95,7 @@ asio::awaitable<void> SourceProcessor::run_generator() {
       Packet packet;
       packet.msg.id = core_.next_id();
       packet.msg.value = std::move(*value);
+      packet.msg.blobs = std::move(blobs);
       if (!idle() || !try_pass_on(packet)) out.packets.push_back(std::move(packet));
       if (!out.empty() && !try_send_all(out)) co_await send_all(out);
     }
@@ -162,6 +165,7 @@ bool SourceProcessor::accept_feed_item(FeedItem&& item, Outbox& out) {
     Packet packet;
     packet.msg.id = core_.next_id();
     packet.msg.value = std::move(*item.value);
+    packet.msg.blobs = std::move(item.blobs);
     if (item.request) {
       packet.msg.priority = item.request->priority;
       packet.msg.deadline = item.request->deadline;

@@ -76,7 +76,12 @@ void apply_graph_policy(GraphSpec& graph, const GraphLimits& limits) {
         // Opening a FIFO (or a device) blocks, or never ends: regular files only.
         std::error_code ec;
         const auto status = fs::status(*resolved, ec);
-        if (!ec && status.type() != fs::file_type::regular) {
+        const auto expected =
+            capabilities.reads_directory ? fs::file_type::directory : fs::file_type::regular;
+        if (!ec && status.type() != expected && capabilities.reads_directory) {
+          problems.push_back({"graph.file_not_regular", pointer + "/params/path",
+                              "\"" + path + "\" is not a directory", ""});
+        } else if (!ec && status.type() != expected) {
           problems.push_back({"graph.file_not_regular", pointer + "/params/path",
                               "\"" + path +
                                   "\" is not a regular file (a FIFO, a device or a "
