@@ -1,5 +1,6 @@
 // The server's WebSocket frames and graph policy, without a socket (the
 // end-to-end tests in tests/server/ drive the real server).
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -7,6 +8,7 @@
 
 #include "plumber/all.hpp"
 #include "server/graph_policy.hpp"
+#include "server/page_api.hpp"
 #include "server/protocol.hpp"
 #include "test_support.hpp"
 
@@ -54,6 +56,65 @@ TEST_CASE("Protocol.ParsesEveryOp") {
     CHECK(server::to_string(command.op) == op);
     CHECK(command.run == 9);
   }
+}
+
+TEST_CASE("Protocol.ParsesWatchAndUnwatch") {
+  auto watch = accepted(R"({"op": "watch", "interval_ms": 250})");
+  CHECK(watch.op == server::Op::watch);
+  CHECK(watch.stats_ms == 250);
+  CHECK(accepted(R"({"op": "watch"})").stats_ms == 0);  // the server's default
+  CHECK(accepted(R"({"op": "unwatch"})").op == server::Op::unwatch);
+  auto e = refused(R"({"op": "watch", "interval_ms": 5})");
+  CHECK(e.code == "protocol.out_of_range");
+  CHECK(e.pointer == "/interval_ms");
+  CHECK(refused(R"({"op": "unwatch", "run": 1})").code == "protocol.unknown_field");
+  CHECK(refused(R"({"op": "wacth"})").hint == "did you mean \"watch\"?");
+}
+
+TEST_CASE("Protocol.PaletteListsKindsParamsAndTypes") {
+  const auto registry = plumber::Registry::with_builtins();
+  const json palette = server::palette_json(registry);
+  const json* values = nullptr;
+  const json* upper = nullptr;
+  for (const json& c : palette["coroutines"]) {
+    if (c["name"] == "values") values = &c;
+    if (c["name"] == "upper") upper = &c;
+  }
+  REQUIRE(values);
+  REQUIRE(upper);
+  CHECK((*values)["kind"] == "source");
+  CHECK((*values)["accepts"] == "");
+  CHECK((*values)["params"][0]["name"] == "values");
+  CHECK((*values)["params"][0]["type"] == "array");
+  CHECK((*values)["params"][0]["required"] == true);
+  CHECK((*upper)["kind"] == "transform");
+  CHECK(!(*upper)["description"].get<std::string>().empty());
+  CHECK(palette["predicates"].is_array());
+}
+
+TEST_CASE("Protocol.ValidationGivesTheDiagnosticsOfASubmit") {
+  const auto registry = plumber::Registry::with_builtins();
+  const server::GraphLimits limits;
+  json draft = json::parse(R"({"plumber": 1, "name": "d", "nodes": [
+      {"id": "a", "coroutine": "values"}, {"id": "b", "coroutine": "uper"},
+      {"id": "c", "coroutine": "print"}],
+    "edges": [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}]})");
+  json answer = server::validation_json(draft, registry, limits);
+  CHECK(answer["ok"] == false);
+  std::vector<std::string> pointers;
+  for (const json& d : answer["diagnostics"])
+    pointers.push_back(d["pointer"].get<std::string>());
+  CHECK(std::find(pointers.begin(), pointers.end(), "/nodes/1/coroutine") != pointers.end());
+  draft["nodes"][0]["params"] = json::parse(R"({"values": [1]})");
+  draft["nodes"][1]["coroutine"] = "upper";
+  answer = server::validation_json(draft, registry, limits);
+  // Loads, but the server's policy refuses `print`.
+  REQUIRE(answer["ok"] == false);
+  CHECK(answer["diagnostics"][0]["pointer"] == "/nodes/2/coroutine");
+  draft["nodes"][2]["coroutine"] = "identity";
+  answer = server::validation_json(draft, registry, limits);
+  CHECK(answer["ok"] == true);
+  CHECK(answer["graph"]["order"] == json::parse(R"(["a", "b", "c"])"));
 }
 
 TEST_CASE("Protocol.RefusesWithStableCodesAndPointers") {

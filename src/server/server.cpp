@@ -20,10 +20,25 @@
 
 #include "json_parse.hpp"
 #include "plumber/plumber.hpp"
+#include "server/page_api.hpp"
 #include "server/protocol.hpp"
 #include "server/server_impl.hpp"
 
 namespace plumber::server {
+
+bool valid_graph_name(std::string_view name) {
+  return !name.empty() && name.size() <= 128 && name.front() != '.' &&
+         std::all_of(name.begin(), name.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+         });
+}
+
+void set_json(Response& response, http::status status, const json& body) {
+  response.result(status);
+  response.set(http::field::content_type, "application/json");
+  response.body() = dump(body) + "\n";
+}
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -82,19 +97,6 @@ bool same_secret(std::string_view a, std::string_view b) {
   for (std::size_t i = 0; i < a.size(); ++i)
     diff |= static_cast<unsigned char>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
   return diff == 0 && !b.empty();
-}
-
-bool valid_graph_name(std::string_view name) {
-  return !name.empty() && name.size() <= 128 && name.front() != '.' &&
-         std::all_of(name.begin(), name.end(), [](char c) {
-           return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
-         });
-}
-
-void set_json(Response& response, http::status status, const json& body) {
-  response.result(status);
-  response.set(http::field::content_type, "application/json");
-  response.body() = dump(body) + "\n";
 }
 
 json error_body(const std::string& code, const std::string& message) {
@@ -253,6 +255,7 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
   limits.max_nodes = options.max_nodes;
   limits.max_threads = options.max_threads;
   if (!options.allow_files.empty()) limits.allow_files = fs::path(options.allow_files);
+  check_edit_options();
   load_catalog();
 
   listen();
@@ -305,7 +308,7 @@ void ServerCore::listen() {
 }
 
 ServerCore::~ServerCore() {
-  for (auto& [name, service] : services_)
+  for (auto& service : all_services())
     service->pipeline->stop(false);
   if (!wait_pipelines(std::chrono::seconds(5))) {
     spdlog::warn("a step of a served graph still runs; stopping its threads anyway");
@@ -370,68 +373,11 @@ void ServerCore::check_total_send_queue() {
   }
 }
 
-void ServerCore::load_catalog() {
-  if (options.graphs_dir.empty()) return;
-  std::vector<fs::path> files;
-  for (const auto& entry : fs::directory_iterator(options.graphs_dir)) {
-    if (entry.path().extension() == ".json" && entry.is_regular_file()) files.push_back(entry);
-  }
-  std::sort(files.begin(), files.end());
-  for (const auto& file : files) {
-    CatalogEntry entry;
-    entry.name = file.stem().string();
-    if (!valid_graph_name(entry.name)) {
-      spdlog::warn("{}: skipped: a graph name is letters, digits, '_', '-' and '.'", file.string());
-      continue;
-    }
-    entry.spec = load_graph_file(file.string(), registry);
-    try {
-      apply_graph_policy(entry.spec, limits);
-    } catch (const GraphError& e) {
-      throw GraphError(file.string(), e.diagnostics());
-    }
-    std::ifstream in(file, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
-    entry.document = detail::parse_json(text.str());  // it loaded above: within limits
-    entry.description = entry.document.value("description", std::string());
-    entry.has_input = entry.spec.host_fed_input().has_value();
-    catalog_.emplace(entry.name, std::move(entry));
-  }
-}
-
 void ServerCore::start() {
   start_services();
   asio::co_spawn(strand_, accept(), asio::detached);
-}
-
-void ServerCore::start_services() {
-  for (const auto& [name, entry] : catalog_) {
-    if (!entry.has_input) continue;
-    std::size_t procs = 0;
-    for (const NodeSpec& node : entry.spec.nodes)
-      procs += node.procs;
-    if (auto refused = reserve_run(procs, /*count_run=*/false)) {
-      spdlog::error("graph {}: not served on /v1: {}", name, refused->second);
-      continue;
-    }
-    auto service = std::make_unique<Service>();
-    service->name = name;
-    service->pipeline = std::make_shared<Pipeline>(
-        Plumber(registry).build(entry.spec, executor(), {.collect_timings = true}));
-    Service* raw = service.get();
-    service->pipeline->on_done([self = weak_from_this(), raw] {
-      raw->done = true;
-      if (auto server = self.lock()) server->check_stopped();
-    });
-    try {
-      service->pipeline->start();
-    } catch (const std::exception& e) {
-      spdlog::error("graph {}: not served on /v1: {}", name, e.what());
-      continue;
-    }
-    service->metrics_key = metrics.track(name, service->pipeline);
-    services_.emplace(name, std::move(service));
+  if (!options.graphs_dir.empty() && options.watch_graphs) {
+    asio::co_spawn(strand_, watch_catalog(), asio::detached);
   }
 }
 
@@ -537,12 +483,16 @@ void ServerCore::shutdown(std::string reason) {
       self->cancel_everything(reason + "; the grace period was cut short");
       return;
     }
+    if (self->inotify_) {
+      error_code ignored;
+      self->inotify_->close(ignored);
+    }
     // The listener stays open until everything has closed: new connections
     // are told why they get no new work (503), and /readyz says "stopping".
     spdlog::info("shutdown: {}; grace period {} ms", reason, self->options.grace.count());
     for (auto& c : live)
       c->begin_shutdown(reason);
-    for (auto& [name, service] : self->services_)
+    for (auto& service : self->all_services())
       service->pipeline->end_input();
     self->grace_timer_.expires_after(self->options.grace);
     self->grace_timer_.async_wait([self, reason](error_code ec) {
@@ -563,7 +513,7 @@ void ServerCore::cancel_everything(const std::string& reason) {
   }
   for (auto& c : live)
     c->cancel(reason);
-  for (auto& [name, service] : services_)
+  for (auto& service : all_services())
     service->pipeline->stop(false);
   check_stopped();  // it no longer waits for the services (a step may never return)
 }
@@ -576,7 +526,8 @@ void ServerCore::check_stopped() {
       if (!self->stopping_ || self->stopped_ || !self->connections_.empty()) return;
       cancelled = self->cancelled_;
     }
-    for (auto& [name, service] : self->services_) {
+    const auto services = self->all_services();
+    for (auto& service : services) {
       if (!service->done && !cancelled) return;
     }
     {
@@ -586,9 +537,8 @@ void ServerCore::check_stopped() {
     self->grace_timer_.cancel();
     error_code ignored;
     self->acceptor_.close(ignored);
-    for (auto& [name, service] : self->services_) {
+    for (auto& service : services)
       self->metrics.finished(service->metrics_key, "completed");
-    }
     if (self->stopped_handler) self->stopped_handler();
   });
 }
@@ -601,15 +551,10 @@ GraphSpec ServerCore::load_submitted(const json& document) const {
   return spec;
 }
 
-const CatalogEntry* ServerCore::find_graph(std::string_view name) const {
-  auto it = catalog_.find(name);
-  return it == catalog_.end() ? nullptr : &it->second;
-}
-
 std::string ServerCore::nearest_graph(std::string_view) const {
   std::string names;
-  for (const auto& [known, entry] : catalog_)
-    names += (names.empty() ? "" : ", ") + known;
+  for (const auto& entry : graphs())
+    names += (names.empty() ? "" : ", ") + entry->name;
   if (names.empty()) return "this server has no named graphs (plumber serve --graphs DIR)";
   return "named graphs: " + names;
 }
@@ -731,17 +676,31 @@ asio::awaitable<void> ServerCore::handle(const Request& request, Response& respo
     refuse(request, response, http::status::upgrade_required, "http.upgrade_required",
            "/ws is a WebSocket endpoint (docs/protocol.md)");
     response.set(http::field::upgrade, "websocket");
+  } else if (path == "/v1/coroutines") {
+    if (only(http::verb::get, "GET")) set_json(response, http::status::ok, palette_json(registry));
+  } else if (path == "/v1/validate") {
+    if (only(http::verb::post, "POST")) {
+      try {
+        set_json(response, http::status::ok,
+                 validation_json(detail::parse_json(request.body()), registry, limits));
+      } catch (const detail::JsonParseError& e) {
+        refuse(request, response, http::status::bad_request, "http.bad_request",
+               "the body is not JSON: " + std::string(e.what()));
+      }
+    }
   } else if (path == "/v1/graphs") {
     if (only(http::verb::get, "GET")) {
       json graphs = json::array();
-      for (const auto& [name, entry] : catalog_) {
-        json one = graph_shape(name, entry.spec);
-        one["description"] = entry.description;
-        one["process"] = services_.contains(name);
+      for (const auto& entry : this->graphs()) {
+        json one = graph_shape(entry->name, entry->spec);
+        one["description"] = entry->description;
+        one["version"] = entry->version;
+        one["process"] = find_service(entry->name) != nullptr;
         graphs.push_back(std::move(one));
       }
       json body = json::object();
       body["graphs"] = std::move(graphs);
+      body["edits"] = options.allow_edits;
       set_json(response, http::status::ok, body);
     }
   } else if (path.starts_with("/v1/graphs/")) {
@@ -750,21 +709,23 @@ asio::awaitable<void> ServerCore::handle(const Request& request, Response& respo
     const std::string_view name = rest.substr(0, slash);
     const std::string_view action =
         slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
-    const CatalogEntry* entry = valid_graph_name(name) ? find_graph(name) : nullptr;
-    if (action.empty() || action == "/process") {
+    const auto entry = valid_graph_name(name) ? find_graph(name) : nullptr;
+    if (action.empty() && (method == http::verb::put || method == http::verb::delete_)) {
+      edit_graph(request, response, name);
+    } else if (action.empty() || action == "/process") {
       if (!entry) {
         refuse(request, response, http::status::not_found, "graph.unknown_name",
                "no graph named \"" + std::string(name) + "\" (" + nearest_graph(name) + ")");
       } else if (action.empty()) {
         if (only(http::verb::get, "GET")) set_json(response, http::status::ok, entry->document);
       } else if (only(http::verb::post, "POST")) {
-        auto service = services_.find(name);
-        if (service == services_.end()) {
+        auto service = find_service(name);
+        if (!service) {
           refuse(request, response, http::status::conflict, "graph.no_input",
                  "graph \"" + std::string(name) +
                      "\" has no `input` source, so it cannot process a request");
         } else {
-          co_await process(request, response, *service->second);
+          co_await process(request, response, std::move(service));
         }
       }
     } else {
@@ -815,7 +776,7 @@ std::optional<std::int64_t> integer_param(std::string_view query, std::string_vi
 }  // namespace
 
 asio::awaitable<void> ServerCore::process(const Request& request, Response& response,
-                                          Service& service) {
+                                          std::shared_ptr<Service> service) {
   const auto started = std::chrono::steady_clock::now();
   const auto [path, query] = split_target(request.target());
   std::string bad;
@@ -840,13 +801,22 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
                                          static_cast<std::uint8_t>(*priority)};
     // Named locals, not temporaries or structured bindings, around co_await (g++ 12).
     std::tuple<boost::system::error_code, ProcessResult> outcome;
-    try {
-      auto operation = service.pipeline->async_process(std::move(value), process_options,
-                                                       asio::as_tuple(asio::use_awaitable));
-      outcome = co_await std::move(operation);
-    } catch (const std::exception& e) {  // a graph without `input`
-      std::get<0>(outcome) = errc::pipeline_stopped;
-      std::get<1>(outcome).error = e.what();
+    // A reload may retire the service between finding it and feeding it: the
+    // value then goes to the version that took its place.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      try {
+        json item = value;
+        auto operation = service->pipeline->async_process(std::move(item), process_options,
+                                                          asio::as_tuple(asio::use_awaitable));
+        outcome = co_await std::move(operation);
+      } catch (const std::exception& e) {  // a graph without `input`, or ended
+        std::get<0>(outcome) = errc::pipeline_stopped;
+        std::get<1>(outcome).error = e.what();
+      }
+      if (std::get<0>(outcome) != errc::pipeline_stopped || !service->retired || stopping()) break;
+      auto current = find_service(service->name);
+      if (!current || current == service) break;
+      service = std::move(current);
     }
     const boost::system::error_code& ec = std::get<0>(outcome);
     if (!ec) {
@@ -858,7 +828,7 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  metrics.observe_process(service.name, response.result_int(), seconds);
+  metrics.observe_process(service->name, response.result_int(), seconds);
 }
 
 }  // namespace plumber::server
@@ -885,6 +855,11 @@ void Server::start() {
 
 void Server::shutdown(std::string reason) {
   core_->shutdown(std::move(reason));
+}
+
+void Server::reload() {
+  boost::asio::post(core_->strand_,
+                    [core = core_] { core->reload("a reload was asked for (SIGHUP)"); });
 }
 
 void Server::on_stopped(std::function<void()> handler) {
