@@ -144,7 +144,8 @@ class Reload(unittest.TestCase):
             error = json.loads(body)["error"]
             self.assertEqual((status, error["code"]), (422, "graph.unknown_coroutine"))
             self.assertEqual(error["diagnostics"][0]["pointer"], "/nodes/1/coroutine")
-            self.assertEqual(json.load(open(os.path.join(self.dir, "made.json")))["nodes"][1]["coroutine"], "upper")
+            with open(os.path.join(self.dir, "made.json")) as f:
+                self.assertEqual(json.load(f)["nodes"][1]["coroutine"], "upper")
             self.assertEqual([f for f in os.listdir(self.dir) if f.startswith(".")], [])
             status, headers, body = server.request("DELETE", "/v1/graphs/made")
             self.assertEqual(status, 200, body)
