@@ -8,6 +8,7 @@
 
 #include "plumber/all.hpp"
 #include "server/graph_policy.hpp"
+#include "server/http_util.hpp"
 #include "server/page_api.hpp"
 #include "server/protocol.hpp"
 #include "test_support.hpp"
@@ -224,4 +225,26 @@ TEST_CASE("ServerPolicy.CountsNodesBeforeValidating") {
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].code == "graph.too_many_nodes");
   CHECK(problems[0].pointer == "/nodes");
+}
+
+TEST_CASE("ServerHttp.SplitsTargetsDecodesQueriesAndReadsTokens") {
+  CHECK(server::split_target("/v1/graphs?token=a%20b") ==
+        std::pair<std::string_view, std::string_view>("/v1/graphs", "token=a%20b"));
+  CHECK(server::split_target("/ws").second.empty());
+  CHECK(server::query_param("x=1&token=a%20b+c", "token") == "a b c");
+  CHECK(!server::query_param("x=1", "token"));
+  CHECK(server::query_param("token", "token") == "");
+  CHECK(server::url_decode("%zz%41") == "%zzA");
+  CHECK(server::same_secret("s3cret", "s3cret"));
+  CHECK(!server::same_secret("s3cre", "s3cret"));
+  CHECK(!server::same_secret("", ""));
+  CHECK(server::bearer_token("Bearer  abc") == "abc");
+  CHECK(server::bearer_token("bEaReR\tabc") == "abc");
+  CHECK(!server::bearer_token("Basic abc"));
+  CHECK(server::origin_host("http://127.0.0.1:8080/x") == "127.0.0.1:8080");
+  std::string bad;
+  CHECK(server::integer_param("timeout_ms=250", "timeout_ms", 30000, 1, 3600000, bad) == 250);
+  CHECK(server::integer_param("", "timeout_ms", 30000, 1, 3600000, bad) == 30000);
+  CHECK(!server::integer_param("timeout_ms=0x10", "timeout_ms", 30000, 1, 3600000, bad));
+  CHECK(bad == "timeout_ms must be an integer from 1 to 3600000, not \"0x10\"");
 }

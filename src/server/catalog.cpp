@@ -369,22 +369,25 @@ void ServerCore::reload(const std::string& why) {
   prune_retired();
 }
 
-asio::awaitable<void> ServerCore::watch_catalog() {
-  auto self = shared_from_this();
+void ServerCore::open_catalog_watch() {
   const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (fd < 0) {
     spdlog::warn("catalog: cannot watch {} (inotify: {}); reload with SIGHUP", options.graphs_dir,
                  std::strerror(errno));
-    co_return;
+    return;
   }
   if (::inotify_add_watch(fd, options.graphs_dir.c_str(),
                           IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE) < 0) {
     spdlog::warn("catalog: cannot watch {} (inotify: {}); reload with SIGHUP", options.graphs_dir,
                  std::strerror(errno));
     ::close(fd);
-    co_return;
+    return;
   }
   inotify_ = std::make_unique<asio::posix::stream_descriptor>(strand_, fd);
+}
+
+asio::awaitable<void> ServerCore::watch_catalog() {
+  auto self = shared_from_this();
   alignas(inotify_event) std::array<char, 8192> buffer;
   while (!stopping()) {
     std::tuple<error_code, std::size_t> read =

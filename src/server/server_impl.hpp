@@ -206,7 +206,9 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
                                 std::shared_ptr<Service> service);
   /// Builds and starts the /v1 pipeline of `entry`; null (logged) when it cannot.
   std::shared_ptr<Service> start_service(const CatalogEntry& entry);
-  /// Watches --graphs with inotify and reloads on a change (see catalog.cpp).
+  /// Starts watching --graphs with inotify (inotify_; left null, logged, when it cannot).
+  void open_catalog_watch();
+  /// Reloads when inotify reports a change in --graphs (see catalog.cpp).
   asio::awaitable<void> watch_catalog();
   /// Forgets retired pipelines that have finished (catalog_mutex_ held).
   void prune_retired();
