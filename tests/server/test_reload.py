@@ -17,7 +17,7 @@ import unittest
 
 from harness import GUARD, PLUMBER, Server, graph, main, metric
 
-SLOW_LOWER = graph(("in", "input"), ("slow", "sleep", {"ms": 4000}), ("low", "lower"),
+SLOW_LOWER = graph(("in", "input"), ("slow", "sleep", {"ms": 6000}), ("low", "lower"),
                    edges=[("in", "slow"), ("slow", "low")], name="echo")
 UPPER = graph(("in", "input"), ("up", "upper"), edges=[("in", "up")], name="echo")
 BROKEN = graph(("in", "input"), ("up", "uper"), edges=[("in", "up")], name="echo")
