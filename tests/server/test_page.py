@@ -141,13 +141,20 @@ class Page(unittest.TestCase):
         self.set_text(text)
         self.wait(lambda d: len(self.css("#graph-view g.node")) == 4)
         self.assertEqual(len(self.css('#graph-view path.edge[data-to="low"]')), 1)
+        # A palette entry dropped onto a node adds a node connected after it.
+        self.driver.execute_script(
+            "const data = new DataTransfer(); data.setData('application/x-plumber-coroutine', 'reverse');"
+            "const target = document.querySelector('#graph-view g.node[data-node=\"low\"] rect.box');"
+            "target.dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));")
+        self.wait(lambda d: len(self.css("#graph-view g.node")) == 5)
+        self.assertEqual(len(self.css('#graph-view path.edge[data-from="low"][data-to="reverse"]')), 1)
         # Saved to the server's catalog (--allow-edits).
         name = self.driver.find_element(By.ID, "save-name")
         name.send_keys("built")
         self.driver.find_element(By.ID, "save-button").click()
         self.wait(EC.text_to_be_present_in_element((By.ID, "save-status"), "saved"))
         with open(os.path.join(self.graphs, "built.json")) as f:
-            self.assertEqual(len(json.load(f)["nodes"]), 4)
+            self.assertEqual(len(json.load(f)["nodes"]), 5)
         self.wait(lambda d: d.find_elements(By.CSS_SELECTOR, '#graph-select option[value="built"]'))
 
     def test_2_a_hundred_nodes_lay_out_without_overlaps(self):
