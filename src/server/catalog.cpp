@@ -94,6 +94,18 @@ std::string write_atomically(const fs::path& file, const std::string& text) {
   return {};
 }
 
+/// True when one of the inotify events in `data` names a graph file (`*.json`,
+/// not hidden: temporary files of editors and of edit_graph are).
+bool names_a_graph(const char* data, std::size_t size) {
+  for (std::size_t at = 0; at + sizeof(inotify_event) <= size;) {
+    const auto* event = reinterpret_cast<const inotify_event*>(data + at);
+    const std::string_view name = event->len > 0 ? std::string_view(event->name) : "";
+    if (name.ends_with(".json") && !name.starts_with(".")) return true;
+    at += sizeof(inotify_event) + event->len;
+  }
+  return false;
+}
+
 json error_json(const std::string& code, const std::string& message) {
   json error = json::object();
   error["code"] = code;
@@ -389,18 +401,13 @@ void ServerCore::open_catalog_watch() {
 asio::awaitable<void> ServerCore::watch_catalog() {
   auto self = shared_from_this();
   alignas(inotify_event) std::array<char, 8192> buffer;
-  while (!stopping()) {
+  // (No break or continue past a live local in a coroutine: g++ 12.)
+  bool open = true;
+  while (open && !stopping()) {
     std::tuple<error_code, std::size_t> read =
         co_await inotify_->async_read_some(asio::buffer(buffer), tuple_awaitable);
-    if (std::get<0>(read) || stopping()) break;
-    bool relevant = false;
-    for (std::size_t at = 0; at + sizeof(inotify_event) <= std::get<1>(read);) {
-      const auto* event = reinterpret_cast<const inotify_event*>(buffer.data() + at);
-      const std::string_view name = event->len > 0 ? std::string_view(event->name) : "";
-      if (name.ends_with(".json") && !name.starts_with(".")) relevant = true;
-      at += sizeof(inotify_event) + event->len;
-    }
-    if (relevant) {
+    open = !std::get<0>(read) && !stopping();
+    if (open && names_a_graph(buffer.data(), std::get<1>(read))) {
       // An editor writes in bursts: let the burst end, then reload once.
       asio::steady_timer settle(strand_, std::chrono::milliseconds(100));
       co_await settle.async_wait(tuple_awaitable);

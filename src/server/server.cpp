@@ -678,6 +678,13 @@ json process_error_body(const ProcessResult& failed, const std::string& code) {
 
 }  // namespace
 
+std::shared_ptr<Service> ServerCore::successor(const boost::system::error_code& ec,
+                                               const Service& service) const {
+  if (ec != errc::pipeline_stopped || !service.retired || stopping()) return nullptr;
+  auto current = find_service(service.name);
+  return current.get() == &service ? nullptr : current;
+}
+
 asio::awaitable<void> ServerCore::process(const Request& request, Response& response,
                                           std::shared_ptr<Service> service) {
   const auto started = std::chrono::steady_clock::now();
@@ -706,7 +713,9 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
     std::tuple<boost::system::error_code, ProcessResult> outcome;
     // A reload may retire the service between finding it and feeding it: the
     // value then goes to the version that took its place.
-    for (int attempt = 0; attempt < 2; ++attempt) {
+    // (No break or continue past a live local in a coroutine: g++ 12.)
+    bool again = true;
+    for (int attempt = 0; again && attempt < 2; ++attempt) {
       try {
         json item = value;
         auto operation = service->pipeline->async_process(std::move(item), process_options,
@@ -716,10 +725,9 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
         std::get<0>(outcome) = errc::pipeline_stopped;
         std::get<1>(outcome).error = e.what();
       }
-      if (std::get<0>(outcome) != errc::pipeline_stopped || !service->retired || stopping()) break;
-      auto current = find_service(service->name);
-      if (!current || current == service) break;
-      service = std::move(current);
+      std::shared_ptr<Service> next = successor(std::get<0>(outcome), *service);
+      again = next != nullptr;
+      if (again) service = std::move(next);
     }
     const boost::system::error_code& ec = std::get<0>(outcome);
     if (!ec) {

@@ -204,6 +204,10 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   void check_stopped();
   asio::awaitable<void> process(const Request& request, Response& response,
                                 std::shared_ptr<Service> service);
+  /// Where a /v1 value refused with `ec` by `service` goes next: the version
+  /// that replaced it (a reload retired it between finding and feeding), or null.
+  std::shared_ptr<Service> successor(const boost::system::error_code& ec,
+                                     const Service& service) const;
   /// Builds and starts the /v1 pipeline of `entry`; null (logged) when it cannot.
   std::shared_ptr<Service> start_service(const CatalogEntry& entry);
   /// Starts watching --graphs with inotify (inotify_; left null, logged, when it cannot).
