@@ -11,6 +11,7 @@ import tempfile
 import threading
 import unittest
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -63,7 +64,8 @@ class Page(unittest.TestCase):
         assert cls.server.stop() == 0, cls.server.stderr.decode(errors="replace")
 
     def wait(self, condition, guard=GUARD):
-        return WebDriverWait(self.driver, guard).until(condition)
+        # The page redraws what changed: an element found a moment ago may be gone.
+        return WebDriverWait(self.driver, guard, ignored_exceptions=[StaleElementReferenceException]).until(condition)
 
     def shot(self, name):
         self.driver.save_screenshot(os.path.join(SHOTS, name + ".png"))
@@ -116,11 +118,10 @@ class Page(unittest.TestCase):
         self.assertIn("1 problem", self.driver.find_element(By.ID, "validity").text)
         # ... and on the field of the form that fixes it.
         self.node("values").click()
-        field = self.wait(EC.presence_of_element_located((By.ID, "param-values")))
-        label = field.find_element(By.XPATH, "..")
-        self.wait(lambda d: "invalid" in label.get_attribute("class"))
+        self.wait(lambda d: "invalid" in d.find_element(
+            By.CSS_SELECTOR, '#node-form label[data-field="params/values"]').get_attribute("class"))
         self.shot("02-validation-error")
-        field.send_keys('["plumber", "page"]', Keys.TAB)
+        self.driver.find_element(By.ID, "param-values").send_keys('["plumber", "page"]', Keys.TAB)
         self.wait(EC.text_to_be_present_in_element((By.ID, "validity"), "valid"))
         self.assertEqual(self.invalid_nodes(), [])
         self.assertEqual(json.loads(self.driver.find_element(By.ID, "graph-text").get_attribute("value"))
@@ -204,10 +205,14 @@ class Page(unittest.TestCase):
         thread.start()
         try:
             self.assertTrue(started.wait(GUARD))
-            row = self.wait(lambda d: self.css('#watch-runs .watch-run[data-graph="inline:elsewhere"] tr[data-node="up"]'))
-            self.wait(lambda d: "3" in [td.text for td in self.css(
-                '#watch-runs .watch-run[data-graph="inline:elsewhere"] tr[data-node="up"] td')][2:4])
-            self.assertIn("run 1", self.css('#watch-runs .watch-run[data-graph="inline:elsewhere"] h3')[0].text)
+            # The view is redrawn at each watch frame: read it in one script, not element by element.
+            seen = self.wait(lambda d: d.execute_script(
+                "const box = document.querySelector('#watch-runs .watch-run[data-graph=\"inline:elsewhere\"]');"
+                "if (!box) return null;"
+                "const row = box.querySelector('tr[data-node=\"up\"]');"
+                "const cells = row ? [...row.querySelectorAll('td')].map((td) => td.textContent) : [];"
+                "return cells[2] === '3' && cells[3] === '3' ? box.querySelector('h3').textContent : null;"))
+            self.assertIn("run 1: inline:elsewhere", seen)
             self.shot("07-server-view")
         finally:
             release.set()
