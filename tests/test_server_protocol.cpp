@@ -1,5 +1,6 @@
 // The server's WebSocket frames and graph policy, without a socket (the
 // end-to-end tests in tests/server/ drive the real server).
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -7,6 +8,8 @@
 
 #include "plumber/all.hpp"
 #include "server/graph_policy.hpp"
+#include "server/http_util.hpp"
+#include "server/page_api.hpp"
 #include "server/protocol.hpp"
 #include "test_support.hpp"
 
@@ -54,6 +57,65 @@ TEST_CASE("Protocol.ParsesEveryOp") {
     CHECK(server::to_string(command.op) == op);
     CHECK(command.run == 9);
   }
+}
+
+TEST_CASE("Protocol.ParsesWatchAndUnwatch") {
+  auto watch = accepted(R"({"op": "watch", "interval_ms": 250})");
+  CHECK(watch.op == server::Op::watch);
+  CHECK(watch.stats_ms == 250);
+  CHECK(accepted(R"({"op": "watch"})").stats_ms == 0);  // the server's default
+  CHECK(accepted(R"({"op": "unwatch"})").op == server::Op::unwatch);
+  auto e = refused(R"({"op": "watch", "interval_ms": 5})");
+  CHECK(e.code == "protocol.out_of_range");
+  CHECK(e.pointer == "/interval_ms");
+  CHECK(refused(R"({"op": "unwatch", "run": 1})").code == "protocol.unknown_field");
+  CHECK(refused(R"({"op": "wacth"})").hint == "did you mean \"watch\"?");
+}
+
+TEST_CASE("Protocol.PaletteListsKindsParamsAndTypes") {
+  const auto registry = plumber::Registry::with_builtins();
+  const json palette = server::palette_json(registry);
+  const json* values = nullptr;
+  const json* upper = nullptr;
+  for (const json& c : palette["coroutines"]) {
+    if (c["name"] == "values") values = &c;
+    if (c["name"] == "upper") upper = &c;
+  }
+  REQUIRE(values);
+  REQUIRE(upper);
+  CHECK((*values)["kind"] == "source");
+  CHECK((*values)["accepts"] == "");
+  CHECK((*values)["params"][0]["name"] == "values");
+  CHECK((*values)["params"][0]["type"] == "array");
+  CHECK((*values)["params"][0]["required"] == true);
+  CHECK((*upper)["kind"] == "transform");
+  CHECK(!(*upper)["description"].get<std::string>().empty());
+  CHECK(palette["predicates"].is_array());
+}
+
+TEST_CASE("Protocol.ValidationGivesTheDiagnosticsOfASubmit") {
+  const auto registry = plumber::Registry::with_builtins();
+  const server::GraphLimits limits;
+  json draft = json::parse(R"({"plumber": 1, "name": "d", "nodes": [
+      {"id": "a", "coroutine": "values"}, {"id": "b", "coroutine": "uper"},
+      {"id": "c", "coroutine": "print"}],
+    "edges": [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}]})");
+  json answer = server::validation_json(draft, registry, limits);
+  CHECK(answer["ok"] == false);
+  std::vector<std::string> pointers;
+  for (const json& d : answer["diagnostics"])
+    pointers.push_back(d["pointer"].get<std::string>());
+  CHECK(std::find(pointers.begin(), pointers.end(), "/nodes/1/coroutine") != pointers.end());
+  draft["nodes"][0]["params"] = json::parse(R"({"values": [1]})");
+  draft["nodes"][1]["coroutine"] = "upper";
+  answer = server::validation_json(draft, registry, limits);
+  // Loads, but the server's policy refuses `print`.
+  REQUIRE(answer["ok"] == false);
+  CHECK(answer["diagnostics"][0]["pointer"] == "/nodes/2/coroutine");
+  draft["nodes"][2]["coroutine"] = "identity";
+  answer = server::validation_json(draft, registry, limits);
+  CHECK(answer["ok"] == true);
+  CHECK(answer["graph"]["order"] == json::parse(R"(["a", "b", "c"])"));
 }
 
 TEST_CASE("Protocol.RefusesWithStableCodesAndPointers") {
@@ -163,4 +225,26 @@ TEST_CASE("ServerPolicy.CountsNodesBeforeValidating") {
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].code == "graph.too_many_nodes");
   CHECK(problems[0].pointer == "/nodes");
+}
+
+TEST_CASE("ServerHttp.SplitsTargetsDecodesQueriesAndReadsTokens") {
+  CHECK(server::split_target("/v1/graphs?token=a%20b") ==
+        std::pair<std::string_view, std::string_view>("/v1/graphs", "token=a%20b"));
+  CHECK(server::split_target("/ws").second.empty());
+  CHECK(server::query_param("x=1&token=a%20b+c", "token") == "a b c");
+  CHECK(!server::query_param("x=1", "token"));
+  CHECK(server::query_param("token", "token") == "");
+  CHECK(server::url_decode("%zz%41") == "%zzA");
+  CHECK(server::same_secret("s3cret", "s3cret"));
+  CHECK(!server::same_secret("s3cre", "s3cret"));
+  CHECK(!server::same_secret("", ""));
+  CHECK(server::bearer_token("Bearer  abc") == "abc");
+  CHECK(server::bearer_token("bEaReR\tabc") == "abc");
+  CHECK(!server::bearer_token("Basic abc"));
+  CHECK(server::origin_host("http://127.0.0.1:8080/x") == "127.0.0.1:8080");
+  std::string bad;
+  CHECK(server::integer_param("timeout_ms=250", "timeout_ms", 30000, 1, 3600000, bad) == 250);
+  CHECK(server::integer_param("", "timeout_ms", 30000, 1, 3600000, bad) == 30000);
+  CHECK(!server::integer_param("timeout_ms=0x10", "timeout_ms", 30000, 1, 3600000, bad));
+  CHECK(bad == "timeout_ms must be an integer from 1 to 3600000, not \"0x10\"");
 }

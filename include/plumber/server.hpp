@@ -24,6 +24,11 @@ struct ServerOptions {
   std::string graphs_dir;
   /// When set, every endpoint but /healthz needs `Authorization: Bearer TOKEN` or `?token=TOKEN`.
   std::string token;
+  /// `PUT` and `DELETE /v1/graphs/NAME` write graphs_dir (needs `token` when
+  /// bound beyond loopback).
+  bool allow_edits = false;
+  /// Watch graphs_dir with inotify and reload a graph when its file changes.
+  bool watch_graphs = true;
   /// Where `lines`/`jsonl` sources may read; empty: they are refused.
   std::string allow_files;
   std::size_t max_frame = 1 << 20;      ///< bytes of a WebSocket message or an HTTP body
@@ -73,6 +78,9 @@ class Server {
   /// finish for the grace period, then cancels them and closes. Thread-safe; a
   /// second call skips what is left of the grace period.
   void shutdown(std::string reason);
+  /// Reads graphs_dir again (as on SIGHUP): changed graphs are validated, then
+  /// swapped in; a broken file leaves its old version serving. Thread-safe.
+  void reload();
   /// Called once, on the executor, when shutdown has closed everything.
   void on_stopped(std::function<void()> handler);
   /// After shutdown: waits at most `limit` for the pipeline threads to finish;

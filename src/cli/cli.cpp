@@ -218,6 +218,11 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingDirectory);
   serve_command->add_option("--token", serve_options.token,
                             "require Authorization: Bearer TOKEN (or ?token=) but on /healthz");
+  serve_command->add_flag("--allow-edits", serve_options.allow_edits,
+                          "let PUT and DELETE /v1/graphs/NAME write the --graphs directory "
+                          "(needs --token when bound beyond loopback)");
+  serve_command->add_flag("!--no-watch", serve_options.watch_graphs,
+                          "do not watch --graphs with inotify (SIGHUP still reloads)");
   serve_command
       ->add_option("--allow-files", serve_options.allow_files,
                    "let lines/jsonl sources read files under this directory")

@@ -1,4 +1,4 @@
-// `plumber serve`: the socket server until SIGINT/SIGTERM.
+// `plumber serve`: the socket server until SIGINT/SIGTERM (SIGHUP reloads --graphs).
 #include <sys/resource.h>
 
 #include <condition_variable>
@@ -47,12 +47,17 @@ int serve(const ServerOptions& options, int threads, const Registry& registry) {
     return kExitRuntimeError;
   }
 
-  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  // SIGHUP reloads --graphs (docs/cli.md, "Changing graphs at run time").
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
   std::function<void()> on_signal = [&] {
     signals.async_wait([&](boost::system::error_code ec, int number) {
       if (ec) return;
-      server->shutdown(number == SIGINT ? "the server received SIGINT"
-                                        : "the server received SIGTERM");
+      if (number == SIGHUP) {
+        server->reload();
+      } else {
+        server->shutdown(number == SIGINT ? "the server received SIGINT"
+                                          : "the server received SIGTERM");
+      }
       on_signal();
     });
   };

@@ -101,6 +101,21 @@ void Metrics::count_ws_error(const std::string& code) {
   ++ws_errors_[code];
 }
 
+void Metrics::catalog_state(const std::string& graph, bool valid, std::uint64_t version) {
+  std::lock_guard lock(mutex_);
+  catalog_[graph] = {valid, version};
+}
+
+void Metrics::catalog_removed(const std::string& graph) {
+  std::lock_guard lock(mutex_);
+  catalog_.erase(graph);
+}
+
+void Metrics::count_reload(const std::string& result) {
+  std::lock_guard lock(mutex_);
+  ++reloads_[result];
+}
+
 void Metrics::count_ws_closed(const std::string& reason) {
   std::lock_guard lock(mutex_);
   ++ws_closed_[reason];
@@ -271,6 +286,28 @@ std::string Metrics::render() {
       latency.metric.push_back(std::move(m));
     }
     families.push_back(std::move(latency));
+
+    auto valid = family("plumber_catalog_graph_valid",
+                        "1 when a --graphs file loaded at its last reload, 0 when it is broken "
+                        "and its previous version keeps serving",
+                        MetricType::Gauge);
+    auto version = family("plumber_catalog_graph_version",
+                          "The version of a --graphs graph now serving (1 at start, +1 per "
+                          "applied change)",
+                          MetricType::Gauge);
+    for (const auto& [graph, state] : catalog_) {
+      valid.metric.push_back(sample(state.first ? 1.0 : 0.0, {{"graph", graph}}));
+      version.metric.push_back(sample(static_cast<double>(state.second), {{"graph", graph}}));
+    }
+    families.push_back(std::move(valid));
+    families.push_back(std::move(version));
+    auto reloads = family("plumber_catalog_reloads_total",
+                          "Changed --graphs files seen by reloads, by result (applied, "
+                          "rejected, removed)",
+                          MetricType::Counter);
+    for (const auto& [result, n] : reloads_)
+      reloads.metric.push_back(sample(static_cast<double>(n), {{"result", result}}));
+    families.push_back(std::move(reloads));
   }
 
   auto gauge = [&](const char* name, const char* help, double value, MetricType type) {

@@ -48,6 +48,14 @@ class Metrics {
   /// A request of POST /v1/graphs/NAME/process took `seconds` and got `status`.
   void observe_process(const std::string& graph, unsigned status, double seconds);
 
+  // --- the catalog (--graphs) -------------------------------------------------
+  /// Graph `graph` serves `version`; `valid` is false when its file failed its
+  /// last reload (the old version then keeps serving).
+  void catalog_state(const std::string& graph, bool valid, std::uint64_t version);
+  void catalog_removed(const std::string& graph);
+  /// A file looked at by a reload: "applied", "rejected" or "removed".
+  void count_reload(const std::string& result);
+
   /// The whole exposition.
   std::string render();
 
@@ -77,6 +85,8 @@ class Metrics {
   std::map<std::string, std::uint64_t> ws_errors_;   // by code
   std::map<std::string, std::uint64_t> ws_closed_;   // by reason
   std::map<std::pair<std::string, unsigned>, std::uint64_t> process_requests_;
+  std::map<std::string, std::pair<bool, std::uint64_t>> catalog_;  // graph -> (valid, version)
+  std::map<std::string, std::uint64_t> reloads_;                   // by result
   std::map<std::string, std::unique_ptr<prometheus::Histogram>> process_seconds_;
 };
 

@@ -11,8 +11,8 @@
 namespace plumber::server {
 namespace {
 
-constexpr std::array<std::string_view, 6> kOps = {"submit", "input", "end",
-                                                  "cancel", "stop",  "stats"};
+constexpr std::array<std::string_view, 8> kOps = {"submit", "input", "end",   "cancel",
+                                                  "stop",   "stats", "watch", "unwatch"};
 
 std::string type_name(const json& value) {
   if (value.is_number_unsigned() || value.is_number_integer()) return "integer";
@@ -59,6 +59,10 @@ std::vector<std::string_view> fields_of(Op op) {
     case Op::stop:
     case Op::stats:
       return {"run"};
+    case Op::watch:
+      return {"interval_ms"};
+    case Op::unwatch:
+      return {};
   }
   return {};
 }
@@ -169,7 +173,7 @@ std::variant<Command, ProtocolError> parse_frame(std::string_view text, json& re
   auto op = frame.find("op");
   if (op == frame.end()) {
     return problem("protocol.missing_field", "", "a frame needs the field \"op\"",
-                   "one of submit, input, end, cancel, stop, stats");
+                   "one of submit, input, end, cancel, stop, stats, watch, unwatch");
   }
   if (!op->is_string()) {
     return problem("protocol.wrong_type", "/op", "\"op\" must be a string, not " + type_name(*op));
@@ -178,7 +182,7 @@ std::variant<Command, ProtocolError> parse_frame(std::string_view text, json& re
   auto known = std::find(kOps.begin(), kOps.end(), name);
   if (known == kOps.end()) {
     std::string hint = did_you_mean(name, kOps);
-    if (hint.empty()) hint = "one of submit, input, end, cancel, stop, stats";
+    if (hint.empty()) hint = "one of submit, input, end, cancel, stop, stats, watch, unwatch";
     ProtocolError e =
         problem("protocol.unknown_op", "/op", "unknown op \"" + name + "\"", std::move(hint));
     return e;
@@ -209,6 +213,20 @@ std::variant<Command, ProtocolError> parse_frame(std::string_view text, json& re
     case Op::stop:
     case Op::stats:
       error = read_run(frame, request);
+      break;
+    case Op::watch:
+      if (auto interval = frame.find("interval_ms"); interval != frame.end()) {
+        if (!interval->is_number_unsigned() || interval->get<std::uint64_t>() < 100 ||
+            interval->get<std::uint64_t>() > 60'000) {
+          error = problem(
+              "protocol.out_of_range", "/interval_ms",
+              "\"interval_ms\" must be an integer from 100 to 60000, not " + interval->dump());
+        } else {
+          request.stats_ms = interval->get<std::uint32_t>();
+        }
+      }
+      break;
+    case Op::unwatch:
       break;
   }
   if (error) return *error;

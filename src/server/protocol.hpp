@@ -23,7 +23,9 @@ enum class Op {
   end,     // no more input for a run
   cancel,  // cancel a run: in-flight messages are reported as cancelled
   stop,    // stop a run gracefully: its sources stop producing and it drains
-  stats    // the per-node counters of a run, now
+  stats,   // the per-node counters of a run, now
+  watch,   // every run and /v1 pipeline on the server, pushed every interval_ms
+  unwatch  // stop pushing watch frames
 };
 
 std::string_view to_string(Op op) noexcept;
@@ -31,13 +33,14 @@ std::string_view to_string(Op op) noexcept;
 /// One parsed client frame.
 struct Command {
   Op op = Op::submit;
-  std::uint64_t run = 0;       ///< input, end, cancel, stats
-  json ref;                    ///< echoed in the replies to this request; null when absent
-  json graph;                  ///< submit: inline graph document (null when by name)
-  std::string name;            ///< submit: graph name from --graphs
-  std::uint32_t stats_ms = 0;  ///< submit: push stats every this many ms (0: never)
-  bool trace = false;          ///< submit: send a Chrome trace of the run before "done"
-  std::vector<json> values;    ///< input: the value, or the values of "values"
+  std::uint64_t run = 0;  ///< input, end, cancel, stats
+  json ref;               ///< echoed in the replies to this request; null when absent
+  json graph;             ///< submit: inline graph document (null when by name)
+  std::string name;       ///< submit: graph name from --graphs
+  std::uint32_t stats_ms =
+      0;                     ///< submit: push stats every this many ms (0: never); watch: interval
+  bool trace = false;        ///< submit: send a Chrome trace of the run before "done"
+  std::vector<json> values;  ///< input: the value, or the values of "values"
 };
 
 /// A request the server refuses, or a problem with a frame.

@@ -20,69 +20,12 @@
 
 #include "json_parse.hpp"
 #include "plumber/plumber.hpp"
+#include "server/http_util.hpp"
+#include "server/page_api.hpp"
 #include "server/protocol.hpp"
 #include "server/server_impl.hpp"
 
 namespace plumber::server {
-namespace {
-
-namespace fs = std::filesystem;
-using asio::use_awaitable;
-constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
-
-/// Splits a request target into its path and its query string.
-std::pair<std::string_view, std::string_view> split_target(std::string_view target) {
-  const auto question = target.find('?');
-  if (question == std::string_view::npos) return {target, {}};
-  return {target.substr(0, question), target.substr(question + 1)};
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-std::string url_decode(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '+') {
-      out += ' ';
-    } else if (text[i] == '%' && i + 2 < text.size() && hex_value(text[i + 1]) >= 0 &&
-               hex_value(text[i + 2]) >= 0) {
-      out += static_cast<char>(hex_value(text[i + 1]) * 16 + hex_value(text[i + 2]));
-      i += 2;
-    } else {
-      out += text[i];
-    }
-  }
-  return out;
-}
-
-/// The value of query parameter `key`, decoded.
-std::optional<std::string> query_param(std::string_view query, std::string_view key) {
-  while (!query.empty()) {
-    const auto amp = query.find('&');
-    const std::string_view pair = query.substr(0, amp);
-    const auto eq = pair.find('=');
-    if (pair.substr(0, eq) == key) {
-      return eq == std::string_view::npos ? std::string() : url_decode(pair.substr(eq + 1));
-    }
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-  return std::nullopt;
-}
-
-/// Compares without stopping at the first difference (the token is a secret).
-bool same_secret(std::string_view a, std::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    diff |= static_cast<unsigned char>(a[i] ^ b[i % (b.empty() ? 1 : b.size())]);
-  return diff == 0 && !b.empty();
-}
 
 bool valid_graph_name(std::string_view name) {
   return !name.empty() && name.size() <= 128 && name.front() != '.' &&
@@ -97,6 +40,12 @@ void set_json(Response& response, http::status status, const json& body) {
   response.body() = dump(body) + "\n";
 }
 
+namespace {
+
+namespace fs = std::filesystem;
+using asio::use_awaitable;
+constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
+
 json error_body(const std::string& code, const std::string& message) {
   json error = json::object();
   error["code"] = code;
@@ -110,13 +59,6 @@ json status_body(const char* status) {
   json body = json::object();
   body["status"] = status;
   return body;
-}
-
-/// The host part of an Origin header ("http://host:port" -> "host:port").
-std::string_view origin_host(std::string_view origin) {
-  const auto scheme = origin.find("://");
-  if (scheme != std::string_view::npos) origin.remove_prefix(scheme + 3);
-  return origin.substr(0, origin.find('/'));
 }
 
 /// One HTTP connection: requests in a loop until the client closes, an error,
@@ -253,6 +195,7 @@ ServerCore::ServerCore(const Registry& registry_, asio::any_io_executor executor
   limits.max_nodes = options.max_nodes;
   limits.max_threads = options.max_threads;
   if (!options.allow_files.empty()) limits.allow_files = fs::path(options.allow_files);
+  check_edit_options();
   load_catalog();
 
   listen();
@@ -305,7 +248,7 @@ void ServerCore::listen() {
 }
 
 ServerCore::~ServerCore() {
-  for (auto& [name, service] : services_)
+  for (auto& service : all_services())
     service->pipeline->stop(false);
   if (!wait_pipelines(std::chrono::seconds(5))) {
     spdlog::warn("a step of a served graph still runs; stopping its threads anyway");
@@ -370,69 +313,13 @@ void ServerCore::check_total_send_queue() {
   }
 }
 
-void ServerCore::load_catalog() {
-  if (options.graphs_dir.empty()) return;
-  std::vector<fs::path> files;
-  for (const auto& entry : fs::directory_iterator(options.graphs_dir)) {
-    if (entry.path().extension() == ".json" && entry.is_regular_file()) files.push_back(entry);
-  }
-  std::sort(files.begin(), files.end());
-  for (const auto& file : files) {
-    CatalogEntry entry;
-    entry.name = file.stem().string();
-    if (!valid_graph_name(entry.name)) {
-      spdlog::warn("{}: skipped: a graph name is letters, digits, '_', '-' and '.'", file.string());
-      continue;
-    }
-    entry.spec = load_graph_file(file.string(), registry);
-    try {
-      apply_graph_policy(entry.spec, limits);
-    } catch (const GraphError& e) {
-      throw GraphError(file.string(), e.diagnostics());
-    }
-    std::ifstream in(file, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
-    entry.document = detail::parse_json(text.str());  // it loaded above: within limits
-    entry.description = entry.document.value("description", std::string());
-    entry.has_input = entry.spec.host_fed_input().has_value();
-    catalog_.emplace(entry.name, std::move(entry));
-  }
-}
-
 void ServerCore::start() {
   start_services();
   asio::co_spawn(strand_, accept(), asio::detached);
-}
-
-void ServerCore::start_services() {
-  for (const auto& [name, entry] : catalog_) {
-    if (!entry.has_input) continue;
-    std::size_t procs = 0;
-    for (const NodeSpec& node : entry.spec.nodes)
-      procs += node.procs;
-    if (auto refused = reserve_run(procs, /*count_run=*/false)) {
-      spdlog::error("graph {}: not served on /v1: {}", name, refused->second);
-      continue;
-    }
-    auto service = std::make_unique<Service>();
-    service->name = name;
-    service->pipeline = std::make_shared<Pipeline>(
-        Plumber(registry).build(entry.spec, executor(), {.collect_timings = true}));
-    Service* raw = service.get();
-    service->pipeline->on_done([self = weak_from_this(), raw] {
-      raw->done = true;
-      if (auto server = self.lock()) server->check_stopped();
-    });
-    try {
-      service->pipeline->start();
-    } catch (const std::exception& e) {
-      spdlog::error("graph {}: not served on /v1: {}", name, e.what());
-      continue;
-    }
-    service->metrics_key = metrics.track(name, service->pipeline);
-    services_.emplace(name, std::move(service));
-  }
+  // Watched before start() returns: a file written once the server says it
+  // listens is seen.
+  if (!options.graphs_dir.empty() && options.watch_graphs) open_catalog_watch();
+  if (inotify_) asio::co_spawn(strand_, watch_catalog(), asio::detached);
 }
 
 asio::awaitable<void> ServerCore::accept() {
@@ -537,12 +424,16 @@ void ServerCore::shutdown(std::string reason) {
       self->cancel_everything(reason + "; the grace period was cut short");
       return;
     }
+    if (self->inotify_) {
+      error_code ignored;
+      self->inotify_->close(ignored);
+    }
     // The listener stays open until everything has closed: new connections
     // are told why they get no new work (503), and /readyz says "stopping".
     spdlog::info("shutdown: {}; grace period {} ms", reason, self->options.grace.count());
     for (auto& c : live)
       c->begin_shutdown(reason);
-    for (auto& [name, service] : self->services_)
+    for (auto& service : self->all_services())
       service->pipeline->end_input();
     self->grace_timer_.expires_after(self->options.grace);
     self->grace_timer_.async_wait([self, reason](error_code ec) {
@@ -563,7 +454,7 @@ void ServerCore::cancel_everything(const std::string& reason) {
   }
   for (auto& c : live)
     c->cancel(reason);
-  for (auto& [name, service] : services_)
+  for (auto& service : all_services())
     service->pipeline->stop(false);
   check_stopped();  // it no longer waits for the services (a step may never return)
 }
@@ -576,7 +467,8 @@ void ServerCore::check_stopped() {
       if (!self->stopping_ || self->stopped_ || !self->connections_.empty()) return;
       cancelled = self->cancelled_;
     }
-    for (auto& [name, service] : self->services_) {
+    const auto services = self->all_services();
+    for (auto& service : services) {
       if (!service->done && !cancelled) return;
     }
     {
@@ -586,9 +478,8 @@ void ServerCore::check_stopped() {
     self->grace_timer_.cancel();
     error_code ignored;
     self->acceptor_.close(ignored);
-    for (auto& [name, service] : self->services_) {
+    for (auto& service : services)
       self->metrics.finished(service->metrics_key, "completed");
-    }
     if (self->stopped_handler) self->stopped_handler();
   });
 }
@@ -601,15 +492,10 @@ GraphSpec ServerCore::load_submitted(const json& document) const {
   return spec;
 }
 
-const CatalogEntry* ServerCore::find_graph(std::string_view name) const {
-  auto it = catalog_.find(name);
-  return it == catalog_.end() ? nullptr : &it->second;
-}
-
 std::string ServerCore::nearest_graph(std::string_view) const {
   std::string names;
-  for (const auto& [known, entry] : catalog_)
-    names += (names.empty() ? "" : ", ") + known;
+  for (const auto& entry : graphs())
+    names += (names.empty() ? "" : ", ") + entry->name;
   if (names.empty()) return "this server has no named graphs (plumber serve --graphs DIR)";
   return "named graphs: " + names;
 }
@@ -626,27 +512,6 @@ void ServerCore::refuse(const Request& request, Response& response, http::status
               what.empty() ? "" : ": ", static_cast<unsigned>(status), code, message);
   set_json(response, status, error_body(code, message));
 }
-
-namespace {
-
-/// The credentials of `Authorization: Bearer TOKEN`; the scheme is
-/// case-insensitive (RFC 7235), and spaces may follow it.
-std::optional<std::string_view> bearer_token(std::string_view value) {
-  constexpr std::string_view scheme = "bearer";
-  if (value.size() <= scheme.size() ||
-      (value[scheme.size()] != ' ' && value[scheme.size()] != '\t')) {
-    return std::nullopt;
-  }
-  for (std::size_t i = 0; i < scheme.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(value[i])) != scheme[i]) return std::nullopt;
-  }
-  value.remove_prefix(scheme.size());
-  while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
-    value.remove_prefix(1);
-  return value;
-}
-
-}  // namespace
 
 bool ServerCore::admit(const Request& request, Response& response) {
   const auto [path, query] = split_target(request.target());
@@ -731,17 +596,31 @@ asio::awaitable<void> ServerCore::handle(const Request& request, Response& respo
     refuse(request, response, http::status::upgrade_required, "http.upgrade_required",
            "/ws is a WebSocket endpoint (docs/protocol.md)");
     response.set(http::field::upgrade, "websocket");
+  } else if (path == "/v1/coroutines") {
+    if (only(http::verb::get, "GET")) set_json(response, http::status::ok, palette_json(registry));
+  } else if (path == "/v1/validate") {
+    if (only(http::verb::post, "POST")) {
+      try {
+        set_json(response, http::status::ok,
+                 validation_json(detail::parse_json(request.body()), registry, limits));
+      } catch (const detail::JsonParseError& e) {
+        refuse(request, response, http::status::bad_request, "http.bad_request",
+               "the body is not JSON: " + std::string(e.what()));
+      }
+    }
   } else if (path == "/v1/graphs") {
     if (only(http::verb::get, "GET")) {
       json graphs = json::array();
-      for (const auto& [name, entry] : catalog_) {
-        json one = graph_shape(name, entry.spec);
-        one["description"] = entry.description;
-        one["process"] = services_.contains(name);
+      for (const auto& entry : this->graphs()) {
+        json one = graph_shape(entry->name, entry->spec);
+        one["description"] = entry->description;
+        one["version"] = entry->version;
+        one["process"] = find_service(entry->name) != nullptr;
         graphs.push_back(std::move(one));
       }
       json body = json::object();
       body["graphs"] = std::move(graphs);
+      body["edits"] = options.allow_edits;
       set_json(response, http::status::ok, body);
     }
   } else if (path.starts_with("/v1/graphs/")) {
@@ -750,21 +629,23 @@ asio::awaitable<void> ServerCore::handle(const Request& request, Response& respo
     const std::string_view name = rest.substr(0, slash);
     const std::string_view action =
         slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
-    const CatalogEntry* entry = valid_graph_name(name) ? find_graph(name) : nullptr;
-    if (action.empty() || action == "/process") {
+    const auto entry = valid_graph_name(name) ? find_graph(name) : nullptr;
+    if (action.empty() && (method == http::verb::put || method == http::verb::delete_)) {
+      edit_graph(request, response, name);
+    } else if (action.empty() || action == "/process") {
       if (!entry) {
         refuse(request, response, http::status::not_found, "graph.unknown_name",
                "no graph named \"" + std::string(name) + "\" (" + nearest_graph(name) + ")");
       } else if (action.empty()) {
         if (only(http::verb::get, "GET")) set_json(response, http::status::ok, entry->document);
       } else if (only(http::verb::post, "POST")) {
-        auto service = services_.find(name);
-        if (service == services_.end()) {
+        auto service = find_service(name);
+        if (!service) {
           refuse(request, response, http::status::conflict, "graph.no_input",
                  "graph \"" + std::string(name) +
                      "\" has no `input` source, so it cannot process a request");
         } else {
-          co_await process(request, response, *service->second);
+          co_await process(request, response, std::move(service));
         }
       }
     } else {
@@ -795,27 +676,17 @@ json process_error_body(const ProcessResult& failed, const std::string& code) {
   return body;
 }
 
-/// An integer query parameter in [low, high]; nullopt (and `bad` set) when malformed.
-std::optional<std::int64_t> integer_param(std::string_view query, std::string_view key,
-                                          std::int64_t fallback, std::int64_t low,
-                                          std::int64_t high, std::string& bad) {
-  auto text = query_param(query, key);
-  if (!text) return fallback;
-  try {
-    std::size_t used = 0;
-    const long long value = std::stoll(*text, &used);
-    if (used == text->size() && value >= low && value <= high) return value;
-  } catch (const std::exception&) {
-  }
-  bad = std::string(key) + " must be an integer from " + std::to_string(low) + " to " +
-        std::to_string(high) + ", not \"" + *text + "\"";
-  return std::nullopt;
-}
-
 }  // namespace
 
+std::shared_ptr<Service> ServerCore::successor(const boost::system::error_code& ec,
+                                               const Service& service) const {
+  if (ec != errc::pipeline_stopped || !service.retired || stopping()) return nullptr;
+  auto current = find_service(service.name);
+  return current.get() == &service ? nullptr : current;
+}
+
 asio::awaitable<void> ServerCore::process(const Request& request, Response& response,
-                                          Service& service) {
+                                          std::shared_ptr<Service> service) {
   const auto started = std::chrono::steady_clock::now();
   const auto [path, query] = split_target(request.target());
   std::string bad;
@@ -840,13 +711,23 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
                                          static_cast<std::uint8_t>(*priority)};
     // Named locals, not temporaries or structured bindings, around co_await (g++ 12).
     std::tuple<boost::system::error_code, ProcessResult> outcome;
-    try {
-      auto operation = service.pipeline->async_process(std::move(value), process_options,
-                                                       asio::as_tuple(asio::use_awaitable));
-      outcome = co_await std::move(operation);
-    } catch (const std::exception& e) {  // a graph without `input`
-      std::get<0>(outcome) = errc::pipeline_stopped;
-      std::get<1>(outcome).error = e.what();
+    // A reload may retire the service between finding it and feeding it: the
+    // value then goes to the version that took its place.
+    // (No break or continue past a live local in a coroutine: g++ 12.)
+    bool again = true;
+    for (int attempt = 0; again && attempt < 2; ++attempt) {
+      try {
+        json item = value;
+        auto operation = service->pipeline->async_process(std::move(item), process_options,
+                                                          asio::as_tuple(asio::use_awaitable));
+        outcome = co_await std::move(operation);
+      } catch (const std::exception& e) {  // a graph without `input`, or ended
+        std::get<0>(outcome) = errc::pipeline_stopped;
+        std::get<1>(outcome).error = e.what();
+      }
+      std::shared_ptr<Service> next = successor(std::get<0>(outcome), *service);
+      again = next != nullptr;
+      if (again) service = std::move(next);
     }
     const boost::system::error_code& ec = std::get<0>(outcome);
     if (!ec) {
@@ -858,7 +739,7 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  metrics.observe_process(service.name, response.result_int(), seconds);
+  metrics.observe_process(service->name, response.result_int(), seconds);
 }
 
 }  // namespace plumber::server
@@ -885,6 +766,11 @@ void Server::start() {
 
 void Server::shutdown(std::string reason) {
   core_->shutdown(std::move(reason));
+}
+
+void Server::reload() {
+  boost::asio::post(core_->strand_,
+                    [core = core_] { core->reload("a reload was asked for (SIGHUP)"); });
 }
 
 void Server::on_stopped(std::function<void()> handler) {

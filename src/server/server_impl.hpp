@@ -20,6 +20,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -31,6 +32,7 @@
 #include "plumber/server.hpp"
 #include "server/graph_policy.hpp"
 #include "server/metrics.hpp"
+#include "server/watch.hpp"
 
 namespace plumber::server {
 
@@ -42,24 +44,35 @@ using error_code = boost::system::error_code;
 using Request = http::request<http::string_body>;
 using Response = http::response<http::string_body>;
 
+/// A catalog graph's name: letters, digits, '_', '-', '.', not starting with '.'.
+bool valid_graph_name(std::string_view name);
+/// Fills `response` with `status` and a JSON body.
+void set_json(Response& response, http::status status, const json& body);
+
 /// The page at `GET /` (src/server/web/index.html, embedded at build time).
 std::string_view web_page();
 
-/// A graph file of --graphs.
+/// A graph file of --graphs, one version of it (immutable once loaded).
 struct CatalogEntry {
   std::string name;  ///< the file name without .json
   GraphSpec spec;
-  json document;  ///< as written in the file
+  json document;     ///< as written in the file
+  std::string text;  ///< the file's bytes: a reload compares them
   std::string description;
   bool has_input = false;
+  std::uint64_t version = 1;  ///< 1 when the server started, +1 at each reload that changed it
 };
 
 /// The long-lived pipeline that POST /v1/graphs/NAME/process runs values through.
 struct Service {
   std::string name;
+  std::uint64_t version = 1;  ///< of the catalog entry it runs
   std::shared_ptr<Pipeline> pipeline;
   std::uint64_t metrics_key = 0;
+  std::size_t procs = 0;
   std::atomic<bool> done{false};
+  /// A newer version took its place: its input is ended, requests in flight finish on it.
+  std::atomic<bool> retired{false};
 };
 
 /// An open TCP connection (HTTP or WebSocket), as the server sees it at shutdown.
@@ -140,7 +153,23 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   /// Loads a submitted graph (inline document, or a catalog name) and applies
   /// the server's policy. Throws GraphError.
   GraphSpec load_submitted(const json& document) const;
-  const CatalogEntry* find_graph(std::string_view name) const;
+  std::shared_ptr<const CatalogEntry> find_graph(std::string_view name) const;
+  /// The /v1 pipeline now serving graph `name`, or null.
+  std::shared_ptr<Service> find_service(std::string_view name) const;
+  /// Every graph of the catalog, in name order.
+  std::vector<std::shared_ptr<const CatalogEntry>> graphs() const;
+  /// Every /v1 pipeline, serving or retired and draining.
+  std::vector<std::shared_ptr<Service>> all_services() const;
+  /// Reads --graphs again (SIGHUP, a change seen by inotify, an edit): each
+  /// changed file is validated first; a valid one replaces its graph (and
+  /// swaps its /v1 pipeline: requests in flight finish on the old one), a
+  /// broken one leaves the old version serving and is reported in the log and
+  /// /metrics; a removed file removes its graph. Thread-safe; blocks.
+  void reload(const std::string& why);
+  /// The /v1 pipelines for a `watch` frame: `[{"name", "version", "retired", "stats"}]`.
+  json services_json() const;
+  /// PUT or DELETE /v1/graphs/NAME (--allow-edits): writes --graphs atomically, then reloads.
+  void edit_graph(const Request& request, Response& response, std::string_view name);
   /// "did you mean" for an unknown graph name; empty when nothing is close.
   std::string nearest_graph(std::string_view name) const;
 
@@ -157,11 +186,14 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   const ServerOptions options;
   GraphLimits limits;
   Metrics metrics;
+  RunBoard runs;  ///< every WebSocket run, for `watch`
   std::function<void()> stopped_handler;
 
  private:
   asio::awaitable<void> accept();
   asio::awaitable<void> refuse_connection(tcp::socket socket);
+  /// Throws std::invalid_argument when --allow-edits lacks what it needs.
+  void check_edit_options() const;
   void load_catalog();
   /// Opens, binds and listens; throws std::system_error naming the address.
   void listen();
@@ -170,14 +202,33 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   void start_pipeline_thread();
   void cancel_everything(const std::string& reason);
   void check_stopped();
-  asio::awaitable<void> process(const Request& request, Response& response, Service& service);
+  asio::awaitable<void> process(const Request& request, Response& response,
+                                std::shared_ptr<Service> service);
+  /// Where a /v1 value refused with `ec` by `service` goes next: the version
+  /// that replaced it (a reload retired it between finding and feeding), or null.
+  std::shared_ptr<Service> successor(const boost::system::error_code& ec,
+                                     const Service& service) const;
+  /// Builds and starts the /v1 pipeline of `entry`; null (logged) when it cannot.
+  std::shared_ptr<Service> start_service(const CatalogEntry& entry);
+  /// Starts watching --graphs with inotify (inotify_; left null, logged, when it cannot).
+  void open_catalog_watch();
+  /// Reloads when inotify reports a change in --graphs (see catalog.cpp).
+  asio::awaitable<void> watch_catalog();
+  /// Forgets retired pipelines that have finished (catalog_mutex_ held).
+  void prune_retired();
 
   asio::any_io_executor executor_;
   asio::strand<asio::any_io_executor> strand_;
   tcp::acceptor acceptor_;
   asio::steady_timer grace_timer_;
-  std::map<std::string, CatalogEntry, std::less<>> catalog_;
-  std::map<std::string, std::unique_ptr<Service>, std::less<>> services_;
+  mutable std::mutex catalog_mutex_;  // guards catalog_, services_, retired_, broken_
+  std::map<std::string, std::shared_ptr<const CatalogEntry>, std::less<>> catalog_;
+  std::map<std::string, std::shared_ptr<Service>, std::less<>> services_;
+  std::vector<std::shared_ptr<Service>> retired_;
+  /// Files that failed their last reload: name -> (their bytes, the first diagnostic).
+  std::map<std::string, std::pair<std::string, std::string>, std::less<>> broken_;
+  std::mutex reload_mutex_;                                  // one reload at a time
+  std::unique_ptr<asio::posix::stream_descriptor> inotify_;  // on strand_
 
   mutable std::mutex mutex_;  // guards what follows
   std::atomic<bool> stopping_{false};

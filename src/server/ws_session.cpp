@@ -45,6 +45,7 @@ struct Run {
   std::shared_ptr<Pipeline> pipeline;
   std::shared_ptr<RunShared> shared = std::make_shared<RunShared>();
   std::uint64_t metrics_key = 0;
+  std::uint64_t board_key = 0;  ///< in ServerCore::runs
   bool has_input = false;
   bool input_ended = false;
   bool finished = false;
@@ -76,11 +77,14 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         writer_wake_(ws_.get_executor()),
         reader_wake_(ws_.get_executor()),
         hard_close_(ws_.get_executor()),
-        room_(ws_.get_executor(), asio::steady_timer::time_point::max()) {
+        room_(ws_.get_executor(), asio::steady_timer::time_point::max()),
+        watch_timer_(ws_.get_executor()) {
     ++server_->metrics.websockets;
   }
 
   ~WsSession() override {
+    for (auto& [id, run] : runs_)
+      server_->runs.remove(run->board_key);
     --server_->metrics.websockets;
     server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(queued_bytes_);
   }
@@ -105,6 +109,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     // The client is gone (or the connection failed): nobody reads the runs any more.
     cancel_runs("the connection closed");
     closing_ = true;
+    watch_timer_.cancel();
     writer_wake_.cancel();
     room_.cancel();
     server_->remove_connection(id_);
@@ -213,7 +218,32 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
           send(stats_frame(run->id, run->pipeline->stats()));
         }
         break;
+      case Op::watch:
+        watch_ms_ = request.stats_ms > 0 ? request.stats_ms : 1000;
+        if (!watching_) {
+          watching_ = true;
+          asio::co_spawn(ws_.get_executor(), push_watch(shared_from_this()), asio::detached);
+        }
+        break;
+      case Op::unwatch:
+        watch_ms_ = 0;
+        watch_timer_.cancel();
+        break;
     }
+  }
+
+  /// Sends the server-wide view every watch_ms_ until unwatch; skips a frame
+  /// while the client is behind (the next one says it all again).
+  static asio::awaitable<void> push_watch(std::shared_ptr<WsSession> self) {
+    while (self->watch_ms_ > 0 && !self->closing_) {
+      if (self->queued_bytes_ <= self->server_->options.max_send_queue / 2) {
+        self->send(watch_frame(self->id_, self->server_->runs.runs_json(),
+                               self->server_->services_json()));
+      }
+      self->watch_timer_.expires_after(std::chrono::milliseconds(self->watch_ms_));
+      co_await self->watch_timer_.async_wait(tuple_awaitable);
+    }
+    self->watching_ = false;
   }
 
   Run* find_run(const Command& request) {
@@ -249,7 +279,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     std::string name;
     try {
       if (!request.name.empty() || request.graph.is_null()) {
-        const CatalogEntry* entry = server_->find_graph(request.name);
+        const auto entry = server_->find_graph(request.name);
         if (!entry) {
           error.code = "graph.unknown_name";
           error.pointer = "/name";
@@ -329,6 +359,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     }
     accepted["run"] = run->id;
     send(accepted);
+    run->board_key = server_->runs.add(id_, run->id, name, run->pipeline);
     runs_.emplace(run->id, run);
     asio::co_spawn(ws_.get_executor(), deliver_outputs(shared_from_this(), run), asio::detached);
     if (run->stats_ms > 0) {
@@ -524,6 +555,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     if (it == runs_.end()) return;
     std::shared_ptr<Run> run = std::move(it->second);
     runs_.erase(it);
+    server_->runs.remove(run->board_key);
     run->finished = true;
     if (run->stats_timer) run->stats_timer->cancel();
     if (run->budget) run->budget->cancel();
@@ -627,6 +659,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     close_ = websocket::close_reason(code, reason.substr(0, 120));
     close_kind_ = std::move(kind);
     closing_ = true;
+    watch_timer_.cancel();
     writer_wake_.cancel();
     reader_wake_.cancel();
     room_.cancel();
@@ -672,6 +705,9 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   /// Woken (cancel(), never re-armed) when the send queue has room again: the
   /// runs' output delivery waits on it.
   asio::steady_timer room_;
+  asio::steady_timer watch_timer_;
+  std::uint32_t watch_ms_ = 0;  ///< `watch`: push every this many ms (0: not watching)
+  bool watching_ = false;       ///< push_watch runs
   std::deque<std::string> outbox_;
   std::size_t queued_bytes_ = 0;               ///< in the outbox or being written
   std::atomic<std::size_t> queued_mirror_{0};  ///< queued_bytes_, for other threads

@@ -26,7 +26,8 @@ class Cancel(unittest.TestCase):
                 async with connect(server) as ws:
                     runs = []
                     for _ in range(3):
-                        accepted = await submit(ws, graph=ENDLESS_SLEEP)
+                        # A ref: outputs of the runs already going may come before this accepted.
+                        accepted = await submit(ws, graph=ENDLESS_SLEEP, ref=len(runs) + 1)
                         self.assertEqual(accepted["type"], "accepted", accepted)
                         runs.append(accepted["run"])
                     for run in runs:

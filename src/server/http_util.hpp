@@ -1,0 +1,31 @@
+#pragma once
+/// Pure helpers for HTTP requests: the target's path and query, the bearer
+/// token, the Origin's host. No Beast, no I/O (unit-tested without a socket).
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace plumber::server {
+
+/// Splits a request target into its path and its query string.
+std::pair<std::string_view, std::string_view> split_target(std::string_view target);
+/// Decodes `%XX` escapes and `+` (a space).
+std::string url_decode(std::string_view text);
+/// The value of query parameter `key`, decoded.
+std::optional<std::string> query_param(std::string_view query, std::string_view key);
+/// Compares without stopping at the first difference (the token is a secret).
+bool same_secret(std::string_view a, std::string_view b);
+/// The host part of an Origin header ("http://host:port" -> "host:port").
+std::string_view origin_host(std::string_view origin);
+/// The credentials of `Authorization: Bearer TOKEN`; the scheme is
+/// case-insensitive (RFC 7235), and spaces may follow it.
+std::optional<std::string_view> bearer_token(std::string_view value);
+/// An integer query parameter in [low, high] (`fallback` when absent);
+/// nullopt, and `bad` set to why, when malformed.
+std::optional<std::int64_t> integer_param(std::string_view query, std::string_view key,
+                                          std::int64_t fallback, std::int64_t low,
+                                          std::int64_t high, std::string& bad);
+
+}  // namespace plumber::server
