@@ -1,8 +1,10 @@
 """The web page as a product, in headless Chromium: build a pipeline from the
 palette without typing JSON, see the server's diagnostics on the node they
 name, fix it, run it; a 100-node graph laid out without overlaps; the
-server-wide view showing another client's run. Each step writes a screenshot
-into docs/screenshots/ (docs/web-page.md shows them), so they stay true."""
+server-wide view showing another client's run. Each step takes a screenshot:
+into docs/screenshots/ (docs/web-page.md shows them) when
+PLUMBER_UPDATE_SCREENSHOTS=1, so they stay true; else into a scratch directory,
+so that a test run leaves the checkout as it was."""
 import asyncio
 import json
 import os
@@ -22,7 +24,10 @@ from harness import GUARD, SOURCE, UPPER, Server, connect, graph, main, recv_unt
 from test_browser import chromium
 
 TOKEN = "page-token"
-SHOTS = os.path.join(SOURCE, "docs", "screenshots")
+if os.environ.get("PLUMBER_UPDATE_SCREENSHOTS") == "1":
+    SHOTS = os.path.join(SOURCE, "docs", "screenshots")
+else:
+    SHOTS = tempfile.mkdtemp(prefix="plumber-screenshots-")
 
 
 def hundred_nodes():
@@ -61,6 +66,8 @@ class Page(unittest.TestCase):
         cls.driver.quit()
         shutil.rmtree(cls.profile, ignore_errors=True)
         shutil.rmtree(cls.graphs, ignore_errors=True)
+        if not SHOTS.startswith(SOURCE):
+            shutil.rmtree(SHOTS, ignore_errors=True)
         assert cls.server.stop() == 0, cls.server.stderr.decode(errors="replace")
 
     def wait(self, condition, guard=GUARD):
