@@ -231,7 +231,14 @@ class Client {
         record["id"] = frame.value("id", json());
         record["node"] = frame.value("node", json());
         record["value"] = frame.value("value", json());
+        if (frame.contains("blobs")) record["blobs"] = frame["blobs"];
         write_line(stdout, record);
+      } else if (frame.contains("blobs")) {
+        // As `plumber run` prints a value with binary data: the value and its blobs.
+        json line = json::object();
+        line["value"] = frame.value("value", json());
+        line["blobs"] = frame["blobs"];
+        write_line(stdout, line);
       } else {
         write_line(stdout, frame.value("value", json()));
       }

@@ -7,6 +7,7 @@
 #include "json_parse.hpp"
 #include "plumber/graph_spec.hpp"
 #include "registry/edit_distance.hpp"
+#include "sha256.hpp"
 
 namespace plumber::server {
 namespace {
@@ -322,6 +323,17 @@ json accepted_frame(std::uint64_t run, const json& ref, const std::string& name,
   return frame;
 }
 
+json blob_descriptions(const std::vector<Blob>& blobs) {
+  json all = json::array();
+  for (const Blob& blob : blobs) {
+    json one = json::object();
+    one["size"] = blob.size();
+    one["sha256"] = detail::sha256_hex(blob.data(), blob.size());
+    all.push_back(std::move(one));
+  }
+  return all;
+}
+
 json record_frame(std::uint64_t run, const OutputRecord& record) {
   json frame = json::object();
   const bool value = record.kind == OutputRecord::Kind::value;
@@ -331,6 +343,7 @@ json record_frame(std::uint64_t run, const OutputRecord& record) {
   frame["node"] = std::string(record.node);
   if (value) {
     frame["value"] = record.value;
+    if (!record.blobs.empty()) frame["blobs"] = blob_descriptions(record.blobs);
   } else {
     frame["code"] = record.kind == OutputRecord::Kind::cancelled ? "cancelled" : "step_failed";
     frame["message"] = record.error;

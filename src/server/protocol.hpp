@@ -65,7 +65,10 @@ ProtocolError graph_error(const GraphError& error);
 json error_frame(const ProtocolError& error, std::uint64_t run = 0, const json& ref = nullptr);
 json accepted_frame(std::uint64_t run, const json& ref, const std::string& name,
                     const GraphSpec& graph);
-/// An output record: "output" for a value, "failed" for an error or a cancellation.
+/// Binary data described, never sent inside JSON: [{"size", "sha256"}] in order.
+json blob_descriptions(const std::vector<Blob>& blobs);
+/// An output record: "output" for a value (with its blobs' descriptions when it
+/// carries any), "failed" for an error or a cancellation.
 json record_frame(std::uint64_t run, const OutputRecord& record);
 json stats_frame(std::uint64_t run, const std::vector<ProcessorStats>& stats);
 

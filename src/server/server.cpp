@@ -670,6 +670,41 @@ std::pair<http::status, std::string> process_failure(const boost::system::error_
   return {http::status::service_unavailable, "process.pipeline_stopped"};
 }
 
+/// A successful /v1 process response. A result that carries binary data is
+/// {"value", "blobs": [{"size", "sha256"}]}, or, when the client's Accept names
+/// the first blob's type (the value's "content_type", else
+/// application/octet-stream), that blob's bytes as the body.
+void set_result(const Request& request, Response& response, const ProcessResult& result) {
+  std::vector<Blob> blobs;
+  for (const OutputRecord& record : result.outputs)
+    blobs.insert(blobs.end(), record.blobs.begin(), record.blobs.end());
+  if (blobs.empty()) {
+    set_json(response, http::status::ok, result.value());
+    return;
+  }
+  std::string type = "application/octet-stream";
+  for (const OutputRecord& record : result.outputs) {
+    if (record.blobs.empty()) continue;
+    if (record.value.is_object() && record.value.contains("content_type") &&
+        record.value["content_type"].is_string())
+      type = record.value["content_type"].get<std::string>();
+    break;
+  }
+  const std::string_view accept = request[http::field::accept];
+  const std::string media_type = type.substr(0, type.find(';'));
+  if (!accept.empty() && accept.find(media_type) != std::string_view::npos) {
+    response.result(http::status::ok);
+    response.set(http::field::content_type, type);
+    response.body().assign(reinterpret_cast<const char*>(blobs.front().data()),
+                           blobs.front().size());
+    return;
+  }
+  json body = json::object();
+  body["value"] = result.value();
+  body["blobs"] = blob_descriptions(blobs);
+  set_json(response, http::status::ok, body);
+}
+
 json process_error_body(const ProcessResult& failed, const std::string& code) {
   json body = error_body(code, failed.error);
   if (!failed.node.empty()) body["error"]["node"] = failed.node;
@@ -731,7 +766,7 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
     }
     const boost::system::error_code& ec = std::get<0>(outcome);
     if (!ec) {
-      set_json(response, http::status::ok, std::get<1>(outcome).value());
+      set_result(request, response, std::get<1>(outcome));
     } else {
       const auto [status, code] = process_failure(ec);
       set_json(response, status, process_error_body(std::get<1>(outcome), code));

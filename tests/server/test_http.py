@@ -1,5 +1,6 @@
 """HTTP endpoints of the real server: health, readiness, metrics, graphs, auth."""
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -184,6 +185,7 @@ class Process(unittest.TestCase):
             "fanout": graph(("in", "input"), ("a", "upper"), ("b", "reverse"),
                             edges=[("in", "a"), ("in", "b")]),
             "source": graph(("n", "range", {"stop": 3}), ("out", "identity"), edges=[("n", "out")]),
+            "blob": graph(("in", "input"), ("b", "to_blob"), edges=[("in", "b")]),
         }
         for name, doc in docs.items():
             doc["name"] = name
@@ -207,6 +209,36 @@ class Process(unittest.TestCase):
         status, body = self.post("fanout", '"abc"')
         self.assertEqual(status, 200)
         self.assertEqual(sorted(body), ["ABC", "cba"])
+
+    def test_binary_results_as_the_body_or_described(self):
+        text = "héllo, blob"
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        # Asked for its type: the blob's bytes are the body.
+        status, headers, raw = self.server.request(
+            "POST", "/v1/graphs/blob/process", body=json.dumps(text),
+            headers={"Content-Type": "application/json", "Accept": "text/plain"})
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["content-type"], "text/plain; charset=utf-8")
+        self.assertEqual(raw, text.encode())
+        # Otherwise JSON: the value, and the blob's size and digest (never dropped unseen).
+        status, body = self.post("blob", json.dumps(text))
+        self.assertEqual(status, 200)
+        self.assertEqual(body["value"], {"content_type": "text/plain; charset=utf-8",
+                                         "size": len(text.encode())})
+        self.assertEqual(body["blobs"], [{"size": len(text.encode()), "sha256": digest}])
+
+    def test_output_frames_describe_blobs(self):
+        async def go():
+            async with connect(self.server) as ws:
+                run = (await submit(ws, graph=graph(("in", "input"), ("b", "to_blob"),
+                                                    edges=[("in", "b")], name="blobs")))["run"]
+                await send(ws, {"op": "input", "run": run, "values": ["abc"]})
+                await send(ws, {"op": "end", "run": run})
+                return [f for f in await recv_until(ws, "done", run) if f.get("type") == "output"]
+        outputs = run_async(go())
+        self.assertEqual(len(outputs), 1)
+        self.assertEqual(outputs[0]["blobs"],
+                         [{"size": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}])
 
     def test_error_statuses(self):
         status, body = self.post("upper_input", "42")
