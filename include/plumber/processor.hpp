@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "plumber/worker_pool.hpp"
 
@@ -14,6 +15,23 @@ inline constexpr std::array<double, 12> kStepSecondsBuckets{1e-6, 5e-6, 2.5e-5, 
                                                             1e-2, 5e-2, 0.25,   1,    5,    30};
 /// Calls of a step per bucket of kStepSecondsBuckets (not cumulative).
 using StepBuckets = std::array<std::uint64_t, kStepSecondsBuckets.size()>;
+
+/// Counters of a remote node (`remote`: its step runs in `plumber worker`
+/// processes fed through Redis Streams). Updated on the pipeline's strand.
+struct RemoteStats {
+  std::string broker;                ///< without its password
+  std::uint64_t sent = 0;            ///< messages sent to the task streams (resends included)
+  std::uint64_t acked = 0;           ///< messages whose results (or step error) came back
+  std::uint64_t redelivered = 0;     ///< results of entries delivered more than once
+  std::uint64_t duplicates = 0;      ///< results dropped: their request was already answered
+  std::uint64_t claimed = 0;         ///< batches another worker claimed after a worker went silent
+  std::uint64_t dead_lettered = 0;   ///< batches that exceeded max_deliveries
+  std::uint64_t in_flight = 0;       ///< messages sent and not answered yet
+  std::uint64_t resent = 0;          ///< batches sent again after the broker connection came back
+  std::vector<std::string> workers;  ///< consumers seen in results (`host:pid`)
+  StepBuckets rtt_buckets{};  ///< round trips (send to result) per kStepSecondsBuckets bucket
+  std::uint64_t rtt_ns = 0;   ///< total round-trip time
+};
 
 /// Counters of one node at run time (a Processor). Read them at any time with
 /// Pipeline::stats(); they are updated by the pipeline's strand only.
@@ -32,6 +50,7 @@ struct ProcessorStats {
   StepBuckets busy_buckets{};     ///< calls by time inside the step (only with collect_timings)
   std::uint64_t queue_depth = 0;  ///< messages waiting in the input channel
   std::optional<WorkerPoolStats> workers;  ///< for a node with `procs`
+  std::optional<RemoteStats> remote;       ///< for a node with `remote`
   bool fused = false;  ///< runs inline in its predecessor's coroutine (no channel hop)
 };
 

@@ -20,9 +20,10 @@ struct RunOptions {
   int threads = 1;
   bool records = false;
   bool stats = false;
-  bool progress = false;     ///< the progress line even when stderr is not a terminal
-  bool no_progress = false;  ///< never the progress line
-  std::string trace;         ///< write a Chrome trace of the run here (empty: none)
+  bool progress = false;          ///< the progress line even when stderr is not a terminal
+  bool no_progress = false;       ///< never the progress line
+  std::string trace;              ///< write a Chrome trace of the run here (empty: none)
+  int start_timeout_ms = 10'000;  ///< worker processes and remote workers must be ready by then
 };
 
 /// `plumber ...`: parses the command line and runs the command.
