@@ -149,6 +149,11 @@ class RemoteRunner final : public StepRunner {
     auto state = co_await asio::this_coro::cancellation_state;
     bool send = true;
     while (!waiter.result) {
+      if (waiter.resend) {  // the broker came back: it may have lost the entry
+        waiter.resend = false;
+        send = true;
+        ++stats_.resent;
+      }
       if (send) {
         send = false;
         std::optional<std::string> refused = co_await send_task(args, give_up_at, state);
@@ -164,12 +169,7 @@ class RemoteRunner final : public StepRunner {
       auto [ec] = co_await waiter.timer.async_wait(asio::as_tuple(use_awaitable));
       if (waiter.result) break;
       if (cancelled(state)) throw boost::system::system_error(asio::error::operation_aborted);
-      if (waiter.resend) {  // the broker came back: it may have lost the entry
-        waiter.resend = false;
-        send = true;
-        ++stats_.resent;
-        continue;
-      }
+      if (waiter.resend) continue;
       if (!ec) {
         outcome.code = errc::timed_out;
         if (timeout_at <= limits.deadline) {

@@ -80,6 +80,7 @@ class Consumer {
         if (Clock::now() - heartbeat_ > 1s) {
           register_self();
           claim_idle();
+          if (++beats_ % 10 == 0) forget_dead_consumers();
         }
         read(">", 64 / std::max<std::size_t>(1, node_.batch_size) + 1, 500);
       } catch (const RedisError& e) {
@@ -209,6 +210,26 @@ class Consumer {
     redis_->read();
   }
 
+  /// Removes consumers that died (no registration) with nothing pending, so
+  /// that killed workers do not accumulate in the group.
+  void forget_dead_consumers() {
+    for (const auto& stream : keys_.tasks) {
+      RedisReply consumers = redis_->command({"XINFO", "CONSUMERS", stream, keys_.group});
+      if (consumers.type != RedisReply::Type::array) continue;
+      for (const RedisReply& c : consumers.elements) {
+        std::string name;
+        long long pending = -1;
+        for (std::size_t i = 0; i + 1 < c.elements.size(); i += 2) {
+          if (c.elements[i].str == "name") name = c.elements[i + 1].str;
+          if (c.elements[i].str == "pending") pending = c.elements[i + 1].integer;
+        }
+        if (name.empty() || name == name_ || pending != 0) continue;
+        if (redis_->command({"EXISTS", keys_.worker(name)}).integer == 0)
+          redis_->command({"XGROUP", "DELCONSUMER", stream, keys_.group, name});
+      }
+    }
+  }
+
   /// Claims entries left idle by silent consumers; processes them, or
   /// dead-letters those delivered too often.
   void claim_idle() {
@@ -267,6 +288,7 @@ class Consumer {
   std::string name_;
   std::optional<RedisClient> redis_;
   Clock::time_point heartbeat_{};
+  std::uint64_t beats_ = 0;
   std::chrono::milliseconds backoff_{100};
 };
 

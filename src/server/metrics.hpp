@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,7 +16,8 @@
 
 namespace prometheus {
 class Histogram;
-}
+struct MetricFamily;
+}  // namespace prometheus
 
 namespace plumber::server {
 
@@ -55,13 +57,17 @@ class Metrics {
   struct NodeTotals {
     std::uint64_t received = 0, sent = 0, errors = 0, skipped = 0, calls = 0, busy_ns = 0;
     std::uint64_t restarts = 0;
-    StepBuckets buckets{};  ///< calls by time inside the step
-    bool pool = false;      ///< the node runs in worker processes (`procs`)
+    StepBuckets buckets{};              ///< calls by time inside the step
+    bool pool = false;                  ///< the node runs in worker processes (`procs`)
+    std::optional<RemoteStats> remote;  ///< summed counters of a `remote` node
   };
   struct Tracked {
     std::string graph;
     std::shared_ptr<Pipeline> pipeline;
   };
+  /// The families of remote nodes (`remote`): counters, workers seen, round trips.
+  static void render_remote(const std::map<std::pair<std::string, std::string>, NodeTotals>& nodes,
+                            std::vector<prometheus::MetricFamily>& families);
   /// The (graph, node) label pair; folded into one when there are too many.
   std::pair<std::string, std::string> series(const std::string& graph, const std::string& node);
 
