@@ -165,7 +165,9 @@ TEST_CASE("Remote.StepErrorsBecomeErrorRecords") {
   INFO(got.err);
   CHECK(got.exit_code == 3);  // some messages failed
   int values = 0, errors = 0;
-  for (const auto& line : split_lines(got.out)) {
+  // Values on stdout, error records on stderr.
+  for (const auto& line : split_lines(got.out + got.err)) {
+    if (!line.starts_with("{")) continue;
     const json record = json::parse(line);
     if (record.contains("error")) {
       ++errors;
@@ -182,7 +184,8 @@ TEST_CASE("Remote.StepErrorsBecomeErrorRecords") {
 TEST_CASE("Remote.WorkerKilledMidStreamLosesAndDuplicatesNothing") {
   RedisServer redis;
   Scratch scratch;
-  const json remote = {{"claim_idle_ms", 300}};
+  // Two more deliveries allowed (the default, retries + 1, is one).
+  const json remote = {{"claim_idle_ms", 300}, {"max_deliveries", 3}};
   const std::string local =
       scratch.write("local.json", chain(redis.url(), "sum_squares", nullptr, 1'000'000, 1'000'600));
   const std::string graph =
@@ -214,7 +217,9 @@ TEST_CASE("Remote.PoisonMessageIsDeadLettered") {
   INFO(got.err);
   CHECK(got.exit_code == 3);
   int values = 0, errors = 0;
-  for (const auto& line : split_lines(got.out)) {
+  // Values on stdout, error records on stderr.
+  for (const auto& line : split_lines(got.out + got.err)) {
+    if (!line.starts_with("{")) continue;
     const json record = json::parse(line);
     if (record.contains("error")) {
       ++errors;
@@ -233,7 +238,7 @@ TEST_CASE("Remote.PoisonMessageIsDeadLettered") {
 TEST_CASE("Remote.BrokerKilledAndRestartedLosesNothingAcknowledged") {
   RedisServer redis;
   Scratch scratch;
-  const json remote = {{"claim_idle_ms", 1000}};
+  const json remote = {{"claim_idle_ms", 1000}, {"max_deliveries", 3}};
   const std::string local =
       scratch.write("local.json", chain(redis.url(), "sum_squares", nullptr, 1'000'000, 1'000'600));
   const std::string graph =

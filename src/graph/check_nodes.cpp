@@ -174,7 +174,7 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
       error("graph.not_worker_capable", pointer + "/procs",
             "coroutine " + in_quotes(info->name) + " cannot run in a worker process",
             "it holds in-process state; use \"threads\" instead");
-    } else if (spec.remote && !info->worker_capable) {
+    } else if (spec.remote && !info->worker_capable && info->kind != CoroutineKind::source) {
       error("graph.not_worker_capable", pointer + "/remote",
             "coroutine " + in_quotes(info->name) + " cannot run on a remote worker",
             "it holds in-process state; run it on this machine");

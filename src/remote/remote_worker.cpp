@@ -139,23 +139,23 @@ class Consumer {
       const std::string& key = stream.elements[0].str;
       for (RedisReply& entry : stream.elements[1].elements) {
         if (entry.elements.size() < 2 || entry.elements[1].is_nil()) continue;
-        handle(key, entry.elements[0].str, entry.elements[1], 1);
-        ++stored;
+        if (handle(key, entry.elements[0].str, entry.elements[1], 1)) ++stored;
       }
     }
     for (; stored > 0; --stored)
       redis_->read();
   }
 
-  /// Runs one task entry and appends its store script (the caller reads the reply).
-  void handle(const std::string& stream, const std::string& id, RedisReply& fields,
+  /// Runs one task entry and appends its store script: true when the caller
+  /// is to read its reply (false: a malformed entry, dead-lettered at once).
+  bool handle(const std::string& stream, const std::string& id, RedisReply& fields,
               std::uint64_t deliveries) {
     RemoteTask task;
     try {
       task = decode_task(fields);
     } catch (const std::exception& e) {
       dead_letter(stream, id, {}, std::string("malformed task entry: ") + e.what(), deliveries);
-      return;
+      return false;
     }
     std::vector<Message> results;
     std::string failure;
@@ -173,6 +173,7 @@ class Consumer {
       encode_failure(args, task.request, name_, deliveries, failure, false);
     }
     redis_->append(args);
+    return true;
   }
 
   /// Moves an entry to the dead-letter stream and answers its host with an error.
@@ -208,6 +209,7 @@ class Consumer {
     }
     redis_->append(store);
     redis_->read();
+    redis_->read();
   }
 
   /// Removes consumers that died (no registration) with nothing pending, so
@@ -236,7 +238,7 @@ class Consumer {
     const std::string idle = std::to_string(node_.remote->claim_idle.count());
     for (const auto& stream : keys_.tasks) {
       RedisReply claimed =
-          redis_->command({"XAUTOCLAIM", stream, keys_.group, name_, idle, "0-0", "COUNT", "16"});
+          redis_->command({"XAUTOCLAIM", stream, keys_.group, name_, idle, "0-0", "COUNT", "100"});
       if (claimed.is_error() || claimed.elements.size() < 2) continue;
       std::size_t stored = 0;
       for (RedisReply& entry : claimed.elements[1].elements) {
@@ -255,8 +257,7 @@ class Consumer {
                       deliveries);
           continue;
         }
-        handle(stream, id, entry.elements[1], deliveries);
-        ++stored;
+        if (handle(stream, id, entry.elements[1], deliveries)) ++stored;
       }
       for (; stored > 0; --stored)
         redis_->read();
