@@ -304,3 +304,37 @@ TEST_CASE("Remote.StartStopCyclesLeaveNothingBehind") {
   const std::string groups = redis.cli({"XINFO", "GROUPS", "plumber:rt:sq:tasks"});
   CHECK(groups.find("consumers\n0\npending\n0\n") != std::string::npos);
 }
+
+TEST_CASE("Remote.InFlightBoundsWhatTheBrokerHolds") {
+  RedisServer redis;
+  Scratch scratch;
+  // A slow worker and a fast source: the host keeps at most 4 messages out.
+  const json remote = {{"in_flight", 4}};
+  const std::string graph =
+      scratch.write("g.json", chain(redis.url(), "sum_squares", remote, 2'000'000, 2'000'200));
+  Background worker(worker_args(graph, redis.url()), scratch.dir / "w");
+  REQUIRE(wait_until([&] { return redis.cli({"SCARD", "plumber:rt:sq:workers"}) == "1\n"; }));
+  Background host({PLUMBER_EXE, "run", graph, "--stats"}, scratch.dir / "host");
+  long most = 0;
+  int samples = 0;
+  while (host.running()) {
+    const std::string length = redis.cli({"XLEN", "plumber:rt:sq:tasks"});
+    if (!length.empty()) most = std::max(most, std::stol(length));
+    ++samples;
+  }
+  REQUIRE(host.wait() == 0);
+  CHECK(split_lines(host.out()).size() == 200);
+  CHECK(samples > 0);
+  CHECK(most <= 4);
+}
+
+TEST_CASE("Remote.DemoScaleOutRuns") {
+  // demos/scale_out/run.sh: a broker, two workers and a host as processes.
+  const ProcessResult got = plumber::test::run_process(
+      {"/bin/bash", std::string(PLUMBER_SOURCE_DIR) + "/demos/scale_out/run.sh", PLUMBER_EXE},
+      "/dev/null", 300s);
+  INFO(got.out << got.err);
+  CHECK(got.exit_code == 0);
+  CHECK(got.out.find("same output as in process (2000 lines)") != std::string::npos);
+  CHECK(got.out.find("nothing lost, nothing duplicated (2000 lines)") != std::string::npos);
+}
