@@ -15,6 +15,7 @@
 
 #include "process.hpp"
 #include "redis_fixture.hpp"
+#include "remote/remote_codec.hpp"
 
 using nlohmann::json;
 using plumber::test::Background;
@@ -337,4 +338,61 @@ TEST_CASE("Remote.DemoScaleOutRuns") {
   CHECK(got.exit_code == 0);
   CHECK(got.out.find("same output as in process (2000 lines)") != std::string::npos);
   CHECK(got.out.find("nothing lost, nothing duplicated (2000 lines)") != std::string::npos);
+}
+
+TEST_CASE("Remote.EntriesCarryTheEnvelopeAndBinaryBlobs") {
+  using namespace plumber::detail;
+  std::vector<plumber::Message> batch(2);
+  batch[0].id = 7;
+  batch[0].value = plumber::json{{"k", "v"}};
+  batch[0].priority = 2;
+  batch[0].deadline = plumber::Clock::now() + 60s;
+  batch[0].trace = 99;
+  std::vector<std::byte> bytes{std::byte{0}, std::byte{255}, std::byte{'\n'}, std::byte{0}};
+  batch[0].blobs.emplace_back(bytes);
+  batch[1].id = 8;
+  batch[1].value = "plain";
+  RedisArgs args{"XADD", "stream", "*"};
+  encode_task(args, 42, "reply-stream", batch);
+  // As the broker gives the fields back: [name, value, ...].
+  RedisReply fields;
+  fields.type = RedisReply::Type::array;
+  for (std::size_t i = 3; i < args.size(); ++i) {
+    RedisReply f;
+    f.type = RedisReply::Type::string;
+    f.str = args[i];
+    fields.elements.push_back(std::move(f));
+  }
+  RemoteTask task = decode_task(fields);
+  CHECK(task.request == 42);
+  CHECK(task.reply == "reply-stream");
+  REQUIRE(task.batch.size() == 2);
+  CHECK(task.batch[0].id == 7);
+  CHECK(task.batch[0].value == batch[0].value);
+  CHECK(task.batch[0].priority == 2);
+  CHECK(task.batch[0].trace == 99);
+  CHECK(task.batch[0].deadline > plumber::Clock::now() + 50s);
+  REQUIRE(task.batch[0].blobs.size() == 1);
+  const auto got = task.batch[0].blobs[0].bytes();
+  CHECK(std::vector<std::byte>(got.begin(), got.end()) == bytes);
+  CHECK(task.batch[1].value == "plain");
+  CHECK(task.batch[1].deadline == plumber::Clock::time_point::max());
+  CHECK(task.batch[1].blobs.empty());
+
+  RedisArgs failure;
+  encode_failure(failure, 42, "host:1", 3, "boom", true);
+  RedisReply failure_fields;
+  failure_fields.type = RedisReply::Type::array;
+  for (auto& a : failure) {
+    RedisReply f;
+    f.type = RedisReply::Type::string;
+    f.str = a;
+    failure_fields.elements.push_back(std::move(f));
+  }
+  const RemoteResult result = decode_result(failure_fields);
+  CHECK(result.request == 42);
+  CHECK(result.consumer == "host:1");
+  CHECK(result.deliveries == 3);
+  CHECK(result.error == std::optional<std::string>("boom"));
+  CHECK(result.final);
 }
