@@ -4,9 +4,15 @@
 //     the broker's floor: one hiredis loop issuing the commands a remote node
 //     issues (XADD tasks, XREADGROUP, XADD results + XACK + XDEL, XREAD
 //     results, XDEL), pipelined, with nothing around them; prints messages/s.
+//   plumber_remote_bench worker --graph FILE
+//     a `plumber worker` for the graph's node "sq" (run_remote_worker).
+//   plumber_remote_bench throughput --graph FILE
+//     runs the graph to completion; prints messages/s counted from the moment
+//     start() returned (a broker and a worker were ready).
 //   plumber_remote_bench latency --graph FILE --requests N
 //     Pipeline::process one request at a time through the graph's remote
 //     node (workers started by the caller): p50/p99/max round trip.
+// All in one binary, so that bench/run remote builds only the library.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -104,6 +110,22 @@ int floor_run(const std::string& url, long messages, long batch) {
   return 0;
 }
 
+int throughput_run(const std::string& file) {
+  plumber::Registry registry = plumber::Registry::with_builtins();
+  const plumber::GraphSpec graph = plumber::load_graph_file(file, registry);
+  asio::io_context io;
+  plumber::Pipeline pipeline = plumber::Plumber(registry).build(graph, io.get_executor());
+  pipeline.start();
+  const auto started = Clock::now();
+  io.run();
+  const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  std::uint64_t received = 0;
+  for (const auto& s : pipeline.stats())
+    if (s.node == "sq") received = s.emitted;
+  std::printf("%.0f\n", static_cast<double>(received) / seconds);
+  return 0;
+}
+
 int latency_run(const std::string& file, int requests) {
   plumber::Registry registry = plumber::Registry::with_builtins();
   const plumber::GraphSpec graph = plumber::load_graph_file(file, registry);
@@ -142,10 +164,16 @@ int main(int argc, char** argv) {
                      std::atol(option(argc, argv, "--messages", "200000").c_str()),
                      std::atol(option(argc, argv, "--batch", "1").c_str()));
   }
+  if (mode == "worker") {
+    plumber::Registry registry = plumber::Registry::with_builtins();
+    return plumber::run_remote_worker({.graph = option(argc, argv, "--graph", ""), .node = "sq"},
+                                      registry);
+  }
+  if (mode == "throughput") return throughput_run(option(argc, argv, "--graph", ""));
   if (mode == "latency") {
     return latency_run(option(argc, argv, "--graph", ""),
                        std::atoi(option(argc, argv, "--requests", "2000").c_str()));
   }
-  std::fprintf(stderr, "usage: plumber_remote_bench floor|latency ...\n");
+  std::fprintf(stderr, "usage: plumber_remote_bench floor|worker|throughput|latency ...\n");
   return 2;
 }

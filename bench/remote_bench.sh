@@ -9,7 +9,6 @@ set -euo pipefail
 build="$(realpath "${1:?build dir}")"; shift
 messages=200000
 [[ "${1:-}" == --messages ]] && messages="$2"
-plumber="$build/plumber"
 bench="$build/bench/plumber_remote_bench"
 work="$(mktemp -d)"
 pids=()
@@ -46,7 +45,7 @@ PY
 
 start_workers() {  # start_workers N GRAPH
   for _ in $(seq "$1"); do
-    "$plumber" worker "$2" --node sq >>"$work/workers.log" 2>&1 &
+    "$bench" worker --graph "$2" >>"$work/workers.log" 2>&1 &
     pids+=($!)
   done
   until [ "$(redis-cli -p "$port" scard plumber:bench:sq:workers)" -ge "$1" ]; do sleep 0.05; done
@@ -60,11 +59,8 @@ for batch in 1 64; do
   g=$(graph "$batch" range)
   for workers in 1 2 4; do
     start_workers "$workers" "$g"
-    start=$(date +%s.%N)
-    "$plumber" run "$g" --start-timeout-ms 30000
-    end=$(date +%s.%N)
+    rate=$("$bench" throughput --graph "$g")
     stop_workers
-    rate=$(python3 -c "print($messages / ($end - $start))")
     ratio=$(python3 -c "print(f'{$rate / $floor:.2f}')")
     printf "  %-34s %12.0f %10s\n" "plumber, $workers worker(s), batch $batch" "$rate" "$ratio"
   done
@@ -75,4 +71,3 @@ start_workers 1 "$g"
 read -r p50 p99 max wrong < <("$bench" latency --graph "$g" --requests 3000)
 stop_workers
 echo "  round trip at batch 1, one request at a time (Pipeline::process, 1 worker): p50 ${p50} us, p99 ${p99} us, max ${max} us (wrong: $wrong)"
-echo "  (plumber rates include the host's start: connecting, waiting for a registered worker)"
