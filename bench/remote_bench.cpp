@@ -42,6 +42,13 @@ std::string option(int argc, char** argv, std::string_view name, std::string fal
   return fallback;
 }
 
+// (Appended, not `"i" + std::to_string(k)`: GCC 12 -O3 warns -Wrestrict there.)
+std::string field_name(char prefix, long k) {
+  std::string name(1, prefix);
+  name += std::to_string(k);
+  return name;
+}
+
 int floor_run(const std::string& url, long messages, long batch) {
   const BrokerAddress address = parse_broker_url(url);
   RedisClient producer(address, std::chrono::milliseconds(5000));
@@ -61,9 +68,9 @@ int floor_run(const std::string& url, long messages, long batch) {
       RedisArgs a{
           "XADD", tasks, "*", "r", std::to_string(sent), "h", results, "n", std::to_string(batch)};
       for (long k = 0; k < batch; ++k) {
-        a.push_back("i" + std::to_string(k));
+        a.push_back(field_name('i', k));
         a.push_back(std::to_string(sent * batch + k));
-        a.push_back("v" + std::to_string(k));
+        a.push_back(field_name('v', k));
         a.push_back(std::to_string(sent * batch + k));
       }
       producer.append(a);
@@ -166,8 +173,9 @@ int main(int argc, char** argv) {
   }
   if (mode == "worker") {
     plumber::Registry registry = plumber::Registry::with_builtins();
-    return plumber::run_remote_worker({.graph = option(argc, argv, "--graph", ""), .node = "sq"},
-                                      registry);
+    return plumber::run_remote_worker(
+        {.graph = option(argc, argv, "--graph", ""), .node = "sq", .broker = "", .procs = 1},
+        registry);
   }
   if (mode == "throughput") return throughput_run(option(argc, argv, "--graph", ""));
   if (mode == "latency") {
