@@ -1,6 +1,6 @@
 // Remote nodes over Redis Streams (bench/run remote):
 //
-//   plumber_remote_bench floor --broker URL --messages N --batch B
+//   plumber_remote_bench floor --broker URL --messages N --batch B --in-flight M
 //     the broker's floor: one hiredis loop issuing the commands a remote node
 //     issues (XADD tasks, XREADGROUP, XADD results + XACK + XDEL, XREAD
 //     results, XDEL), pipelined, with nothing around them; prints messages/s.
@@ -49,7 +49,7 @@ std::string field_name(char prefix, long k) {
   return name;
 }
 
-int floor_run(const std::string& url, long messages, long batch) {
+int floor_run(const std::string& url, long messages, long batch, long in_flight) {
   const BrokerAddress address = parse_broker_url(url);
   RedisClient producer(address, std::chrono::milliseconds(5000));
   RedisClient consumer(address, std::chrono::milliseconds(5000));
@@ -57,7 +57,7 @@ int floor_run(const std::string& url, long messages, long batch) {
   producer.command({"DEL", tasks, results});
   producer.command({"XGROUP", "CREATE", tasks, "g", "$", "MKSTREAM"});
   const long entries = messages / batch;
-  const long window = std::max(1L, 256 / batch);  // in_flight 256, as a remote node's default
+  const long window = std::max(1L, in_flight / batch);  // entries outstanding, as the host's
   long sent = 0, done = 0, outstanding = 0;
   std::string last = "0-0";
   const auto started = Clock::now();
@@ -169,7 +169,8 @@ int main(int argc, char** argv) {
   if (mode == "floor") {
     return floor_run(option(argc, argv, "--broker", "redis://127.0.0.1:6379"),
                      std::atol(option(argc, argv, "--messages", "200000").c_str()),
-                     std::atol(option(argc, argv, "--batch", "1").c_str()));
+                     std::atol(option(argc, argv, "--batch", "1").c_str()),
+                     std::atol(option(argc, argv, "--in-flight", "256").c_str()));
   }
   if (mode == "worker") {
     plumber::Registry registry = plumber::Registry::with_builtins();

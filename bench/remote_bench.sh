@@ -37,7 +37,7 @@ src = {"id": "n", "coroutine": "input"} if source == "input" else \
 json.dump({"plumber": 1, "name": "bench", "settings": {"broker": broker, "queue_size": 1024},
            "nodes": [src, {"id": "sq", "coroutine": "identity", "batch_size": batch,
                            "remote": {"in_flight": 256 if batch == 1 else 1024}},
-                     {"id": "out", "coroutine": "discard"}],
+                     {"id": "out", "coroutine": "identity" if source == "input" else "discard"}],
            "edges": [{"from": "n", "to": "sq"}, {"from": "sq", "to": "out"}]}, open(file, "w"))
 PY
   echo "$file"
@@ -54,7 +54,8 @@ start_workers() {  # start_workers N GRAPH
 echo "remote node over Redis Streams (redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), appendfsync everysec), $messages messages, trivial step"
 printf "  %-34s %12s %10s\n" "case" "msg/s" "of floor"
 for batch in 1 64; do
-  floor=$("$bench" floor --broker "$broker" --messages "$messages" --batch "$batch")
+  in_flight=$([ "$batch" = 1 ] && echo 256 || echo 1024)  # as in the graphs below
+  floor=$("$bench" floor --broker "$broker" --messages "$messages" --batch "$batch" --in-flight "$in_flight")
   printf "  %-34s %12.0f %10s\n" "floor (hiredis loop), batch $batch" "$floor" "1.00"
   g=$(graph "$batch" range)
   for workers in 1 2 4; do
