@@ -168,7 +168,7 @@ void Metrics::render_remote(const std::map<std::pair<std::string, std::string>, 
     for (const auto& [key, t] : nodes)
       if (t.remote)
         f.metric.push_back(sample(static_cast<double>((*t.remote).*c.field), node_labels(key)));
-    families.push_back(std::move(f));
+    if (!f.metric.empty()) families.push_back(std::move(f));
   }
   auto workers = family("plumber_remote_workers_seen",
                         "Distinct remote workers (consumers) that answered", MetricType::Gauge);
@@ -191,6 +191,7 @@ void Metrics::render_remote(const std::map<std::pair<std::string, std::string>, 
     h.histogram.sample_sum = static_cast<double>(t.remote->rtt_ns) / 1e9;
     rtt.metric.push_back(std::move(h));
   }
+  if (workers.metric.empty()) return;  // no remote node: no families
   families.push_back(std::move(workers));
   families.push_back(std::move(rtt));
 }
