@@ -48,8 +48,8 @@ set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION devel)
 # By name: the -dev packages bring the shared libraries the binary links
-# (libspdlog, libfmt, libssl, libprometheus-cpp-core) and what a consumer's
+# (libspdlog, libfmt, libssl, libprometheus-cpp-core, libhiredis) and what a consumer's
 # find_package(plumber) finds. Boost by its 1.81 name: libboost-dev is 1.74.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS
-  "libboost1.81-dev, nlohmann-json3-dev (>= 3.10), libspdlog-dev, libssl-dev, prometheus-cpp-dev")
+  "libboost1.81-dev, nlohmann-json3-dev (>= 3.10), libspdlog-dev, libssl-dev, prometheus-cpp-dev, libhiredis-dev")
 include(CPack)

@@ -741,3 +741,61 @@ TEST_CASE("GraphSpec.ExampleGraphsLoad") {
   }
   CHECK(count >= 5);
 }
+
+// --- remote nodes (docs/scale-out.md) -----------------------------------------------
+
+TEST_CASE("GraphSpec.RemoteDefaults") {
+  const GraphSpec graph =
+      parse_graph(chain_with(R"({"id": "mid", "coroutine": "fib", "remote": true, "retries": 2,
+                     "batch_size": 16})"),
+                  builtins());
+  const NodeSpec& mid = graph.nodes[1];
+  REQUIRE(mid.remote);
+  CHECK(mid.remote->broker.empty());
+  CHECK(mid.remote->in_flight == 256);
+  CHECK(mid.remote->claim_idle == std::chrono::milliseconds(30'000));
+  CHECK(mid.remote->max_deliveries == 3);  // retries + 1
+  CHECK(mid.concurrency == 16);            // in_flight / batch_size batches in flight
+  CHECK_FALSE(graph.nodes[0].remote);
+}
+
+TEST_CASE("GraphSpec.RemoteFieldsAndSettingsBroker") {
+  const GraphSpec graph = parse_graph(
+      R"({"plumber": 1, "settings": {"broker": "redis://10.0.0.5:6379"}, "nodes": [
+        {"id": "src", "coroutine": "range", "params": {"stop": 3}},
+        {"id": "a", "coroutine": "fib", "remote": {"in_flight": 8, "claim_idle_ms": 500,
+                                                    "max_deliveries": 5}},
+        {"id": "b", "coroutine": "sum_squares", "remote": {"broker": "redis://:pw@h:7000/2"}}],
+      "edges": [{"from": "src", "to": "a"}, {"from": "a", "to": "b"}]})",
+      builtins());
+  CHECK(graph.nodes[1].remote->broker == "redis://10.0.0.5:6379");
+  CHECK(graph.nodes[1].remote->in_flight == 8);
+  CHECK(graph.nodes[1].remote->claim_idle == std::chrono::milliseconds(500));
+  CHECK(graph.nodes[1].remote->max_deliveries == 5);
+  CHECK(graph.nodes[2].remote->broker == "redis://:pw@h:7000/2");
+}
+
+TEST_CASE("GraphSpec.RemoteDiagnostics") {
+  CHECK(diagnostics_of(chain_with(R"({"id": "mid", "coroutine": "fib", "remote": 3})")) ==
+        Lines{"g.json: /nodes/1/remote: remote must be true or an object {broker, in_flight, "
+              "claim_idle_ms, max_deliveries}, not integer"});
+  CHECK(
+      diagnostics_of(chain_with(
+          R"({"id": "mid", "coroutine": "fib", "remote": {"broker": "http://x", "in_flite": 1}})")) ==
+      Lines{"g.json: /nodes/1/remote/in_flite: unknown field \"in_flite\" (did you mean "
+            "\"in_flight\"?)",
+            "g.json: /nodes/1/remote/broker: bad broker URL \"http://x\": a broker URL starts "
+            "with redis:// (redis://[:password@]host:port[/db])"});
+  CHECK(diagnostics_of(
+            chain_with(R"({"id": "mid", "coroutine": "fib", "procs": 2, "remote": true})")) ==
+        Lines{"g.json: /nodes/1/remote: a node runs its step either in local worker processes "
+              "or on remote workers, not both (remove \"procs\" (a worker machine runs `plumber "
+              "worker --procs N`))"});
+  CHECK(diagnostics_of(chain_with(
+            R"({"id": "mid", "coroutine": "fib", "remote": {"broker": "redis://h:99999"}})")) ==
+        Lines{"g.json: /nodes/1/remote/broker: bad broker URL \"redis://h:99999\": the port must "
+              "be an integer between 1 and 65535, not \"99999\""});
+  CHECK(codes_of(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "range", "params": {"stop": 3}, "remote": true}]})") ==
+        Lines{"graph.not_for_sources"});
+}

@@ -11,4 +11,5 @@
 #include "plumber/plumber.hpp"
 #include "plumber/processor.hpp"
 #include "plumber/registry.hpp"
+#include "plumber/remote_worker.hpp"
 #include "plumber/worker_pool.hpp"

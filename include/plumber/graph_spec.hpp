@@ -23,6 +23,19 @@ enum class JoinPolicy {
           // one object keyed by predecessor id, in edge order
 };
 
+/// Where a `remote` node's step runs: `plumber worker` processes fed through
+/// Redis Streams (docs/scale-out.md).
+struct RemoteSpec {
+  /// `redis://[:password@]host:port[/db]`; empty: settings.broker, else the
+  /// PLUMBER_BROKER environment variable when the pipeline starts.
+  std::string broker;
+  std::size_t in_flight = 256;  ///< messages outstanding at once (back pressure)
+  /// A delivered entry unacknowledged this long is claimed by another worker.
+  std::chrono::milliseconds claim_idle{30'000};
+  /// Deliveries before an entry becomes an error record (and a dead letter).
+  std::size_t max_deliveries = 1;
+};
+
 /// One node of a graph file, with every default resolved.
 struct NodeSpec {
   std::string id;
@@ -41,6 +54,8 @@ struct NodeSpec {
   /// A worker process whose step runs longer than this is killed and replaced
   /// (`kill_after_ms`; by default `timeout_ms`). Worker processes only.
   std::optional<std::chrono::milliseconds> kill_after;
+  /// Set when the step runs on other machines (`remote`).
+  std::optional<RemoteSpec> remote;
   /// What loading resolved `coroutine` and `when` to: building a pipeline looks
   /// nothing up again. Null in a spec made by hand (Plumber::build then asks its
   /// registry).
@@ -57,6 +72,7 @@ struct EdgeSpec {
 struct GraphSettings {
   std::size_t queue_size = 64;
   std::size_t priorities = 1;
+  std::string broker;  ///< default broker of `remote` nodes
 };
 
 /// A parsed and validated graph file (format 1).

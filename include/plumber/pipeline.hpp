@@ -123,7 +123,8 @@ struct PipelineOptions {
   /// Measure the time spent inside each step (costs two clock reads per call).
   bool collect_timings = false;
   /// How long start() waits for the worker processes of a `procs` node to run
-  /// their on_start (and a restarted worker to be ready again).
+  /// their on_start (and a restarted worker to be ready again), and for a
+  /// `remote` node's broker to answer and one of its workers to be ready.
   std::chrono::milliseconds worker_start_timeout{10'000};
   /// Record a trace of the run: a span per step call, per worker batch, flows.
   TraceOptions trace{};

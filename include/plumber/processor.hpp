@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "plumber/worker_pool.hpp"
 
@@ -19,6 +20,23 @@ inline constexpr std::array<std::uint64_t, 11> kBatchSizeBuckets{1,  2,   4,   8
                                                                  64, 128, 256, 512, 1024};
 /// Step calls per bucket of kBatchSizeBuckets (not cumulative).
 using BatchBuckets = std::array<std::uint64_t, kBatchSizeBuckets.size()>;
+
+/// Counters of a remote node (`remote`: its step runs in `plumber worker`
+/// processes fed through Redis Streams). Updated on the pipeline's strand.
+struct RemoteStats {
+  std::string broker;                ///< without its password
+  std::uint64_t sent = 0;            ///< messages sent to the task streams (resends included)
+  std::uint64_t acked = 0;           ///< messages whose results (or step error) came back
+  std::uint64_t redelivered = 0;     ///< results of entries delivered more than once
+  std::uint64_t duplicates = 0;      ///< results dropped: their request was already answered
+  std::uint64_t claimed = 0;         ///< batches another worker claimed after a worker went silent
+  std::uint64_t dead_lettered = 0;   ///< batches that exceeded max_deliveries
+  std::uint64_t in_flight = 0;       ///< messages sent and not answered yet
+  std::uint64_t resent = 0;          ///< batches sent again after the broker connection came back
+  std::vector<std::string> workers;  ///< consumers seen in results (`host:pid`)
+  StepBuckets rtt_buckets{};  ///< round trips (send to result) per kStepSecondsBuckets bucket
+  std::uint64_t rtt_ns = 0;   ///< total round-trip time
+};
 
 /// Counters of one node at run time (a Processor). Read them at any time with
 /// Pipeline::stats(); they are updated by the pipeline's strand only.
@@ -49,6 +67,7 @@ struct ProcessorStats {
   double rate_in = 0;
   double rate_out = 0;
   std::optional<WorkerPoolStats> workers;  ///< for a node with `procs`
+  std::optional<RemoteStats> remote;       ///< for a node with `remote`
   bool fused = false;  ///< runs inline in its predecessor's coroutine (no channel hop)
 };
 

@@ -183,7 +183,27 @@ int main(int argc, char** argv) {
       ->excludes(progress_flag);
   run_command->add_option("--trace", run.trace,
                           "write a Chrome trace of the run to FILE (Perfetto, chrome://tracing)");
+  run_command
+      ->add_option("--start-timeout-ms", run.start_timeout_ms,
+                   "how long start waits for worker processes and remote workers")
+      ->check(CLI::Range(1, 3'600'000))
+      ->capture_default_str();
   add_plugin_option(run_command);
+
+  RemoteWorkerOptions worker;
+  auto* worker_command =
+      app.add_subcommand("worker", "run a remote node's step for hosts, through its broker");
+  worker_command->add_option("graph", worker.graph, "graph file (the host's)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  worker_command->add_option("--node", worker.node, "id of the node with \"remote\"")->required();
+  worker_command->add_option("--broker", worker.broker,
+                             "redis://[:password@]host:port[/db] (default: the graph's, or "
+                             "PLUMBER_BROKER)");
+  worker_command->add_option("--procs", worker.procs, "consumer processes on this machine")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  add_plugin_option(worker_command);
 
   std::vector<std::string> validate_files;
   auto* validate_command = app.add_subcommand("validate", "load and check graph files");
@@ -349,6 +369,7 @@ int main(int argc, char** argv) {
   if (auto code = run_worker_if_requested(registry)) return *code;
 
   if (*run_command) return run_graph(run, registry);
+  if (*worker_command) return run_remote_worker(worker, registry);
   if (*serve_command) {
     serve_options.grace = std::chrono::milliseconds(grace_ms);
     serve_options.idle_timeout = std::chrono::seconds(idle_s);

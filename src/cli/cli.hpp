@@ -20,10 +20,11 @@ struct RunOptions {
   int threads = 1;
   bool records = false;
   bool stats = false;
-  bool progress = false;     ///< the progress line even when stderr is not a terminal
-  bool no_progress = false;  ///< never the progress line
-  std::string trace;         ///< write a Chrome trace of the run here (empty: none)
-  std::string blobs_dir;     ///< write the outputs' blobs here (empty: describe them only)
+  bool progress = false;          ///< the progress line even when stderr is not a terminal
+  bool no_progress = false;       ///< never the progress line
+  std::string trace;              ///< write a Chrome trace of the run here (empty: none)
+  int start_timeout_ms = 10'000;  ///< worker processes and remote workers must be ready by then
+  std::string blobs_dir;          ///< write the outputs' blobs here (empty: describe them only)
 };
 
 /// `plumber ...`: parses the command line and runs the command.

@@ -163,6 +163,35 @@ void print_worker_stats(const Pipeline& pipeline) {
   }
 }
 
+/// One line per remote node: what went through the broker, and the round trips.
+void print_remote_stats(const Pipeline& pipeline) {
+  bool header = false;
+  for (const auto& s : pipeline.stats()) {
+    if (!s.remote) continue;
+    const RemoteStats& r = *s.remote;
+    if (!header) {
+      std::fprintf(stderr, "%-14s %10s %10s %9s %8s %8s %6s %9s %9s  %s\n", "remote", "sent",
+                   "acked", "in-flight", "redeliv", "claimed", "dead", "dups", "rtt-ms", "workers");
+      header = true;
+    }
+    std::uint64_t calls = 0;
+    for (auto c : r.rtt_buckets)
+      calls += c;
+    std::string workers;
+    for (const auto& w : r.workers)
+      workers += (workers.empty() ? "" : ",") + w;
+    std::fprintf(
+        stderr, "%-14s %10llu %10llu %9llu %8llu %8llu %6llu %9llu %9.3f  %s\n", s.node.c_str(),
+        static_cast<unsigned long long>(r.sent), static_cast<unsigned long long>(r.acked),
+        static_cast<unsigned long long>(r.in_flight),
+        static_cast<unsigned long long>(r.redelivered), static_cast<unsigned long long>(r.claimed),
+        static_cast<unsigned long long>(r.dead_lettered),
+        static_cast<unsigned long long>(r.duplicates),
+        calls ? static_cast<double>(r.rtt_ns) / 1e6 / static_cast<double>(calls) : 0.0,
+        workers.c_str());
+  }
+}
+
 void print_stats(const Pipeline& pipeline, std::chrono::steady_clock::duration wall) {
   const double seconds = std::chrono::duration<double>(wall).count();
   const auto all = pipeline.stats();
@@ -194,6 +223,7 @@ void print_stats(const Pipeline& pipeline, std::chrono::steady_clock::duration w
                  sizes.c_str());
   }
   print_worker_stats(pipeline);
+  print_remote_stats(pipeline);
   const auto emitted = pipeline.emitted_messages();
   std::fprintf(stderr, "%llu messages in %.3f s (%.0f msg/s)\n",
                static_cast<unsigned long long>(emitted), seconds,
@@ -231,7 +261,9 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   asio::io_context io(options.threads);
   Pipeline pipeline = Plumber(registry).build(
       graph, io.get_executor(),
-      {.collect_timings = options.stats, .trace = {.enabled = !options.trace.empty()}});
+      {.collect_timings = options.stats,
+       .worker_start_timeout = std::chrono::milliseconds(options.start_timeout_ms),
+       .trace = {.enabled = !options.trace.empty()}});
 
   // Output: stdout fully buffered, flushed by a timer so streams stay live.
   static char stdout_buffer[1 << 16];

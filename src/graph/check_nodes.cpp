@@ -49,6 +49,9 @@ GraphSpec Checker::check(const json& document) {
   }
   for (std::size_t i = 0; i < nodes->size(); ++i)
     check_node((*nodes)[i], i, graph);
+  for (NodeSpec& node : graph.nodes) {
+    if (node.remote && node.remote->broker.empty()) node.remote->broker = graph.settings.broker;
+  }
 
   std::vector<std::string> edge_pointers;
   check_edges(document, graph, edge_pointers);
@@ -65,11 +68,15 @@ void Checker::check_settings(const json& document, GraphSpec& graph) {
           "settings must be an object, not " + type_name(*settings));
     return;
   }
-  unknown_fields(*settings, "/settings", {"queue_size", "priorities"});
+  unknown_fields(*settings, "/settings", {"queue_size", "priorities", "broker"});
   graph.settings.queue_size =
       static_cast<std::size_t>(integer(*settings, "/settings", "queue_size", 64, 1, kMaxCount));
   graph.settings.priorities =
       static_cast<std::size_t>(integer(*settings, "/settings", "priorities", 1, 1, 16));
+  if (auto broker = string(*settings, "/settings", "broker", false)) {
+    check_broker(*broker, "/settings/broker");
+    graph.settings.broker = *broker;
+  }
 }
 
 void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) {
@@ -87,7 +94,7 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
   unknown_fields(node, pointer,
                  {"id", "coroutine", "params", "concurrency", "threads", "procs", "batch_size",
                   "batch_timeout_ms", "queue_size", "join", "when", "retries", "timeout_ms",
-                  "kill_after_ms", "description"});
+                  "kill_after_ms", "remote", "description"});
 
   if (auto id = string(node, pointer, "id", true)) {
     if (!is_valid_id(*id)) {
@@ -142,6 +149,7 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
             "add \"procs\", or use \"timeout_ms\"");
     }
   }
+  if (node.contains("remote")) check_remote(node, pointer, spec);
   if (auto join = string(node, pointer, "join", false)) {
     if (*join == "merge") {
       spec.join = JoinPolicy::merge;
@@ -166,6 +174,10 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
       error("graph.not_worker_capable", pointer + "/procs",
             "coroutine " + in_quotes(info->name) + " cannot run in a worker process",
             "it holds in-process state; use \"threads\" instead");
+    } else if (spec.remote && !info->worker_capable && info->kind != CoroutineKind::source) {
+      error("graph.not_worker_capable", pointer + "/remote",
+            "coroutine " + in_quotes(info->name) + " cannot run on a remote worker",
+            "it holds in-process state; run it on this machine");
     } else if (spec.procs > 0 && spec.threads > 0) {
       error("graph.threads_and_procs", pointer + "/procs",
             "a node runs its step either on threads or in worker processes, not both",
@@ -173,7 +185,7 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
     }
     if (info->kind == CoroutineKind::source) {
       for (const char* key : {"join", "when", "batch_size", "batch_timeout_ms", "concurrency",
-                              "threads", "retries", "timeout_ms"}) {
+                              "threads", "retries", "timeout_ms", "remote"}) {
         if (node.contains(key)) {
           error("graph.not_for_sources", child(pointer, key),
                 std::string(key) + " does not apply to source " + in_quotes(info->name));

@@ -148,6 +148,8 @@ class Checker {
 
   void check_settings(const json& document, GraphSpec& graph);
   void check_node(const json& node, std::size_t index, GraphSpec& graph);
+  void check_remote(const json& node, const std::string& pointer, NodeSpec& spec);
+  void check_broker(const std::string& url, const std::string& pointer);
   void check_params(const json& params, const std::string& pointer, const CoroutineInfo& info,
                     NodeSpec& node);
   void check_edges(const json& document, GraphSpec& graph, std::vector<std::string>& edge_pointers);

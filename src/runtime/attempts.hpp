@@ -36,7 +36,7 @@ class Attempts {
   /// After an attempt: true when another one follows (the batch was restored,
   /// `results` cleared). A batch past its deadline is not retried.
   bool retry(const StepOutcome& outcome, std::span<Message> batch, std::vector<Message>& results) {
-    if (outcome.ok() || outcome.expired || attempt_ >= retries_) return false;
+    if (outcome.ok() || outcome.expired || outcome.final || attempt_ >= retries_) return false;
     ++attempt_;
     std::copy(backup_.begin(), backup_.end(), batch.begin());
     results.clear();

@@ -13,6 +13,7 @@
 #include "plumber/error.hpp"
 #include "plumber/graph_spec.hpp"
 #include "plumber/message.hpp"
+#include "plumber/processor.hpp"
 #include "plumber/registry.hpp"
 #include "plumber/worker_pool.hpp"
 #include "runtime/packet.hpp"
@@ -24,6 +25,7 @@ struct StepOutcome {
   errc code{};           ///< 0 when it succeeded
   std::string failure;   ///< what went wrong, when it failed
   bool expired = false;  ///< it gave up because the batch's deadline passed
+  bool final = false;    ///< not to be retried (a remote dead letter: it killed its workers)
   /// The worker process that ran the batch, and when (CLOCK_MONOTONIC ns), for traces.
   int worker_pid = 0;
   std::uint64_t worker_started_ns = 0, worker_finished_ns = 0;
@@ -65,6 +67,7 @@ class StepRunner {
   /// The node drained: no more batches.
   virtual void close() {}
   virtual std::optional<WorkerPoolStats> worker_stats() const { return std::nullopt; }
+  virtual std::optional<RemoteStats> remote_stats() const { return std::nullopt; }
 };
 
 /// What a runner needs to know about its node.
@@ -73,6 +76,7 @@ struct RunnerContext {
   const Strand& strand;
   std::size_t priorities = 1;
   std::chrono::milliseconds worker_start_timeout{10'000};
+  std::string graph_name;  ///< names a remote node's streams
 };
 
 /// The runner for a node: worker processes (`procs`), a thread pool

@@ -34,7 +34,7 @@ TransformProcessor::TransformProcessor(PipelineCore& core, const NodeSpec& spec,
       input_(core.strand(), std::max(spec.queue_size, spec.batch_size),
              core.graph().settings.priorities, core.options().collect_timings),
       runner_(make_step_runner({spec_, core.strand(), core.graph().settings.priorities,
-                                core.options().worker_start_timeout},
+                                core.options().worker_start_timeout, core.graph().name},
                                info.make_transform(spec_.params))),
       batcher_(core.strand(), spec.batch_size, spec.batch_timeout) {
   inline_step_ = runner_->inline_step();
@@ -58,6 +58,7 @@ ProcessorStats TransformProcessor::stats() const {
   s.queue_depth = input_.depth();
   input_.read_waits(s);
   s.workers = runner_->worker_stats();
+  s.remote = runner_->remote_stats();
   return s;
 }
 

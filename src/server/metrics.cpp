@@ -61,6 +61,26 @@ ClientMetric histogram(std::vector<ClientMetric::Label> labels, const Counts& co
   return h;
 }
 
+/// Adds a run's remote-node counters to a series' totals.
+void add_remote(std::optional<RemoteStats>& total, const RemoteStats& r) {
+  if (!total) total.emplace();
+  RemoteStats& t = *total;
+  t.sent += r.sent;
+  t.acked += r.acked;
+  t.redelivered += r.redelivered;
+  t.duplicates += r.duplicates;
+  t.claimed += r.claimed;
+  t.dead_lettered += r.dead_lettered;
+  t.in_flight += r.in_flight;
+  t.rtt_ns += r.rtt_ns;
+  for (std::size_t i = 0; i < t.rtt_buckets.size(); ++i)
+    t.rtt_buckets[i] += r.rtt_buckets[i];
+  for (const auto& w : r.workers)
+    if (std::find(t.workers.begin(), t.workers.end(), w) == t.workers.end() &&
+        t.workers.size() < 1024)
+      t.workers.push_back(w);
+}
+
 }  // namespace
 
 Metrics::Metrics() = default;
@@ -142,8 +162,15 @@ void Metrics::finished(std::uint64_t key, const std::string& status) {
   std::lock_guard lock(mutex_);
   auto it = live_.find(key);
   if (it == live_.end()) return;
-  for (const auto& s : it->second.pipeline->stats())
-    totals_[series(it->second.graph, s.node)].add(s);
+  for (const auto& s : it->second.pipeline->stats()) {
+    NodeTotals& t = totals_[series(it->second.graph, s.node)];
+    t.add(s);
+    if (s.remote) {
+      RemoteStats finished_run = *s.remote;
+      finished_run.in_flight = 0;  // the run is over
+      add_remote(t.remote, finished_run);
+    }
+  }
   ++runs_total_[status];
   live_.erase(it);
 }
@@ -160,6 +187,63 @@ void Metrics::observe_process(const std::string& graph, unsigned status, double 
   histogram->Observe(seconds);
 }
 
+void Metrics::render_remote(const std::map<std::pair<std::string, std::string>, NodeTotals>& nodes,
+                            std::vector<prometheus::MetricFamily>& families) {
+  struct Counter {
+    const char* name;
+    const char* help;
+    std::uint64_t RemoteStats::*field;
+    MetricType type;
+  };
+  static const Counter counters[] = {
+      {"plumber_remote_sent_total", "Messages sent to a remote node's task streams",
+       &RemoteStats::sent, MetricType::Counter},
+      {"plumber_remote_acked_total", "Messages of a remote node whose results came back",
+       &RemoteStats::acked, MetricType::Counter},
+      {"plumber_remote_redelivered_total", "Results of entries delivered more than once",
+       &RemoteStats::redelivered, MetricType::Counter},
+      {"plumber_remote_claimed_total", "Batches claimed from a silent worker (XAUTOCLAIM)",
+       &RemoteStats::claimed, MetricType::Counter},
+      {"plumber_remote_dead_lettered_total", "Batches past max_deliveries (dead letters)",
+       &RemoteStats::dead_lettered, MetricType::Counter},
+      {"plumber_remote_duplicates_total", "Results dropped: their request was already answered",
+       &RemoteStats::duplicates, MetricType::Counter},
+      {"plumber_remote_in_flight", "Messages sent to remote workers and not answered yet",
+       &RemoteStats::in_flight, MetricType::Gauge},
+  };
+  for (const Counter& c : counters) {
+    auto f = family(c.name, c.help, c.type);
+    for (const auto& [key, t] : nodes)
+      if (t.remote)
+        f.metric.push_back(sample(static_cast<double>((*t.remote).*c.field), node_labels(key)));
+    if (!f.metric.empty()) families.push_back(std::move(f));
+  }
+  auto workers = family("plumber_remote_workers_seen",
+                        "Distinct remote workers (consumers) that answered", MetricType::Gauge);
+  auto rtt =
+      family("plumber_remote_round_trip_seconds",
+             "Round trip of a batch to a remote worker (send to result)", MetricType::Histogram);
+  for (const auto& [key, t] : nodes) {
+    if (!t.remote) continue;
+    workers.metric.push_back(
+        sample(static_cast<double>(t.remote->workers.size()), node_labels(key)));
+    ClientMetric h;
+    h.label = node_labels(key);
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < t.remote->rtt_buckets.size(); ++i) {
+      cumulative += t.remote->rtt_buckets[i];
+      h.histogram.bucket.push_back({cumulative, kStepSecondsBuckets[i]});
+    }
+    h.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+    h.histogram.sample_count = cumulative;
+    h.histogram.sample_sum = static_cast<double>(t.remote->rtt_ns) / 1e9;
+    rtt.metric.push_back(std::move(h));
+  }
+  if (workers.metric.empty()) return;  // no remote node: no families
+  families.push_back(std::move(workers));
+  families.push_back(std::move(rtt));
+}
+
 std::string Metrics::render() {
   std::vector<MetricFamily> families;
   {
@@ -171,7 +255,9 @@ std::string Metrics::render() {
     for (const auto& [key, tracked] : live_) {
       for (const auto& s : tracked.pipeline->stats()) {
         auto name = series(tracked.graph, s.node);
-        nodes[name].add(s);
+        NodeTotals& t = nodes[name];
+        t.add(s);
+        if (s.remote) add_remote(t.remote, *s.remote);
         depth[name] += s.queue_depth;
         rate_in[name] += s.rate_in;
         rate_out[name] += s.rate_out;
@@ -243,6 +329,7 @@ std::string Metrics::render() {
     for (auto* f : {&received, &sent, &errors, &skipped, &expired, &retried, &cancelled, &queue,
                     &rate_in_family, &rate_out_family, &busy, &wait, &batch_size, &restarts})
       families.push_back(std::move(*f));
+    render_remote(nodes, families);
 
     auto runs_total =
         family("plumber_runs_total", "WebSocket runs that ended, by status", MetricType::Counter);

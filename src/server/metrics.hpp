@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,7 +16,8 @@
 
 namespace prometheus {
 class Histogram;
-}
+struct MetricFamily;
+}  // namespace prometheus
 
 namespace plumber::server {
 
@@ -62,17 +64,23 @@ class Metrics {
  private:
   struct NodeTotals {
     std::uint64_t received = 0, sent = 0, errors = 0, skipped = 0, expired = 0, retried = 0;
-    std::uint64_t cancelled = 0, calls = 0, batched = 0, busy_ns = 0, waited = 0, wait_ns = 0, restarts = 0;
-    StepBuckets buckets{};       ///< calls by time inside the step
-    StepBuckets wait_buckets{};  ///< messages by their wait in the node's input
-    BatchBuckets batch_sizes{};  ///< calls by messages in the call
-    bool pool = false;           ///< the node runs in worker processes (`procs`)
+    std::uint64_t cancelled = 0, calls = 0, batched = 0, busy_ns = 0, waited = 0, wait_ns = 0,
+                  restarts = 0;
+    StepBuckets buckets{};              ///< calls by time inside the step
+    StepBuckets wait_buckets{};         ///< messages by their wait in the node's input
+    BatchBuckets batch_sizes{};         ///< calls by messages in the call
+    bool pool = false;                  ///< the node runs in worker processes (`procs`)
+    std::optional<RemoteStats> remote;  ///< summed counters of a `remote` node
+    /// Adds a node's counters (not its remote ones: finished and live runs differ).
     void add(const ProcessorStats& s);
   };
   struct Tracked {
     std::string graph;
     std::shared_ptr<Pipeline> pipeline;
   };
+  /// The families of remote nodes (`remote`): counters, workers seen, round trips.
+  static void render_remote(const std::map<std::pair<std::string, std::string>, NodeTotals>& nodes,
+                            std::vector<prometheus::MetricFamily>& families);
   /// The (graph, node) label pair; folded into one when there are too many.
   std::pair<std::string, std::string> series(const std::string& graph, const std::string& node);
 
