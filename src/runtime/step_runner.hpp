@@ -24,6 +24,9 @@ struct StepOutcome {
   errc code{};           ///< 0 when it succeeded
   std::string failure;   ///< what went wrong, when it failed
   bool expired = false;  ///< it gave up because the batch's deadline passed
+  /// Messages of a successful batch that failed alone (an `exec` program's
+  /// `{"error": ...}` entries): (id, error) each, reported as error records.
+  std::vector<std::pair<std::uint64_t, std::string>> message_errors{};
   /// The worker process that ran the batch, and when (CLOCK_MONOTONIC ns), for traces.
   int worker_pid = 0;
   std::uint64_t worker_started_ns = 0, worker_finished_ns = 0;
@@ -73,6 +76,11 @@ struct RunnerContext {
   const Strand& strand;
   std::size_t priorities = 1;
   std::chrono::milliseconds worker_start_timeout{10'000};
+  /// Messages waiting in the node's input (thread-safe): auto-scaled pools
+  /// grow while it stays above zero.
+  std::function<std::uint64_t()> queued{};
+  /// The coroutine runs an external program (Capabilities::runs_programs).
+  bool runs_programs = false;
 };
 
 /// The runner for a node: worker processes (`procs`), a thread pool

@@ -386,7 +386,9 @@ void ServerCore::load_catalog() {
     }
     entry.spec = load_graph_file(file.string(), registry);
     try {
-      apply_graph_policy(entry.spec, limits);
+      GraphLimits trusted = limits;  // the operator's own graphs may run programs
+      trusted.allow_programs = true;
+      apply_graph_policy(entry.spec, trusted);
     } catch (const GraphError& e) {
       throw GraphError(file.string(), e.diagnostics());
     }
