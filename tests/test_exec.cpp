@@ -63,10 +63,10 @@ struct TempDir {
 /// The node `w` running `script` with Debian's python3 and the kit; `extra`
 /// adds fields to the node ("procs": 2, "batch_size": 8, ...).
 std::string exec_node(const std::string& script, const std::string& extra = "") {
-  json node = {{"id", "w"},
-               {"coroutine", "exec"},
-               {"params",
-                {{"command", json::array({kPython, script})}, {"env", {{"PYTHONPATH", kKit}}}}}};
+  json node = {
+      {"id", "w"},
+      {"coroutine", "exec"},
+      {"params", {{"command", json::array({kPython, script})}, {"env", {{"PYTHONPATH", kKit}}}}}};
   std::string text = node.dump();
   if (!extra.empty()) text.insert(text.size() - 1, ", " + extra);
   return text;
@@ -193,7 +193,8 @@ def handle(value):
 TEST_CASE("Exec.RunsAPythonStepInCopies") {
   TempDir dir;
   Harness h;
-  h.build(graph_text(range_source(200), exec_node(dir.write("double.py", kDouble), R"("procs": 2)")));
+  h.build(
+      graph_text(range_source(200), exec_node(dir.write("double.py", kDouble), R"("procs": 2)")));
   h.run();
   CHECK(h.errors().empty());
   CHECK(h.values() == numbers(0, 200, 2));
@@ -286,9 +287,10 @@ sys.exit(3)
 )");
     Harness h;
     h.build(graph_text(range_source(3), exec_node(script)), options);
-    CHECK_THROWS_WITH_AS(h.pipeline().start(),
-                         doctest::Contains("exited with code 3 before it was ready; its stderr: no GPU"),
-                         std::exception);
+    CHECK_THROWS_WITH_AS(
+        h.pipeline().start(),
+        doctest::Contains("exited with code 3 before it was ready; its stderr: no GPU"),
+        std::exception);
   }
   SUBCASE("never ready") {
     const std::string script = dir.write("silent.py", "import time\ntime.sleep(60)\n");
@@ -347,13 +349,13 @@ def handle(value):
             time.sleep(0.002)
     return value
 )");
-  json node = {{"id", "w"},
-               {"coroutine", "exec"},
-               {"procs", 2},
-               {"retries", 1},
-               {"params",
-                {{"command", json::array({kPython, script, gate})},
-                 {"env", {{"PYTHONPATH", kKit}}}}}};
+  json node = {
+      {"id", "w"},
+      {"coroutine", "exec"},
+      {"procs", 2},
+      {"retries", 1},
+      {"params",
+       {{"command", json::array({kPython, script, gate})}, {"env", {{"PYTHONPATH", kKit}}}}}};
   Harness h;
   h.build(graph_text(range_source(50), node.dump()));
   h.start_thread();
@@ -389,11 +391,11 @@ def handle(value):
     return value
 )");
   const std::string marker = (dir.path / "pid").string();
-  json node = {{"id", "w"},
-               {"coroutine", "exec"},
-               {"params",
-                {{"command", json::array({kPython, script, marker})},
-                 {"env", {{"PYTHONPATH", kKit}}}}}};
+  json node = {
+      {"id", "w"},
+      {"coroutine", "exec"},
+      {"params",
+       {{"command", json::array({kPython, script, marker})}, {"env", {{"PYTHONPATH", kKit}}}}}};
   Harness h;
   h.build(graph_text(range_source(10), node.dump()));
   h.start_thread();

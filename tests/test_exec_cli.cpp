@@ -151,7 +151,8 @@ TEST_CASE("ExecCli.ValidateExecParams") {
      "params": {"command": ["python3", 7], "env": {"A": 1}}},
     {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "src", "to": "x"}, {"from": "x", "to": "out"}]})");
-  const ProcessResult result = run_process({PLUMBER_EXE, "validate", (dir.path / "bad.json").string()});
+  const ProcessResult result =
+      run_process({PLUMBER_EXE, "validate", (dir.path / "bad.json").string()});
   CHECK(result.exit_code == 2);
   const std::string file = (dir.path / "bad.json").string();
   const auto lines = split_lines(result.out + result.err);

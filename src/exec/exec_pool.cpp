@@ -108,6 +108,7 @@ void ExecPool::start(Copy& c) {
   c.start_deadline = Clock::now() + start_timeout_;
   c.start_error.clear();
   c.kill_reason.clear();
+  c.killed_at_end = false;
   c.stdout_buffer.clear();
   c.stderr_line.clear();
   c.stderr_tail.clear();
@@ -214,6 +215,7 @@ void ExecPool::close() {
     if (c->state == State::ready) {
       c->input.reset();  // end of its stdin: it exits
     } else {
+      c->killed_at_end = true;
       ::kill(c->pid, SIGKILL);
     }
   }
@@ -331,7 +333,8 @@ asio::awaitable<void> ExecPool::watch_start(Copy& c) {
 }
 
 void ExecPool::after_death(Copy& c, const std::string& why, bool was_ready) {
-  const bool expected = (closing_ || !c.active) && why == "exited with code 0";
+  const bool expected = (closing_ || !c.active) && (why == "exited with code 0" || c.killed_at_end);
+  c.killed_at_end = false;
   std::string text = describe(c) + " of node \"" + node_.id + "\" " +
                      (c.kill_reason.empty() ? why : c.kill_reason + " (" + why + ")");
   if (!c.start_error.empty()) text += ": its program reported: " + c.start_error;
@@ -454,7 +457,10 @@ void ExecPool::shrink() {
     c.active = false;
     c.active_seen.store(false, std::memory_order_relaxed);
     c.input.reset();  // end of its stdin: it exits, its supervisor ends
-    if (c.state != State::ready && c.exit) ::kill(c.pid, SIGKILL);
+    if (c.state != State::ready && c.exit) {
+      c.killed_at_end = true;
+      ::kill(c.pid, SIGKILL);
+    }
     c.backoff.cancel();
     size_.sub();
     --size;

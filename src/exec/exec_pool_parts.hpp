@@ -38,8 +38,9 @@ struct ExecPool::Copy {
   bool active = false;
   bool supervised = false;  // a supervisor coroutine runs for it
   Clock::time_point start_deadline;
-  std::string start_error;  // its {"error": ...} line
-  std::string kill_reason;  // why the pool killed it (timeout, protocol error)
+  std::string start_error;     // its {"error": ...} line
+  std::string kill_reason;     // why the pool killed it (timeout, protocol error)
+  bool killed_at_end = false;  // close() or shrink() killed it while it was starting
   std::string stdout_buffer, stderr_line, stderr_tail;
   std::uint64_t current = 0;  // the request it runs, 0 when idle
   asio::steady_timer backoff;

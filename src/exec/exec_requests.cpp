@@ -71,6 +71,7 @@ void ExecPool::take_stdout(Copy& c, std::string_view bytes) {
     begin = end + 1;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
+    if (!c.kill_reason.empty()) break;  // condemned: nothing it says counts any more
     handle_line(c, line);
   }
   c.stdout_buffer.erase(0, begin);

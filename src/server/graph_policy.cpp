@@ -62,10 +62,10 @@ void apply_graph_policy(GraphSpec& graph, const GraphLimits& limits) {
            "client"});
     }
     if (capabilities.runs_programs && !limits.allow_programs) {
-      problems.push_back({"graph.not_allowed", pointer + "/coroutine",
-                          "\"" + node.coroutine +
-                              "\" runs a program on the server, and submitted graphs may not",
-                          "put the graph in the server's --graphs directory and run it by name"});
+      problems.push_back(
+          {"graph.not_allowed", pointer + "/coroutine",
+           "\"" + node.coroutine + "\" runs a program on the server, and submitted graphs may not",
+           "put the graph in the server's --graphs directory and run it by name"});
     }
     if (capabilities.reads_files) {
       const std::string path = node.params.value("path", std::string("-"));

@@ -56,8 +56,8 @@ class Metrics {
     std::uint64_t received = 0, sent = 0, errors = 0, skipped = 0, calls = 0, busy_ns = 0;
     std::uint64_t restarts = 0;
     std::uint64_t scale_ups = 0, scale_downs = 0;  ///< auto-scaled pools' changes of size
-    StepBuckets buckets{};  ///< calls by time inside the step
-    bool pool = false;      ///< the node runs in worker processes (`procs`)
+    StepBuckets buckets{};                         ///< calls by time inside the step
+    bool pool = false;                             ///< the node runs in worker processes (`procs`)
   };
   struct Tracked {
     std::string graph;

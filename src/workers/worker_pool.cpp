@@ -99,7 +99,11 @@ WorkerPool::WorkerPool(const NodeSpec& node, const Strand& strand,
     : node_(node),
       strand_(strand),
       start_timeout_(start_timeout),
-      depth_(priorities > 1 || node.timeout ? 1 : std::numeric_limits<std::size_t>::max()),
+      // An auto-scaled pool keeps batches in the host (two per worker), where a
+      // worker that joins can take them (steal).
+      depth_(priorities > 1 || node.timeout ? 1
+             : node.autoscale               ? 2
+                                            : std::numeric_limits<std::size_t>::max()),
       parent_spin_ns_(env_number("PLUMBER_PARENT_SPIN_US", 50) * 1000),
       worker_spin_us_(static_cast<std::uint32_t>(env_number("PLUMBER_WORKER_SPIN_US", 50))) {
   queued_ = std::move(queued);

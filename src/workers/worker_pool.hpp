@@ -116,6 +116,9 @@ class WorkerPool {
   PoolLoad load() const;
   void grow();
   void shrink();
+  /// Takes for `w` (ready, nothing waiting for it) batches that wait for a
+  /// busier worker, so that a worker the pool just added gets work at once.
+  void steal(Worker& w);
 
   NodeSpec node_;
   Strand strand_;

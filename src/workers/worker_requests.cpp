@@ -186,6 +186,7 @@ void WorkerPool::submit(Worker& w, Pending& p) {
 
 void WorkerPool::flush_backlog(Worker& w) {
   if (w.state != State::ready) return;
+  if (scaler_ && w.active && w.backlog.empty()) steal(w);
   bool pushed = false;
   while (!w.backlog.empty() && w.in_flight.size() - w.backlog.size() < depth_) {
     Pending& p = *w.backlog.front();

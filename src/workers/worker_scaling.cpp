@@ -77,6 +77,24 @@ void WorkerPool::grow() {
   }
 }
 
+void WorkerPool::steal(Worker& w) {
+  while (w.in_flight.size() - w.backlog.size() < depth_) {
+    Worker* donor = nullptr;
+    for (auto& other : workers_) {
+      if (other.get() == &w || other->backlog.empty()) continue;
+      if (!donor || other->backlog.size() > donor->backlog.size()) donor = other.get();
+    }
+    if (!donor) return;
+    Pending* p = donor->backlog.back();  // its lowest lane, latest
+    donor->backlog.pop_back();
+    donor->in_flight.erase(p->request_id);
+    p->worker = &w;
+    w.in_flight[p->request_id] = p;
+    w.backlog.push_back(p);
+    if (w.backlog.size() >= depth_) return;
+  }
+}
+
 void WorkerPool::shrink() {
   std::vector<std::uint8_t> record;
   Encoder e(record);
