@@ -164,3 +164,25 @@ TEST_CASE("ServerPolicy.CountsNodesBeforeValidating") {
   CHECK(problems[0].code == "graph.too_many_nodes");
   CHECK(problems[0].pointer == "/nodes");
 }
+
+TEST_CASE("ServerPolicy.ExecOnlyInTheOperatorsGraphs") {
+  const auto registry = plumber::Registry::with_builtins();
+  const std::string text = R"({"plumber": 1, "nodes": [
+      {"id": "i", "coroutine": "input"},
+      {"id": "x", "coroutine": "exec", "params": {"command": ["python3", "step.py"]}}],
+    "edges": [{"from": "i", "to": "x"}]})";
+  server::GraphLimits limits;
+  auto spec = load(text, registry);
+  try {
+    server::apply_graph_policy(spec, limits);
+    FAIL("no GraphError");
+  } catch (const plumber::GraphError& e) {
+    REQUIRE(e.diagnostics().size() == 1);
+    CHECK(e.diagnostics()[0].pointer == "/nodes/1/coroutine");
+    CHECK(e.diagnostics()[0].message ==
+          "\"exec\" runs a program on the server, and submitted graphs may not");
+  }
+  limits.allow_programs = true;  // a graph of --graphs DIR
+  auto trusted = load(text, registry);
+  CHECK_NOTHROW(server::apply_graph_policy(trusted, limits));
+}
