@@ -167,3 +167,21 @@ TEST_CASE("ExecCli.ValidateExecParams") {
   CHECK(has("/nodes/1/params/env/A: environment variable \"A\" must be a string, not integer"));
   CHECK(has("/nodes/1/threads: an exec step runs in copies of its program, not on threads"));
 }
+
+// The kit installs with pip from the source tree (a copy of it: pip builds in
+// place), with Debian's python3 and its setuptools, no network.
+TEST_CASE("ExecCli.KitInstallsWithPip") {
+  TempDir dir;
+  fs::copy(kSource + "/python", dir.path / "src", fs::copy_options::recursive);
+  const ProcessResult pip =
+      run_process({"/usr/bin/python3", "-m", "pip", "install", "--quiet", "--no-build-isolation",
+                   "--no-deps", "--no-index", "--target", (dir.path / "site").string(),
+                   (dir.path / "src").string()});
+  INFO("pip: " << pip.err);
+  REQUIRE(pip.exit_code == 0);
+  const ProcessResult check = run_process(
+      {"/usr/bin/env", "PYTHONPATH=" + (dir.path / "site").string(), "/usr/bin/python3", "-c",
+       "import plumber_step, os; print(os.path.dirname(plumber_step.__file__))"});
+  CHECK(check.exit_code == 0);
+  CHECK(check.out == (dir.path / "site" / "plumber_step").string() + "\n");
+}
