@@ -173,15 +173,64 @@ TEST_CASE("ExecCli.ValidateExecParams") {
 TEST_CASE("ExecCli.KitInstallsWithPip") {
   TempDir dir;
   fs::copy(kSource + "/python", dir.path / "src", fs::copy_options::recursive);
-  const ProcessResult pip =
-      run_process({"/usr/bin/python3", "-m", "pip", "install", "--quiet", "--no-build-isolation",
-                   "--no-deps", "--no-index", "--target", (dir.path / "site").string(),
-                   (dir.path / "src").string()});
+  const ProcessResult pip = run_process(
+      {"/usr/bin/python3", "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps",
+       "--no-index", "--target", (dir.path / "site").string(), (dir.path / "src").string()});
   INFO("pip: " << pip.err);
   REQUIRE(pip.exit_code == 0);
-  const ProcessResult check = run_process(
-      {"/usr/bin/env", "PYTHONPATH=" + (dir.path / "site").string(), "/usr/bin/python3", "-c",
-       "import plumber_step, os; print(os.path.dirname(plumber_step.__file__))"});
+  const ProcessResult check =
+      run_process({"/usr/bin/env", "PYTHONPATH=" + (dir.path / "site").string(), "/usr/bin/python3",
+                   "-c", "import plumber_step, os; print(os.path.dirname(plumber_step.__file__))"});
   CHECK(check.exit_code == 0);
   CHECK(check.out == (dir.path / "site" / "plumber_step").string() + "\n");
+}
+
+// Blobs of output values: written with --blobs-dir, counted otherwise (never
+// dropped silently). The test plugin's "to_blob" makes them.
+TEST_CASE("ExecCli.BlobsDirWritesOutputBlobs") {
+  TempDir dir;
+  dir.write("blobs.json", R"({"plumber": 1, "nodes": [
+    {"id": "src", "coroutine": "values", "params": {"values": ["hello", "blob"]}},
+    {"id": "b", "coroutine": "to_blob"}],
+    "edges": [{"from": "src", "to": "b"}]})");
+  const std::string graph = (dir.path / "blobs.json").string();
+  const std::string out_dir = (dir.path / "out").string();
+  ProcessResult result = run_process(
+      {PLUMBER_EXE, "run", "--plugin", PLUMBER_TEST_PLUGIN, "--blobs-dir", out_dir, graph});
+  INFO("stderr: " << result.err);
+  CHECK(result.exit_code == 0);
+  const auto lines = sorted(split_lines(result.out));
+  REQUIRE(lines.size() == 2);
+  std::vector<std::string> contents;
+  for (const auto& line : lines) {
+    const auto record = nlohmann::json::parse(line);
+    REQUIRE(record["blobs"].size() == 1);
+    const std::string path = record["blobs"][0];
+    CHECK(path.rfind(out_dir + "/", 0) == 0);
+    contents.push_back(read_file(path));
+    CHECK(record["value"] == contents.back().size());
+  }
+  CHECK(sorted(contents) == std::vector<std::string>{"blob", "hello"});
+
+  result = run_process({PLUMBER_EXE, "run", "--plugin", PLUMBER_TEST_PLUGIN, graph});
+  CHECK(result.exit_code == 0);
+  CHECK(sorted(split_lines(result.out)) == std::vector<std::string>{"4", "5"});
+  CHECK(result.err.find("2 output values carried 2 blobs (9 bytes), not written") !=
+        std::string::npos);
+}
+
+// Auto-scaling works for a plugin's step in worker processes too.
+TEST_CASE("ExecCli.AutoscaledPluginStep") {
+  TempDir dir;
+  dir.write("shout.json", R"({"plumber": 1, "nodes": [
+    {"id": "src", "coroutine": "values", "params": {"values": ["a", "b", "c"]}},
+    {"id": "s", "coroutine": "shout", "procs": {"min": 1, "max": 2}}],
+    "edges": [{"from": "src", "to": "s"}]})");
+  const ProcessResult result =
+      run_process({PLUMBER_EXE, "run", "--stats", "--plugin", PLUMBER_TEST_PLUGIN,
+                   (dir.path / "shout.json").string()});
+  INFO("stderr: " << result.err);
+  CHECK(result.exit_code == 0);
+  CHECK(sorted(split_lines(result.out)) == std::vector<std::string>{"\"A!\"", "\"B!\"", "\"C!\""});
+  CHECK(result.err.find("s              scaled 1..2, now ") != std::string::npos);
 }

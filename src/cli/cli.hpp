@@ -23,6 +23,7 @@ struct RunOptions {
   bool progress = false;     ///< the progress line even when stderr is not a terminal
   bool no_progress = false;  ///< never the progress line
   std::string trace;         ///< write a Chrome trace of the run here (empty: none)
+  std::string blobs_dir;     ///< write output blobs to files here (empty: counted, not written)
 };
 
 /// `plumber ...`: parses the command line and runs the command.

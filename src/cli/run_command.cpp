@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -22,6 +23,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "cli/blob_output.hpp"
 #include "cli/cli.hpp"
 #include "cli/progress.hpp"
 #include "json_parse.hpp"
@@ -236,19 +238,44 @@ int run_graph(const RunOptions& options, const Registry& registry) {
   std::atomic<std::uint64_t> outputs{0};
   const bool show_progress = !options.no_progress && (options.progress || ::isatty(STDERR_FILENO));
   auto progress = std::make_shared<ProgressLine>(show_progress);
+  std::optional<BlobOutput> blob_output;
+  try {
+    blob_output.emplace(options.blobs_dir);
+  } catch (const std::exception& e) {
+    std::cerr << "plumber: " << e.what() << '\n';
+    return kExitInvalid;
+  }
   pipeline.on_output([&, records = options.records](OutputRecord&& r) {
     if (output_failed.load(std::memory_order_relaxed)) return;
     outputs.fetch_add(1, std::memory_order_relaxed);
     auto lock = progress->before_write(r.kind == OutputRecord::Kind::value ? stdout : stderr);
     switch (r.kind) {
       case OutputRecord::Kind::value:
-        if (records) {
+        if (!r.blobs.empty() && (records || blob_output->writes())) {
+          // Its blobs' paths (--blobs-dir) or sizes go with the value.
+          json record = json::object();
+          json blobs;
+          try {
+            blobs = blob_output->take(r);
+          } catch (const std::exception& e) {
+            failed.fetch_add(1, std::memory_order_relaxed);
+            std::fprintf(stderr, "plumber: %s\n", e.what());
+          }
+          if (records) {
+            record["id"] = r.id;
+            record["node"] = std::string(r.node);
+          }
+          record["value"] = std::move(r.value);
+          record["blobs"] = std::move(blobs);
+          detail::write_json_line(stdout, record);
+        } else if (records) {
           json record = json::object();
           record["id"] = r.id;
           record["node"] = std::string(r.node);
           record["value"] = std::move(r.value);
           detail::write_json_line(stdout, record);
         } else {
+          if (!r.blobs.empty()) (void)blob_output->take(r);  // counted, reported at the end
           detail::write_json_line(stdout, r.value);
         }
         break;
@@ -369,6 +396,7 @@ int run_graph(const RunOptions& options, const Registry& registry) {
     std::_Exit(kExitOutputFailed);  // exit() would flush stdout again, and fail again
   }
   progress->finish(progress_text());  // the final count, however short the run
+  blob_output->report();
   if (options.stats) print_stats(pipeline, wall);
   if (trace_file.is_open()) {
     pipeline.write_trace(trace_file);
