@@ -74,7 +74,8 @@ ProgramSpec program_of(const json& params) {
 }  // namespace
 
 ExecPool::ExecPool(const NodeSpec& node, const Strand& strand,
-                   std::chrono::milliseconds start_timeout, std::function<std::uint64_t()> queued)
+                   std::chrono::milliseconds start_timeout, std::function<std::uint64_t()> queued,
+                   std::size_t priorities)
     : node_(node),
       strand_(strand),
       program_(program_of(node.params)),
@@ -85,10 +86,12 @@ ExecPool::ExecPool(const NodeSpec& node, const Strand& strand,
   for (std::size_t i = 0; i < most; ++i)
     copies_.push_back(std::make_unique<Copy>(i, strand_));
   if (node_.autoscale) scaler_.emplace(node_.procs, *node_.autoscale, Clock::now());
+  if (priorities > 1 || node_.timeout) depth_ = 1;
   ignore_sigpipe_once();
 }
 
 ExecPool::~ExecPool() {
+  *alive_ = false;
   for (auto& c : copies_)
     kill_and_reap(*c);
 }
@@ -112,7 +115,8 @@ void ExecPool::start(Copy& c) {
   c.stdout_buffer.clear();
   c.stderr_line.clear();
   c.stderr_tail.clear();
-  c.current = 0;
+  c.requests.clear();
+  c.writing = std::make_shared<bool>(false);
 }
 
 void ExecPool::launch() {
@@ -347,11 +351,21 @@ void ExecPool::after_death(Copy& c, const std::string& why, bool was_ready) {
         {.node = node_.id, .worker_pid = c.pid}, "{}", text);
   }
   // The batch it was running dies with it: that one fails (the processor
-  // retries it up to `retries`); batches waiting in the host go to the others.
-  if (c.current) {
-    auto it = running_.find(c.current);
-    c.current = 0;
-    if (it != running_.end()) {
+  // retries it up to `retries`). Those behind it in its pipe were never
+  // started: back to the front of the host's queue, in order, for any copy.
+  if (!c.requests.empty()) {
+    const std::uint64_t running = c.requests.front();
+    for (auto id = c.requests.rbegin(); id != c.requests.rend(); ++id) {
+      auto it = running_.find(*id);
+      if (it == running_.end() || *id == running) continue;
+      Pending& p = *it->second;
+      running_.erase(it);
+      p.timer.cancel();
+      p.copy = nullptr;
+      waiting_.push_front(&p);
+    }
+    c.requests.clear();
+    if (auto it = running_.find(running); it != running_.end()) {
       Pending& p = *it->second;
       p.outcome->failure = text;
       p.outcome->code = errc::step_failed;
@@ -397,7 +411,7 @@ PoolLoad ExecPool::load() const {
     if (!c->active) continue;
     ++l.size;
     if (c->state == State::ready) ++l.ready;
-    if (c->current) ++l.busy;
+    if (!c->requests.empty()) ++l.busy;
   }
   l.waiting = waiting_.size() + (queued_ ? queued_() : 0);
   return l;
@@ -453,7 +467,7 @@ void ExecPool::shrink() {
   std::size_t size = before;
   for (auto it = copies_.rbegin(); it != copies_.rend() && size > scaler_->min(); ++it) {
     Copy& c = **it;
-    if (!c.active || c.current) continue;
+    if (!c.active || !c.requests.empty()) continue;
     c.active = false;
     c.active_seen.store(false, std::memory_order_relaxed);
     c.input.reset();  // end of its stdin: it exits, its supervisor ends

@@ -44,7 +44,7 @@ class ExecPool {
   using Spawn = std::function<void(asio::awaitable<void>)>;
 
   ExecPool(const NodeSpec& node, const Strand& strand, std::chrono::milliseconds start_timeout,
-           std::function<std::uint64_t()> queued);
+           std::function<std::uint64_t()> queued, std::size_t priorities = 1);
   ~ExecPool();
   ExecPool(const ExecPool&) = delete;
   ExecPool& operator=(const ExecPool&) = delete;
@@ -108,6 +108,11 @@ class ExecPool {
   std::deque<Pending*> waiting_;                         // in priority order
   std::unordered_map<std::uint64_t, Pending*> running_;  // by request id
   std::uint64_t next_request_ = 0;
+  /// Requests in one copy's pipe at once: 2 keeps a copy busy while the host
+  /// reads its last answer; 1 with timeout_ms or priority lanes (exact).
+  std::size_t depth_ = 2;
+  /// False once the pool is destroyed: write handlers that outlive it do nothing.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::optional<Autoscaler> scaler_;
   std::optional<asio::steady_timer> scale_timer_;
   Spawn spawn_;

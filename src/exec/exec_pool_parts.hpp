@@ -42,7 +42,12 @@ struct ExecPool::Copy {
   std::string kill_reason;     // why the pool killed it (timeout, protocol error)
   bool killed_at_end = false;  // close() or shrink() killed it while it was starting
   std::string stdout_buffer, stderr_line, stderr_tail;
-  std::uint64_t current = 0;  // the request it runs, 0 when idle
+  /// The requests sent to it and not answered, oldest first: the first is
+  /// the one it runs (a program answers in order), the others wait in its pipe.
+  std::deque<std::uint64_t> requests;
+  /// An async_write of a long request is still going on: nothing else may be
+  /// written before it ends (set back by its handler).
+  std::shared_ptr<bool> writing = std::make_shared<bool>(false);
   asio::steady_timer backoff;
   // Read by stats() from any thread.
   std::atomic<int> pid_seen{0};

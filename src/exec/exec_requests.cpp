@@ -142,13 +142,15 @@ void ExecPool::handle_line(Copy& c, std::string_view line) {
     return;
   }
   auto id = message.find("id");
-  if (id == message.end() || !id->is_number_unsigned() || id->get<std::uint64_t>() != c.current) {
-    protocol_error(c, "answered " + shortened(line) + " while it was running request " +
-                          std::to_string(c.current));
+  auto sent = id == message.end() || !id->is_number_unsigned()
+                  ? c.requests.end()
+                  : std::find(c.requests.begin(), c.requests.end(), id->get<std::uint64_t>());
+  if (sent == c.requests.end()) {
+    protocol_error(c, "answered " + shortened(line) + ", which is no request it was sent");
     return;
   }
-  auto found = running_.find(c.current);
-  c.current = 0;
+  auto found = running_.find(*sent);
+  c.requests.erase(sent);
   batches_done_.add();
   if (found == running_.end()) {  // abandoned (timed out, cancelled): the copy is free again
     dispatch();
@@ -238,14 +240,19 @@ asio::awaitable<void> ExecPool::process(std::vector<Message>& batch, std::vector
 }
 
 void ExecPool::dispatch() {
-  if (closing_ && waiting_.empty()) return;
-  for (auto& copy : copies_) {
-    if (waiting_.empty()) return;
-    Copy& c = *copy;
-    if (!c.active || c.state != State::ready || c.current || !c.input) continue;
-    Pending& p = *waiting_.front();
-    waiting_.pop_front();
-    send(c, p);
+  // Idle copies first, then one more request into the pipe of busy ones.
+  for (std::size_t load = 0; load < depth_; ++load) {
+    for (auto& copy : copies_) {
+      if (waiting_.empty()) return;
+      Copy& c = *copy;
+      if (!c.active || c.state != State::ready || !c.input || c.requests.size() != load ||
+          *c.writing) {
+        continue;
+      }
+      Pending& p = *waiting_.front();
+      waiting_.pop_front();
+      send(c, p);
+    }
   }
 }
 
@@ -261,7 +268,7 @@ void ExecPool::send(Copy& c, Pending& p) {
   p.copy = &c;
   p.sent_ns = monotonic_ns();
   queue_ns_.add(p.sent_ns - p.queued_ns);
-  c.current = p.request_id;
+  c.requests.push_back(p.request_id);
   running_[p.request_id] = &p;
   // Most requests fit in the pipe: written now. The rest is written as the
   // copy reads; the buffer lives as long as the write (a copy that dies makes
@@ -274,8 +281,13 @@ void ExecPool::send(Copy& c, Pending& p) {
     written += static_cast<std::size_t>(n);
   }
   if (written < line->size()) {
-    asio::async_write(*c.input, asio::buffer(line->data() + written, line->size() - written),
-                      [line](error_code, std::size_t) {});
+    *c.writing = true;
+    asio::async_write(
+        *c.input, asio::buffer(line->data() + written, line->size() - written),
+        [this, line, writing = c.writing, alive = alive_](error_code ec, std::size_t) {
+          *writing = false;
+          if (!ec && *alive) dispatch();  // else the copy (or the pool) is gone
+        });
   }
   if (p.timeout) {
     p.timer.expires_after(*p.timeout);
@@ -290,7 +302,7 @@ void ExecPool::send(Copy& c, Pending& p) {
       complete(late);
       // The copy is still busy with it: replaced, so that the next batch
       // does not wait behind a result nobody wants.
-      if (copy->current == id) {
+      if (std::find(copy->requests.begin(), copy->requests.end(), id) != copy->requests.end()) {
         copy->kill_reason = "was killed: its request ran longer than timeout_ms (" +
                             std::to_string(limit.count()) + " ms)";
         ::kill(copy->pid, SIGKILL);

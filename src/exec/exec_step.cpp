@@ -20,7 +20,8 @@ class ProgramStep final : public Transform {
 class ExecRunner final : public StepRunner {
  public:
   explicit ExecRunner(const RunnerContext& context)
-      : pool_(context.node, context.strand, context.worker_start_timeout, context.queued) {}
+      : pool_(context.node, context.strand, context.worker_start_timeout, context.queued,
+              context.priorities) {}
 
   asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
                                    const AttemptLimits& limits) override {
