@@ -512,3 +512,32 @@ TEST_CASE("Autoscale.FixedPoolNeverScales") {
   CHECK(pool.scale_ups == 0);
   CHECK(pool.scale_events.empty());
 }
+
+// Requests and results far larger than a pipe (64 KiB): written as the copy
+// reads, read in pieces.
+TEST_CASE("Exec.LongLines") {
+  TempDir dir;
+  const std::string script = dir.write("echo.py", R"(import plumber_step
+
+@plumber_step.step
+def handle(value):
+    return value[::-1]
+)");
+  Registry registry = test::worker_test_registry();
+  std::string big(300'000, 'a');
+  big.back() = 'z';
+  json values = json::array({big, big, big, big});
+  const std::string text = graph_text(
+      R"({"id": "src", "coroutine": "values", "params": {"values": )" + values.dump() + "}}",
+      exec_node(script, R"("batch_size": 4)"));
+  Harness h;
+  h.build(text);
+  h.run();
+  CHECK(h.errors().empty());
+  const auto out = h.values();
+  REQUIRE(out.size() == 4);
+  for (const auto& v : out) {
+    CHECK(v.get<std::string>().size() == big.size());
+    CHECK(v.get<std::string>().front() == 'z');
+  }
+}
