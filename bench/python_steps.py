@@ -102,7 +102,17 @@ def cat_detector(plumber, tmp, batch_size):
                   {"from": "cats", "to": "out"}]}
     with open(path, "w") as f:
         json.dump(doc, f)
-    return min(run_plumber(plumber, path) for _ in range(3))
+    best = None
+    for _ in range(3):
+        run = subprocess.run([plumber, "run", "--stats", path], check=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The worker table's line for "cats": ... queue-ms worker-ms pids
+        for line in run.stderr.splitlines():
+            fields = line.split()
+            if fields and fields[0] == "cats" and len(fields) >= 10 and fields[1].isdigit():
+                seconds = float(fields[8]) / 1e3
+                best = seconds if best is None else min(best, seconds)
+    return best
 
 
 def main():
@@ -116,16 +126,17 @@ def main():
         rows = [
             ("unbatched", plumber_rate(args.plumber, tmp, args.tasks, 1, args.runs),
              pool_rate(args.tasks, args.runs, 1), "submit() each"),
-            ("batch 64", plumber_rate(args.plumber, tmp, args.tasks, 64, args.runs),
-             pool_rate(args.tasks, args.runs, 64), "map(chunksize=64)"),
+            # 10x the tasks: a batched run is short next to starting the copies.
+            ("batch 64", plumber_rate(args.plumber, tmp, 10 * args.tasks, 64, args.runs),
+             pool_rate(10 * args.tasks, args.runs, 64), "map(chunksize=64)"),
         ]
         for name, ours, peer, peer_name in rows:
             print(f"  {name:<10} Plumber exec {ours / 1e3:8.2f} k tasks/s   "
                   f"ProcessPoolExecutor {peer_name:<18} {peer / 1e3:8.2f} k tasks/s   "
                   f"ratio {ours / peer:5.2f}x")
         one, twenty = cat_detector(args.plumber, tmp, 1), cat_detector(args.plumber, tmp, 20)
-        print(f"  CatDetector, 40 images: batch_size 1 {one:.2f} s, batch_size 20 {twenty:.2f} s "
-              f"(whole run, best of 3): {one / twenty:.2f}x")
+        print(f"  CatDetector, 40 images, time inside the step: batch_size 1 {one:.2f} s, "
+              f"batch_size 20 {twenty:.2f} s (best of 3): {one / twenty:.2f}x")
 
 
 if __name__ == "__main__":

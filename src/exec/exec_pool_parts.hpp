@@ -48,6 +48,9 @@ struct ExecPool::Copy {
   /// An async_write of a long request is still going on: nothing else may be
   /// written before it ends (set back by its handler).
   std::shared_ptr<bool> writing = std::make_shared<bool>(false);
+  /// When its last answer was read: a request behind another in its pipe
+  /// starts then, not when it was sent (for worker_ns).
+  std::uint64_t last_answer_ns = 0;
   asio::steady_timer backoff;
   // Read by stats() from any thread.
   std::atomic<int> pid_seen{0};

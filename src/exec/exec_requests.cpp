@@ -158,9 +158,11 @@ void ExecPool::handle_line(Copy& c, std::string_view line) {
   }
   Pending& p = *found->second;
   const std::uint64_t now = monotonic_ns();
-  worker_ns_.add(now - p.sent_ns);
+  const std::uint64_t started = std::max(p.sent_ns, c.last_answer_ns);
+  c.last_answer_ns = now;
+  worker_ns_.add(now - started);
   p.outcome->worker_pid = c.pid;
-  p.outcome->worker_started_ns = p.sent_ns;
+  p.outcome->worker_started_ns = started;
   p.outcome->worker_finished_ns = now;
   tasks_done_.add(p.batch->size());
   c.tasks.add(p.batch->size());
