@@ -34,11 +34,11 @@ namespace plumber::detail {
 /// Life (as WorkerPool's): launch() starts `procs` copies, wait_ready() waits
 /// for each one's `{"ready": true}`; run() spawns a supervisor per copy (it
 /// reads its stdout, logs its stderr, restarts it when it dies) and, for an
-/// auto-scaled node, the scaler; process() hands a batch to an idle copy (one
-/// request per copy at a time, so a copy that dies takes exactly one batch
-/// with it) and awaits its results; close() closes the copies' stdin once the
-/// node has drained, and they exit. stop(false) cancels the supervisors, which
-/// kill their copies.
+/// auto-scaled node, the scaler; process() hands a batch to an idle copy (at
+/// most depth_ requests in a copy's pipe, answered in order, so a copy that
+/// dies takes exactly one batch with it) and awaits its results; close() closes the copies' stdin
+/// once the node has drained, and they exit. stop(false) cancels the supervisors, which kill their
+/// copies.
 class ExecPool {
  public:
   using Spawn = std::function<void(asio::awaitable<void>)>;

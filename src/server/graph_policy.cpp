@@ -97,7 +97,8 @@ void apply_graph_policy(GraphSpec& graph, const GraphLimits& limits) {
              "paths are relative to, and must stay inside, " + limits.allow_files->string()});
       }
     }
-    threads += node.threads + node.procs;
+    // An auto-scaled pool counts at its largest.
+    threads += node.threads + (node.autoscale ? node.autoscale->max : node.procs);
     if (threads > limits.max_threads && !threads_reported) {
       threads_reported = true;
       problems.push_back({"graph.too_many_threads",
