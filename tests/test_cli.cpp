@@ -428,15 +428,12 @@ TEST_CASE("Cli.Dot") {
 
 namespace {
 const std::map<std::string, std::string> kBuiltins = {
-    {"input", "source"},          {"lines", "source"},
-    {"jsonl", "source"},          {"range", "source"},
-    {"values", "source"},         {"uuid", "source"},
-    {"identity", "transform"},    {"reverse", "transform"},
-    {"upper", "transform"},       {"lower", "transform"},
-    {"sleep", "transform"},       {"fib", "transform"},
-    {"sum_squares", "transform"}, {"sha256", "transform"},
-    {"concat", "transform"},      {"print", "sink"},
-    {"discard", "sink"}};
+    {"input", "source"},          {"lines", "source"},      {"jsonl", "source"},
+    {"range", "source"},          {"values", "source"},     {"uuid", "source"},
+    {"identity", "transform"},    {"reverse", "transform"}, {"upper", "transform"},
+    {"lower", "transform"},       {"sleep", "transform"},   {"fib", "transform"},
+    {"sum_squares", "transform"}, {"sha256", "transform"},  {"concat", "transform"},
+    {"exec", "transform"},        {"print", "sink"},        {"discard", "sink"}};
 }
 
 TEST_CASE("Cli.List") {

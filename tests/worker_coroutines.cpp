@@ -86,6 +86,15 @@ void register_worker_coroutines(Registry& registry) {
                out.push_back(std::move(m));
              }
            });
+  add_step(registry, "wait_for_file", nullptr,
+           [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
+             // Holds each message until the file exists (a gate the test opens).
+             const std::string path = p.at("path").get<std::string>();
+             while (::access(path.c_str(), F_OK) != 0)
+               std::this_thread::sleep_for(std::chrono::milliseconds(2));
+             pass(batch, out);
+           },
+           {{"path", ParamType::string, true, nullptr, "the gate"}});
   add_step(registry, "abort_on", nullptr,
            [](std::span<Message> batch, std::vector<Message>& out, const json& p) {
              for (Message& m : batch) {

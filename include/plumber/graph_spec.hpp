@@ -36,6 +36,15 @@ struct RemoteSpec {
   std::size_t max_deliveries = 1;
 };
 
+/// `"procs": {"min": M, "max": N}`: an auto-scaled pool (NodeSpec::procs is M).
+struct ProcsScaling {
+  std::size_t max = 1;  ///< never more workers than this
+  /// Back to `min` after this long with nothing to do.
+  std::chrono::milliseconds scale_down_after{30'000};
+  /// At least this long between two changes of the pool's size.
+  std::chrono::milliseconds cooldown{1'000};
+};
+
 /// One node of a graph file, with every default resolved.
 struct NodeSpec {
   std::string id;
@@ -43,7 +52,10 @@ struct NodeSpec {
   json params = json::object();  ///< declared defaults filled in
   std::size_t concurrency = 1;
   std::size_t threads = 0;
-  std::size_t procs = 0;
+  std::size_t procs = 0;  ///< worker processes (or program copies); the minimum when scaled
+  /// Set when `procs` is the object form: the pool grows and shrinks between
+  /// `procs` and `autoscale->max`.
+  std::optional<ProcsScaling> autoscale;
   std::size_t batch_size = 1;
   std::chrono::milliseconds batch_timeout{0};
   std::size_t queue_size = 64;

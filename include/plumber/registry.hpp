@@ -146,6 +146,9 @@ struct Capabilities {
   bool reads_directory = false;
   /// Writes to the process's stdout.
   bool writes_stdout = false;
+  /// Runs an external program named by its params (`exec`): its node runs in
+  /// program copies, never in this process.
+  bool runs_programs = false;
 };
 
 /// A registered coroutine: what `plumber list` shows and what graphs name.

@@ -68,9 +68,23 @@ struct WorkerStats {
   std::uint64_t restarts = 0;
 };
 
-/// Counters of a node's worker pool (`procs`). Updated on the pipeline's strand.
+/// A change of an auto-scaled pool's size.
+struct ScaleEvent {
+  std::uint64_t at_ms = 0;  ///< since the pool started
+  std::size_t from = 0, to = 0;
+};
+
+/// Counters of a node's worker pool (`procs`, or the copies of an `exec`
+/// program). Updated on the pipeline's strand.
 struct WorkerPoolStats {
-  std::size_t procs = 0;
+  std::size_t procs = 0;  ///< workers running now (the current size)
+  /// Auto-scaling bounds (`"procs": {"min", "max"}`); both 0 for a fixed pool.
+  std::size_t procs_min = 0, procs_max = 0;
+  std::uint64_t scale_ups = 0, scale_downs = 0;
+  /// The last changes of size, oldest first (at most 64).
+  std::vector<ScaleEvent> scale_events;
+  /// The pool runs copies of an external program (`exec`), not worker processes.
+  bool program = false;
   std::uint64_t tasks_done = 0;    ///< messages whose batch came back (results or step errors)
   std::uint64_t batches_done = 0;  ///< calls of the step in workers
   std::uint64_t in_flight = 0;     ///< messages sent to workers and not back yet

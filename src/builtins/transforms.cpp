@@ -302,6 +302,7 @@ void register_builtin_transforms(Registry& registry) {
 void register_builtins(Registry& registry) {
   detail::register_builtin_sources(registry);
   detail::register_builtin_transforms(registry);
+  detail::register_builtin_exec(registry);
 }
 
 }  // namespace plumber

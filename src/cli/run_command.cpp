@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -160,6 +161,20 @@ void print_worker_stats(const Pipeline& pipeline) {
         static_cast<double>(w.worker_ns) / 1e6,
         static_cast<unsigned long long>(w.blob_bytes_copied),
         static_cast<unsigned long long>(w.blob_bytes_shared), pids.c_str());
+  }
+  // Auto-scaled pools: their bounds and every change of size.
+  for (const auto& s : pipeline.stats()) {
+    if (!s.workers || s.workers->procs_max == 0) continue;
+    const WorkerPoolStats& w = *s.workers;
+    std::string events;
+    for (const auto& e : w.scale_events) {
+      events += " " + std::to_string(e.from) + "->" + std::to_string(e.to) + "@" +
+                std::to_string(e.at_ms) + "ms";
+    }
+    std::fprintf(stderr, "%-14s scaled %zu..%zu, now %zu: %llu up, %llu down;%s\n", s.node.c_str(),
+                 w.procs_min, w.procs_max, w.procs, static_cast<unsigned long long>(w.scale_ups),
+                 static_cast<unsigned long long>(w.scale_downs),
+                 events.empty() ? " no change" : events.c_str());
   }
 }
 

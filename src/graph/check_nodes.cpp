@@ -1,6 +1,7 @@
 // Checking a graph document: the document, its settings, nodes and params.
 #include <filesystem>
 #include <string>
+#include <system_error>
 #include <utility>
 
 #include "graph/graph_checker.hpp"
@@ -124,12 +125,17 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
 
   spec.concurrency = static_cast<std::size_t>(integer(node, pointer, "concurrency", 1, 1, 100'000));
   spec.threads = static_cast<std::size_t>(integer(node, pointer, "threads", 0, 0, 256));
-  spec.procs = static_cast<std::size_t>(integer(node, pointer, "procs", 0, 0, 256));
+  check_procs(node, pointer, spec);
+  const bool program = info && info->capabilities.runs_programs;
+  if (program && spec.procs == 0) spec.procs = 1;  // an `exec` step runs one copy by default
   // A thread pool is only useful with as many messages in flight as threads.
   if (spec.threads > 0 && !node.contains("concurrency")) spec.concurrency = spec.threads;
   // Worker processes: a few batches queued per worker keep it busy while the
-  // parent handles the results of the previous ones.
-  if (spec.procs > 0 && !node.contains("concurrency")) spec.concurrency = 4 * spec.procs;
+  // parent handles the results of the previous ones (as many as the largest
+  // size of an auto-scaled pool).
+  if (spec.procs > 0 && !node.contains("concurrency")) {
+    spec.concurrency = 4 * (spec.autoscale ? spec.autoscale->max : spec.procs);
+  }
   spec.batch_size = static_cast<std::size_t>(integer(node, pointer, "batch_size", 1, 1, 100'000));
   spec.batch_timeout =
       std::chrono::milliseconds(integer(node, pointer, "batch_timeout_ms", 0, 0, 3'600'000));
@@ -143,7 +149,7 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
   if (node.contains("kill_after_ms")) {
     spec.kill_after =
         std::chrono::milliseconds(integer(node, pointer, "kill_after_ms", 1, 1, 86'400'000));
-    if (spec.procs == 0) {
+    if (spec.procs == 0 && !program) {
       error("graph.kill_after_without_procs", pointer + "/kill_after_ms",
             "kill_after_ms applies to worker processes only",
             "add \"procs\", or use \"timeout_ms\"");
@@ -170,7 +176,7 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
   }
 
   if (info) {
-    if (spec.procs > 0 && !info->worker_capable) {
+    if (spec.procs > 0 && !info->worker_capable && !program) {
       error("graph.not_worker_capable", pointer + "/procs",
             "coroutine " + in_quotes(info->name) + " cannot run in a worker process",
             "it holds in-process state; use \"threads\" instead");
@@ -178,6 +184,10 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
       error("graph.not_worker_capable", pointer + "/remote",
             "coroutine " + in_quotes(info->name) + " cannot run on a remote worker",
             "it holds in-process state; run it on this machine");
+    } else if (program && spec.threads > 0) {
+      error("graph.threads_and_procs", pointer + "/threads",
+            "an exec step runs in copies of its program, not on threads",
+            "use \"procs\" for more copies");
     } else if (spec.procs > 0 && spec.threads > 0) {
       error("graph.threads_and_procs", pointer + "/procs",
             "a node runs its step either on threads or in worker processes, not both",
@@ -201,6 +211,7 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
                    spec);
     }
   }
+  if (program && spec.params.contains("command")) check_program(spec, pointer);
   infos_.push_back(info);
   if (info) spec.info = registry_.find_shared(spec.coroutine);
   if (!spec.when.empty()) spec.when_info = registry_.find_predicate_shared(spec.when);
@@ -208,6 +219,81 @@ void Checker::check_node(const json& node, std::size_t index, GraphSpec& graph) 
   // least one batch (docs/graph-format.md).
   spec.queue_size = std::max(spec.queue_size, spec.batch_size);
   graph.nodes.push_back(std::move(spec));
+}
+
+void Checker::check_procs(const json& node, const std::string& pointer, NodeSpec& spec) {
+  auto procs = node.find("procs");
+  if (procs == node.end() || !procs->is_object()) {
+    spec.procs = static_cast<std::size_t>(integer(node, pointer, "procs", 0, 0, 256));
+    return;
+  }
+  const std::string where = pointer + "/procs";
+  unknown_fields(*procs, where, {"min", "max", "scale_down_after_ms", "cooldown_ms"});
+  if (!procs->contains("max")) {
+    error("graph.missing_field", where, "missing required field \"max\"",
+          "an auto-scaled pool is {\"min\": M, \"max\": N}");
+  }
+  ProcsScaling scaling;
+  spec.procs = static_cast<std::size_t>(integer(*procs, where, "min", 1, 1, 256));
+  scaling.max = static_cast<std::size_t>(
+      integer(*procs, where, "max", static_cast<std::int64_t>(spec.procs), 1, 256));
+  if (scaling.max < spec.procs) {
+    error("graph.out_of_range", where + "/max",
+          "max must be at least min (" + std::to_string(spec.procs) + "), not " +
+              std::to_string(scaling.max));
+    scaling.max = spec.procs;
+  }
+  scaling.scale_down_after = std::chrono::milliseconds(integer(
+      *procs, where, "scale_down_after_ms", scaling.scale_down_after.count(), 1, 86'400'000));
+  scaling.cooldown = std::chrono::milliseconds(
+      integer(*procs, where, "cooldown_ms", scaling.cooldown.count(), 0, 3'600'000));
+  spec.autoscale = scaling;
+}
+
+void Checker::check_program(NodeSpec& spec, const std::string& pointer) {
+  const std::string params = pointer + "/params";
+  if (auto command = spec.params.find("command"); command != spec.params.end()) {
+    if (command->empty()) {
+      error("graph.bad_param", params + "/command",
+            "command must name a program: [\"PROGRAM\", \"ARG\", ...]",
+            "e.g. [\"python3\", \"steps/score.py\"]");
+    }
+    for (std::size_t i = 0; i < command->size(); ++i) {
+      const json& part = (*command)[i];
+      if (!part.is_string()) {
+        error("graph.bad_param", params + "/command/" + std::to_string(i),
+              "each part of command must be a string, not " + type_name(part));
+      } else if (part.get_ref<const std::string&>().find('\0') != std::string::npos ||
+                 (i == 0 && part.get_ref<const std::string&>().empty())) {
+        error("graph.bad_param", params + "/command/" + std::to_string(i),
+              i == 0 ? "the program name must be a non-empty string without NUL"
+                     : "an argument must not contain NUL");
+      }
+    }
+  }
+  // A graph file's programs are found next to it, wherever it is run from.
+  std::error_code ec;
+  const bool from_file = std::filesystem::is_regular_file(file_, ec);
+  const std::filesystem::path base =
+      from_file ? std::filesystem::absolute(file_, ec).parent_path() : std::filesystem::path();
+  if (auto cwd = spec.params.find("cwd"); cwd != spec.params.end()) {
+    if (!base.empty()) *cwd = (base / cwd->get<std::string>()).lexically_normal().string();
+  } else if (!base.empty()) {
+    spec.params["cwd"] = base.string();
+  }
+  if (auto env = spec.params.find("env"); env != spec.params.end()) {
+    for (const auto& [key, value] : env->items()) {
+      if (!value.is_string()) {
+        error("graph.bad_param", child(params + "/env", key),
+              "environment variable " + in_quotes(key) + " must be a string, not " +
+                  type_name(value));
+      } else if (key.empty() || key.find('=') != std::string::npos ||
+                 key.find('\0') != std::string::npos) {
+        error("graph.bad_param", child(params + "/env", key),
+              "bad environment variable name " + in_quotes(key), "no '=' and not empty");
+      }
+    }
+  }
 }
 
 namespace {

@@ -150,6 +150,11 @@ class Checker {
   void check_node(const json& node, std::size_t index, GraphSpec& graph);
   void check_remote(const json& node, const std::string& pointer, NodeSpec& spec);
   void check_broker(const std::string& url, const std::string& pointer);
+  /// `procs`: an integer, or {"min", "max", "scale_down_after_ms", "cooldown_ms"}.
+  void check_procs(const json& node, const std::string& pointer, NodeSpec& spec);
+  /// The params of an `exec` node (runs_programs): command, env, cwd (made
+  /// absolute: relative to the graph file's directory).
+  void check_program(NodeSpec& spec, const std::string& pointer);
   void check_params(const json& params, const std::string& pointer, const CoroutineInfo& info,
                     NodeSpec& node);
   void check_edges(const json& document, GraphSpec& graph, std::vector<std::string>& edge_pointers);

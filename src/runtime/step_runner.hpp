@@ -26,6 +26,9 @@ struct StepOutcome {
   std::string failure;   ///< what went wrong, when it failed
   bool expired = false;  ///< it gave up because the batch's deadline passed
   bool final = false;    ///< not to be retried (a remote dead letter: it killed its workers)
+  /// Messages of a successful batch that failed alone (an `exec` program's
+  /// `{"error": ...}` entries): (id, error) each, reported as error records.
+  std::vector<std::pair<std::uint64_t, std::string>> message_errors{};
   /// The worker process that ran the batch, and when (CLOCK_MONOTONIC ns), for traces.
   int worker_pid = 0;
   std::uint64_t worker_started_ns = 0, worker_finished_ns = 0;
@@ -77,6 +80,11 @@ struct RunnerContext {
   std::size_t priorities = 1;
   std::chrono::milliseconds worker_start_timeout{10'000};
   std::string graph_name;  ///< names a remote node's streams
+  /// Messages waiting in the node's input (thread-safe): auto-scaled pools
+  /// grow while it stays above zero.
+  std::function<std::uint64_t()> queued{};
+  /// The coroutine runs an external program (Capabilities::runs_programs).
+  bool runs_programs = false;
 };
 
 /// The runner for a node: worker processes (`procs`), a thread pool

@@ -21,6 +21,7 @@ namespace plumber::detail {
 std::unique_ptr<StepRunner> make_worker_runner(const RunnerContext& context,
                                                std::unique_ptr<Transform> step);
 std::unique_ptr<StepRunner> make_remote_runner(const RunnerContext& context);
+std::unique_ptr<StepRunner> make_exec_runner(const RunnerContext& context);
 
 std::string timeout_text(std::chrono::milliseconds limit) {
   return "timed out after " + std::to_string(limit.count()) + " ms";
@@ -155,6 +156,7 @@ class ThreadPoolRunner final : public InProcessRunner {
 std::unique_ptr<StepRunner> make_step_runner(const RunnerContext& context,
                                              std::unique_ptr<Transform> step) {
   if (context.node.remote) return make_remote_runner(context);
+  if (context.runs_programs) return make_exec_runner(context);
   if (context.node.procs > 0) return make_worker_runner(context, std::move(step));
   if (step->is_async()) return std::make_unique<AwaitableRunner>(std::move(step));
   if (context.node.threads > 0) {

@@ -34,7 +34,8 @@ TransformProcessor::TransformProcessor(PipelineCore& core, const NodeSpec& spec,
       input_(core.strand(), std::max(spec.queue_size, spec.batch_size),
              core.graph().settings.priorities, core.options().collect_timings),
       runner_(make_step_runner({spec_, core.strand(), core.graph().settings.priorities,
-                                core.options().worker_start_timeout, core.graph().name},
+                                core.options().worker_start_timeout, core.graph().name,
+                                [this] { return input_.depth(); }, info.capabilities.runs_programs},
                                info.make_transform(spec_.params))),
       batcher_(core.strand(), spec.batch_size, spec.batch_timeout) {
   inline_step_ = runner_->inline_step();
@@ -335,10 +336,25 @@ asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, O
     counters_.retried.add();
   }
   if (outcome.ok()) {
+    if (!outcome.message_errors.empty()) fail_messages(batch, outcome, out);
     collect_outputs(batch, results, out);
   } else {
     fail_batch(batch, outcome, out);
   }
+}
+
+void TransformProcessor::fail_messages(std::vector<Message>& batch, const StepOutcome& outcome,
+                                       Outbox& out) {
+  // Reported here, and gone from the batch: collect_outputs sees only the others.
+  std::unordered_set<std::uint64_t> failed;
+  for (const auto& [id, error] : outcome.message_errors) {
+    if (!failed.insert(id).second) continue;
+    counters_.errors.add();
+    core_.output_error(spec_.id, id, error, errc::step_failed);
+    core_.track(id, -1);
+    if (feeds_zip_) out.packets.push_back(dropped_packet(id));
+  }
+  std::erase_if(batch, [&](const Message& m) { return failed.contains(m.id); });
 }
 
 asio::awaitable<void> TransformProcessor::run_unit(std::vector<Message> batch, bool release_slot) {

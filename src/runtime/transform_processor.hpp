@@ -62,6 +62,8 @@ class TransformProcessor final : public Processor {
   asio::awaitable<void> wait_units_idle();
   void collect_outputs(std::span<const Message> batch, std::vector<Message>& results, Outbox& out);
   void fail_batch(std::span<const Message> batch, const StepOutcome& outcome, Outbox& out);
+  /// The messages of a successful batch that failed alone (StepOutcome::message_errors).
+  void fail_messages(std::vector<Message>& batch, const StepOutcome& outcome, Outbox& out);
   void cancel_everything_held(Outbox& out);
 
   const PredicateInfo* when_;

@@ -144,7 +144,7 @@ void ServerCore::load_catalog() {
     entry->text = read_text(file);
     entry->spec = parse_graph(entry->text, registry, file.string());
     try {
-      apply_graph_policy(entry->spec, limits);
+      apply_graph_policy(entry->spec, catalog_limits());
     } catch (const GraphError& e) {
       throw GraphError(file.string(), e.diagnostics());
     }
@@ -319,7 +319,7 @@ void ServerCore::reload(const std::string& why) {
       entry->name = name;
       entry->text = text;
       entry->spec = parse_graph(text, registry, file.string());
-      apply_graph_policy(entry->spec, limits);
+      apply_graph_policy(entry->spec, catalog_limits());
       entry->document = detail::parse_json(text);
       entry->description = entry->document.value("description", std::string());
       entry->has_input = entry->spec.host_fed_input().has_value();
@@ -460,6 +460,8 @@ void ServerCore::edit_graph(const Request& request, Response& response, std::str
            "the body is not JSON: " + std::string(e.what()));
     return;
   }
+  // As a submitted graph (no `exec`): a client's edit must not become a program
+  // the server runs once the file is in the operator's directory.
   json check = validation_json(document, registry, limits);
   if (!check["ok"].get<bool>()) {
     const json& first = check["diagnostics"].front();

@@ -61,6 +61,12 @@ void apply_graph_policy(GraphSpec& graph, const GraphLimits& limits) {
            "end the graph with \"identity\": a served graph's outputs go to the "
            "client"});
     }
+    if (capabilities.runs_programs && !limits.allow_programs) {
+      problems.push_back(
+          {"graph.not_allowed", pointer + "/coroutine",
+           "\"" + node.coroutine + "\" runs a program on the server, and submitted graphs may not",
+           "put the graph in the server's --graphs directory and run it by name"});
+    }
     if (capabilities.reads_files) {
       const std::string path = node.params.value("path", std::string("-"));
       if (!limits.allow_files) {
@@ -96,7 +102,8 @@ void apply_graph_policy(GraphSpec& graph, const GraphLimits& limits) {
              "paths are relative to, and must stay inside, " + limits.allow_files->string()});
       }
     }
-    threads += node.threads + node.procs;
+    // An auto-scaled pool counts at its largest.
+    threads += node.threads + (node.autoscale ? node.autoscale->max : node.procs);
     if (threads > limits.max_threads && !threads_reported) {
       threads_reported = true;
       problems.push_back({"graph.too_many_threads",

@@ -19,6 +19,9 @@ struct GraphLimits {
   std::size_t max_threads = 16;
   /// Where `lines` and `jsonl` may read; none: they are refused.
   std::optional<std::filesystem::path> allow_files;
+  /// `exec` nodes (programs run on the server): allowed in the graphs of
+  /// --graphs DIR, which the operator wrote, never in submitted ones.
+  bool allow_programs = false;
 };
 
 /// Checks the size of a graph document before it is validated (a huge graph

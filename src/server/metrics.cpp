@@ -108,6 +108,8 @@ void Metrics::NodeTotals::add(const ProcessorStats& s) {
   if (s.workers) {
     pool = true;
     restarts += s.workers->restarts;
+    scale_ups += s.workers->scale_ups;
+    scale_downs += s.workers->scale_downs;
   }
 }
 
@@ -250,7 +252,7 @@ std::string Metrics::render() {
     std::lock_guard lock(mutex_);
     // Node counters: finished runs' totals plus what live pipelines counted so far.
     std::map<std::pair<std::string, std::string>, NodeTotals> nodes = totals_;
-    std::map<std::pair<std::string, std::string>, std::uint64_t> depth;
+    std::map<std::pair<std::string, std::string>, std::uint64_t> depth, pool_size;
     std::map<std::pair<std::string, std::string>, double> rate_in, rate_out;
     for (const auto& [key, tracked] : live_) {
       for (const auto& s : tracked.pipeline->stats()) {
@@ -258,6 +260,7 @@ std::string Metrics::render() {
         NodeTotals& t = nodes[name];
         t.add(s);
         if (s.remote) add_remote(t.remote, *s.remote);
+        if (s.workers) pool_size[name] += s.workers->procs;
         depth[name] += s.queue_depth;
         rate_in[name] += s.rate_in;
         rate_out[name] += s.rate_out;
@@ -304,6 +307,23 @@ std::string Metrics::render() {
     auto restarts = family("plumber_worker_restarts_total",
                            "Worker processes restarted, per worker pool (node with procs)",
                            MetricType::Counter);
+    auto size = family("plumber_worker_pool_size",
+                       "Worker processes (or exec program copies) running now, per node with "
+                       "procs, over live pipelines",
+                       MetricType::Gauge);
+    auto scaled = family("plumber_worker_scale_events_total",
+                         "Changes of an auto-scaled pool's size (procs: {min, max}), by direction",
+                         MetricType::Counter);
+    for (const auto& [key, t] : nodes) {
+      if (t.pool) {
+        size.metric.push_back(sample(static_cast<double>(pool_size[key]), node_labels(key)));
+        auto labels = node_labels(key);
+        labels.push_back({"direction", "up"});
+        scaled.metric.push_back(sample(static_cast<double>(t.scale_ups), labels));
+        labels.back().value = "down";
+        scaled.metric.push_back(sample(static_cast<double>(t.scale_downs), labels));
+      }
+    }
     for (const auto& [key, t] : nodes) {
       received.metric.push_back(sample(static_cast<double>(t.received), node_labels(key)));
       sent.metric.push_back(sample(static_cast<double>(t.sent), node_labels(key)));
@@ -326,8 +346,9 @@ std::string Metrics::render() {
         restarts.metric.push_back(sample(static_cast<double>(t.restarts), node_labels(key)));
       }
     }
-    for (auto* f : {&received, &sent, &errors, &skipped, &expired, &retried, &cancelled, &queue,
-                    &rate_in_family, &rate_out_family, &busy, &wait, &batch_size, &restarts})
+    for (auto* f :
+         {&received, &sent, &errors, &skipped, &expired, &retried, &cancelled, &queue,
+          &rate_in_family, &rate_out_family, &busy, &wait, &batch_size, &restarts, &size, &scaled})
       families.push_back(std::move(*f));
     render_remote(nodes, families);
 

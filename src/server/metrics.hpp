@@ -66,11 +66,12 @@ class Metrics {
     std::uint64_t received = 0, sent = 0, errors = 0, skipped = 0, expired = 0, retried = 0;
     std::uint64_t cancelled = 0, calls = 0, batched = 0, busy_ns = 0, waited = 0, wait_ns = 0,
                   restarts = 0;
-    StepBuckets buckets{};              ///< calls by time inside the step
-    StepBuckets wait_buckets{};         ///< messages by their wait in the node's input
-    BatchBuckets batch_sizes{};         ///< calls by messages in the call
-    bool pool = false;                  ///< the node runs in worker processes (`procs`)
-    std::optional<RemoteStats> remote;  ///< summed counters of a `remote` node
+    StepBuckets buckets{};                         ///< calls by time inside the step
+    StepBuckets wait_buckets{};                    ///< messages by their wait in the node's input
+    BatchBuckets batch_sizes{};                    ///< calls by messages in the call
+    std::uint64_t scale_ups = 0, scale_downs = 0;  ///< auto-scaled pools' changes of size
+    bool pool = false;                             ///< the node runs in worker processes (`procs`)
+    std::optional<RemoteStats> remote;             ///< summed counters of a `remote` node
     /// Adds a node's counters (not its remote ones: finished and live runs differ).
     void add(const ProcessorStats& s);
   };

@@ -185,6 +185,13 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   const Registry& registry;
   const ServerOptions options;
   GraphLimits limits;
+  /// The limits of the graphs in --graphs DIR, which the operator wrote: they
+  /// may run programs (`exec`); submitted and PUT graphs may not.
+  GraphLimits catalog_limits() const {
+    GraphLimits trusted = limits;
+    trusted.allow_programs = true;
+    return trusted;
+  }
   Metrics metrics;
   RunBoard runs;  ///< every WebSocket run, for `watch`
   std::function<void()> stopped_handler;

@@ -94,15 +94,23 @@ asio::awaitable<void> throw_if_cancelled() {
 }  // namespace
 
 WorkerPool::WorkerPool(const NodeSpec& node, const Strand& strand,
-                       std::chrono::milliseconds start_timeout, std::size_t priorities)
+                       std::chrono::milliseconds start_timeout, std::size_t priorities,
+                       std::function<std::uint64_t()> queued)
     : node_(node),
       strand_(strand),
       start_timeout_(start_timeout),
-      depth_(priorities > 1 || node.timeout ? 1 : std::numeric_limits<std::size_t>::max()),
+      // An auto-scaled pool keeps batches in the host (two per worker), where a
+      // worker that joins can take them (steal).
+      depth_(priorities > 1 || node.timeout ? 1
+             : node.autoscale               ? 2
+                                            : std::numeric_limits<std::size_t>::max()),
       parent_spin_ns_(env_number("PLUMBER_PARENT_SPIN_US", 50) * 1000),
       worker_spin_us_(static_cast<std::uint32_t>(env_number("PLUMBER_WORKER_SPIN_US", 50))) {
-  for (std::size_t i = 0; i < node_.procs; ++i)
+  queued_ = std::move(queued);
+  const std::size_t most = node_.autoscale ? node_.autoscale->max : node_.procs;
+  for (std::size_t i = 0; i < most; ++i)
     workers_.push_back(std::make_unique<Worker>(i, strand_));
+  if (node_.autoscale) scaler_.emplace(node_.procs, *node_.autoscale, Clock::now());
 }
 
 WorkerPool::~WorkerPool() {
@@ -172,8 +180,12 @@ void WorkerPool::spawn(Worker& w) {
 void WorkerPool::launch() {
   remove_stale_segments();
   try {
-    for (auto& w : workers_)
-      spawn(*w);
+    for (std::size_t i = 0; i < node_.procs; ++i) {
+      workers_[i]->active = true;
+      workers_[i]->active_seen.store(true, std::memory_order_relaxed);
+      size_.add();
+      spawn(*workers_[i]);
+    }
   } catch (...) {
     for (auto& w : workers_)
       kill_and_reap(*w);
@@ -183,8 +195,9 @@ void WorkerPool::launch() {
 
 void WorkerPool::wait_ready() {
   try {
-    for (auto& w : workers_)
-      wait_ready_blocking(*w);
+    for (auto& w : workers_) {
+      if (w->active) wait_ready_blocking(*w);
+    }
   } catch (...) {
     for (auto& w : workers_)
       kill_and_reap(*w);
@@ -264,8 +277,16 @@ void WorkerPool::kill_and_reap(Worker& w) noexcept {
 // --- supervising -----------------------------------------------------------------------
 
 void WorkerPool::run(const Spawn& spawn) {
-  for (auto& w : workers_)
+  spawn_ = spawn;
+  for (auto& w : workers_) {
+    if (!w->active) continue;
+    w->supervised = true;
     spawn(supervise(*w));
+  }
+  if (scaler_) {
+    scale_timer_.emplace(strand_);
+    spawn(autoscale());
+  }
   if (auto limit = node_.kill_after ? node_.kill_after : node_.timeout) {
     watchdog_.emplace(strand_);
     spawn(kill_stuck_workers(*limit));
@@ -275,7 +296,7 @@ void WorkerPool::run(const Spawn& spawn) {
 asio::awaitable<void> WorkerPool::supervise(Worker& w) {
   using namespace asio::experimental::awaitable_operators;
   try {
-    while (!closing_) {
+    while (!closing_ && w.active) {
       if (w.state == State::broken) {
         // The last restart failed: try again a little later.
         w.backoff.expires_after(kRestartBackoff);
@@ -309,14 +330,16 @@ asio::awaitable<void> WorkerPool::supervise(Worker& w) {
     }
     w.backlog.clear();
     kill_and_reap(w);
+    w.supervised = false;
     throw;
   }
   kill_and_reap(w);
+  w.supervised = false;
 }
 
 void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready,
                              std::uint64_t current_request) {
-  const bool expected = closing_ && why == "exited with code 0";
+  const bool expected = (closing_ || !w.active) && why == "exited with code 0";
   std::string text = describe(w) + " of node \"" + node_.id + "\" " +
                      (w.kill_reason.empty() ? why : w.kill_reason);
   w.kill_reason.clear();
@@ -357,7 +380,7 @@ void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready,
     *lost->failure = text;
     complete(w, *lost);
   }
-  if (closing_) {
+  if (closing_ || !w.active) {
     fail_backlog(w, text);
     return;
   }

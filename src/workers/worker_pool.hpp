@@ -21,6 +21,7 @@
 #include "plumber/worker_pool.hpp"
 #include "runtime/packet.hpp"
 #include "runtime/step_runner.hpp"
+#include "workers/autoscaler.hpp"
 #include "workers/shm.hpp"
 
 namespace plumber::detail {
@@ -40,8 +41,10 @@ class WorkerPool {
  public:
   using Spawn = std::function<void(asio::awaitable<void>)>;
 
+  /// `queued` (thread-safe) tells an auto-scaled pool how many messages wait
+  /// in the node's input.
   WorkerPool(const NodeSpec& node, const Strand& strand, std::chrono::milliseconds start_timeout,
-             std::size_t priorities = 1);
+             std::size_t priorities = 1, std::function<std::uint64_t()> queued = {});
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
@@ -108,6 +111,14 @@ class WorkerPool {
   void fail_backlog(Worker& w, const std::string& why);
   void kick(Worker& w);
   asio::awaitable<void> kill_stuck_workers(std::chrono::milliseconds limit);
+  // Auto-scaling (`"procs": {"min", "max"}`): worker_scaling.cpp.
+  asio::awaitable<void> autoscale();
+  PoolLoad load() const;
+  void grow();
+  void shrink();
+  /// Takes for `w` (ready, nothing waiting for it) batches that wait for a
+  /// busier worker, so that a worker the pool just added gets work at once.
+  void steal(Worker& w);
 
   NodeSpec node_;
   Strand strand_;
@@ -118,7 +129,13 @@ class WorkerPool {
   std::size_t depth_;
   std::uint64_t parent_spin_ns_;
   std::uint32_t worker_spin_us_;
+  /// Every worker the pool may ever run (`max` of an auto-scaled pool); only
+  /// the active ones run. The vector never changes after construction.
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::function<std::uint64_t()> queued_;
+  std::optional<Autoscaler> scaler_;
+  std::optional<asio::steady_timer> scale_timer_;
+  Spawn spawn_;
   std::uint64_t next_request_ = 0;
   std::optional<asio::steady_timer> watchdog_;  // kill_stuck_workers ticks on it
   bool closing_ = false;
@@ -126,7 +143,7 @@ class WorkerPool {
   std::string last_error_;  // why the last restart failed
 
   Counter tasks_done_, batches_done_, in_flight_, restarts_, deaths_, queue_ns_, worker_ns_,
-      copied_, shared_;
+      copied_, shared_, size_;
   std::atomic<std::uint64_t> max_batch_{0};
 };
 

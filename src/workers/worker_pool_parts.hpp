@@ -55,6 +55,11 @@ struct WorkerPool::Worker {
   std::optional<Descriptor> exit;     // a pidfd: readable when the process ends
   std::optional<Descriptor> output;   // its stdout and stderr
   State state = State::stopped;
+  /// Counted in the pool's size; a worker the scaler retires is not (it gets
+  /// no more batches and is asked to exit).
+  bool active = false;
+  bool supervised = false;  // a supervisor coroutine runs for it
+  std::atomic<bool> active_seen{false};
   Clock::time_point start_deadline;
   std::string start_error;
   std::string output_tail;

@@ -65,6 +65,7 @@ std::string WorkerPool::with_output(const Worker& w, std::string text) const {
 
 void WorkerPool::close() {
   closing_ = true;
+  if (scale_timer_) scale_timer_->cancel();
   std::vector<std::uint8_t> record;
   Encoder e(record);
   e.u8(static_cast<std::uint8_t>(RecordType::exit));
@@ -162,7 +163,7 @@ void WorkerPool::encode_request(Pending& p) {
 WorkerPool::Worker* WorkerPool::choose_worker() {
   Worker* best = nullptr;
   for (auto& w : workers_) {
-    if (w->state != State::ready && w->state != State::starting) continue;
+    if (!w->active || (w->state != State::ready && w->state != State::starting)) continue;
     // Prefer ready workers, then the least loaded.
     if (!best || (w->state == State::ready && best->state != State::ready) ||
         (w->state == best->state && w->in_flight.size() < best->in_flight.size())) {
@@ -185,6 +186,7 @@ void WorkerPool::submit(Worker& w, Pending& p) {
 
 void WorkerPool::flush_backlog(Worker& w) {
   if (w.state != State::ready) return;
+  if (scaler_ && w.active && w.backlog.empty()) steal(w);
   bool pushed = false;
   while (!w.backlog.empty() && w.in_flight.size() - w.backlog.size() < depth_) {
     Pending& p = *w.backlog.front();
@@ -374,7 +376,8 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
 
 WorkerPoolStats WorkerPool::stats() const {
   WorkerPoolStats s;
-  s.procs = workers_.size();
+  s.procs = size_.get();
+  if (scaler_) scaler_->fill(s);
   s.tasks_done = tasks_done_.get();
   s.batches_done = batches_done_.get();
   s.in_flight = in_flight_.get();
@@ -386,6 +389,7 @@ WorkerPoolStats WorkerPool::stats() const {
   s.blob_bytes_copied = copied_.get();
   s.blob_bytes_shared = shared_.get();
   for (const auto& w : workers_) {
+    if (!w->active_seen.load(std::memory_order_relaxed)) continue;
     WorkerStats one;
     one.index = w->index;
     one.pid = w->pid_seen.load(std::memory_order_relaxed);

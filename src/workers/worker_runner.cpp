@@ -10,7 +10,8 @@ namespace {
 class WorkerRunner final : public StepRunner {
  public:
   explicit WorkerRunner(const RunnerContext& context)
-      : pool_(context.node, context.strand, context.worker_start_timeout, context.priorities) {}
+      : pool_(context.node, context.strand, context.worker_start_timeout, context.priorities,
+              context.queued) {}
 
   asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
                                    const AttemptLimits& limits) override {
