@@ -433,7 +433,8 @@ const std::map<std::string, std::string> kBuiltins = {
     {"identity", "transform"},    {"reverse", "transform"}, {"upper", "transform"},
     {"lower", "transform"},       {"sleep", "transform"},   {"fib", "transform"},
     {"sum_squares", "transform"}, {"sha256", "transform"},  {"concat", "transform"},
-    {"exec", "transform"},        {"print", "sink"},        {"discard", "sink"}};
+    {"exec", "transform"},        {"print", "sink"},        {"discard", "sink"},
+    {"files", "source"},          {"to_blob", "transform"}};
 }
 
 TEST_CASE("Cli.List") {
@@ -522,13 +523,14 @@ TEST_CASE("Cli.RunWorkers") {
   std::vector<std::string> cells;
   for (std::string word; row >> word;)
     cells.push_back(word);
-  REQUIRE(cells.size() == 10);
+  REQUIRE(cells.size() == 12);
   CHECK(cells[0] == "sq");
   CHECK(cells[1] == "2");            // procs
   CHECK(cells[2] == "200");          // tasks
   CHECK(cells[3] == "0");            // in flight
   CHECK(std::stoi(cells[4]) >= 13);  // batches: at most 16 messages each
   CHECK(cells[6] == "0");            // restarts
+  CHECK(cells[9] == "0");            // blob bytes copied: none carried
 }
 
 namespace {

@@ -247,24 +247,26 @@ TEST_CASE("ServerHttp.SplitsTargetsDecodesQueriesAndReadsTokens") {
   CHECK(server::integer_param("", "timeout_ms", 30000, 1, 3600000, bad) == 30000);
   CHECK(!server::integer_param("timeout_ms=0x10", "timeout_ms", 30000, 1, 3600000, bad));
   CHECK(bad == "timeout_ms must be an integer from 1 to 3600000, not \"0x10\"");
-  TEST_CASE("ServerPolicy.ExecOnlyInTheOperatorsGraphs") {
-    const auto registry = plumber::Registry::with_builtins();
-    const std::string text = R"({"plumber": 1, "nodes": [
+}
+
+TEST_CASE("ServerPolicy.ExecOnlyInTheOperatorsGraphs") {
+  const auto registry = plumber::Registry::with_builtins();
+  const std::string text = R"({"plumber": 1, "nodes": [
       {"id": "i", "coroutine": "input"},
       {"id": "x", "coroutine": "exec", "params": {"command": ["python3", "step.py"]}}],
     "edges": [{"from": "i", "to": "x"}]})";
-    server::GraphLimits limits;
-    auto spec = load(text, registry);
-    try {
-      server::apply_graph_policy(spec, limits);
-      FAIL("no GraphError");
-    } catch (const plumber::GraphError& e) {
-      REQUIRE(e.diagnostics().size() == 1);
-      CHECK(e.diagnostics()[0].pointer == "/nodes/1/coroutine");
-      CHECK(e.diagnostics()[0].message ==
-            "\"exec\" runs a program on the server, and submitted graphs may not");
-    }
-    limits.allow_programs = true;  // a graph of --graphs DIR
-    auto trusted = load(text, registry);
-    CHECK_NOTHROW(server::apply_graph_policy(trusted, limits));
+  server::GraphLimits limits;
+  auto spec = load(text, registry);
+  try {
+    server::apply_graph_policy(spec, limits);
+    FAIL("no GraphError");
+  } catch (const plumber::GraphError& e) {
+    REQUIRE(e.diagnostics().size() == 1);
+    CHECK(e.diagnostics()[0].pointer == "/nodes/1/coroutine");
+    CHECK(e.diagnostics()[0].message ==
+          "\"exec\" runs a program on the server, and submitted graphs may not");
   }
+  limits.allow_programs = true;  // a graph of --graphs DIR
+  auto trusted = load(text, registry);
+  CHECK_NOTHROW(server::apply_graph_policy(trusted, limits));
+}

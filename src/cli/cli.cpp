@@ -181,9 +181,6 @@ int main(int argc, char** argv) {
       "--progress", run.progress, "progress line on stderr (default: when stderr is a terminal)");
   run_command->add_flag("--no-progress", run.no_progress, "no progress line")
       ->excludes(progress_flag);
-  run_command->add_option("--blobs-dir", run.blobs_dir,
-                          "write the blobs of output values to files in DIR and print their "
-                          "paths ({\"value\", \"blobs\"} lines)");
   run_command->add_option("--trace", run.trace,
                           "write a Chrome trace of the run to FILE (Perfetto, chrome://tracing)");
   run_command
