@@ -172,9 +172,10 @@ TEST_CASE("Cli.DidYouMean") {
   const ProcessResult command = plumber_cli({"runn", kSource + "/graphs/strings.json"});
   CHECK(command.exit_code == 2);
   CHECK(command.out == "");
-  CHECK(split_lines(command.err).at(0) ==
-        "plumber: unknown command \"runn\" (did you mean \"run\"?) (commands: run, worker, validate, "
-        "dot, list, serve, submit)");
+  CHECK(
+      split_lines(command.err).at(0) ==
+      "plumber: unknown command \"runn\" (did you mean \"run\"?) (commands: run, worker, validate, "
+      "dot, list, serve, submit)");
   const ProcessResult flag = plumber_cli({"run", "--recrods", kSource + "/graphs/strings.json"});
   CHECK(flag.exit_code == 2);
   CHECK(split_lines(flag.err).at(0) ==

@@ -225,22 +225,21 @@ void register_builtin_transforms(Registry& registry) {
                }),
       {T::string, T::blob}, {T::string}));
 
-  registry.add(typed(
-      in_place("to_blob",
-               "the UTF-8 bytes of a string value as a blob; the value becomes "
-               "{\"content_type\": \"text/plain; charset=utf-8\", \"size\"}",
-               true,
-               [](Message& m) {
-                 const std::string& text = string_value(m, "to_blob");
-                 std::vector<std::byte> bytes(text.size());
-                 std::memcpy(bytes.data(), text.data(), text.size());
-                 m.blobs.emplace_back(std::move(bytes));
-                 json value = json::object();
-                 value["content_type"] = "text/plain; charset=utf-8";
-                 value["size"] = text.size();
-                 m.value = std::move(value);
-               }),
-      {T::string}, {T::object, T::blob}));
+  registry.add(typed(in_place("to_blob",
+                              "the UTF-8 bytes of a string value as a blob; the value becomes "
+                              "{\"content_type\": \"text/plain; charset=utf-8\", \"size\"}",
+                              true,
+                              [](Message& m) {
+                                const std::string& text = string_value(m, "to_blob");
+                                std::vector<std::byte> bytes(text.size());
+                                std::memcpy(bytes.data(), text.data(), text.size());
+                                m.blobs.emplace_back(std::move(bytes));
+                                json value = json::object();
+                                value["content_type"] = "text/plain; charset=utf-8";
+                                value["size"] = text.size();
+                                m.value = std::move(value);
+                              }),
+                     {T::string}, {T::object, T::blob}));
 
   CoroutineInfo sleep;
   sleep.name = "sleep";
