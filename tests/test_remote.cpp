@@ -250,8 +250,9 @@ TEST_CASE("Remote.BrokerKilledAndRestartedLosesNothingAcknowledged") {
   REQUIRE(wait_until([&] { return split_lines(host.out()).size() >= 50; }));
   redis.kill9();
   redis.restart();
-  REQUIRE(host.wait() == 0);
+  const int status = host.wait();
   INFO(host.err());
+  REQUIRE(status == 0);
   const ProcessResult expected = run({"run", local});
   CHECK(split_lines(host.out()).size() == 600);
   CHECK(sorted_lines(host.out()) == sorted_lines(expected.out));
