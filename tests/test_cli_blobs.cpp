@@ -116,6 +116,7 @@ TEST_CASE("Cli.BlobsOfOutputsAreWrittenToBlobsDir") {
     REQUIRE(line["blobs"].size() == 1);
     const std::string written = line["blobs"][0]["path"];
     CHECK(fs::path(written).parent_path() == s.dir / "out");
+    CHECK(fs::path(written).filename() == "1-out-0.bin");  // id, sink, blob index
     CHECK(read_file(written) == read_file(a));
     CHECK(result.err.find("not written") == std::string::npos);
   }

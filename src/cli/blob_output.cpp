@@ -29,7 +29,8 @@ std::string write_file(const std::string& path, const Blob& blob) {
 
 }  // namespace
 
-json BlobOutput::describe(std::uint64_t id, const std::vector<Blob>& blobs) {
+json BlobOutput::describe(std::uint64_t id, const std::string& node,
+                          const std::vector<Blob>& blobs) {
   json all = json::array();
   for (std::size_t k = 0; k < blobs.size(); ++k) {
     const Blob& blob = blobs[k];
@@ -40,7 +41,7 @@ json BlobOutput::describe(std::uint64_t id, const std::vector<Blob>& blobs) {
       ++unwritten_;
     } else {
       const std::string path =
-          directory_ + "/" + std::to_string(id) + "-" + std::to_string(k) + ".bin";
+          directory_ + "/" + std::to_string(id) + "-" + node + "-" + std::to_string(k) + ".bin";
       if (std::string error = write_file(path, blob); error.empty()) {
         one["path"] = path;
       } else {

@@ -9,7 +9,8 @@
 namespace plumber::cli {
 
 /// What `plumber run` does with the blobs of its outputs: with --blobs-dir,
-/// each is written to DIR/ID-K.bin (K counts the output's blobs from 0) and
+/// each is written to DIR/ID-NODE-K.bin (the message's id, the sink that
+/// emitted it, K counting the output's blobs from 0: unique in a run) and
 /// described as {"path", "size"}; without, it is described as {"size",
 /// "sha256"} and counted, so that the run can say what it did not write. Called
 /// from the pipeline's strand only.
@@ -19,7 +20,7 @@ class BlobOutput {
 
   /// The blobs' descriptions, in order. A blob that cannot be written is
   /// described with an "error" instead of a path.
-  json describe(std::uint64_t id, const std::vector<Blob>& blobs);
+  json describe(std::uint64_t id, const std::string& node, const std::vector<Blob>& blobs);
   /// Blobs described but not written (no --blobs-dir, or a failed write).
   std::uint64_t unwritten() const noexcept { return unwritten_; }
 

@@ -302,13 +302,13 @@ int run_graph(const RunOptions& options, const Registry& registry) {
           record["id"] = r.id;
           record["node"] = std::string(r.node);
           record["value"] = std::move(r.value);
-          if (!r.blobs.empty()) record["blobs"] = blob_output.describe(r.id, r.blobs);
+          if (!r.blobs.empty()) record["blobs"] = blob_output.describe(r.id, r.node, r.blobs);
           detail::write_json_line(stdout, record);
         } else if (!r.blobs.empty()) {
           // A value with binary data: where its bytes went (or their digest).
           json line = json::object();
           line["value"] = std::move(r.value);
-          line["blobs"] = blob_output.describe(r.id, r.blobs);
+          line["blobs"] = blob_output.describe(r.id, r.node, r.blobs);
           detail::write_json_line(stdout, line);
         } else {
           detail::write_json_line(stdout, r.value);
