@@ -249,6 +249,9 @@ class HttpSession : public Connection, public std::enable_shared_from_this<HttpS
     std::optional<ServerCore::Upload> upload =
         server_->begin_upload(request, length, chunked, response);
     if (!upload) {
+      // Not a coroutine refuse_unread(Response&, std::uint64_t) doing both
+      // steps: g++ 12 built that one with a frame that was garbage when first
+      // resumed (SIGILL, or SIGSEGV on the reference).
       response.keep_alive(false);
       if (co_await write(response)) co_await discard_body(unread);
       co_return false;
@@ -263,8 +266,8 @@ class HttpSession : public Connection, public std::enable_shared_from_this<HttpS
     co_return co_await finish(request, response);
   }
 
-  /// The request a header parser has read, without a body. Not in a
-  /// coroutine: g++ 12 mishandles the temporary message there.
+  /// The request a header parser has read, without a body. Outside the
+  /// coroutine: g++ 12 may destroy a temporary inside one early, or twice.
   static Request take_header(http::request_parser<http::empty_body>& head) {
     http::request<http::empty_body> message = head.release();
     return Request(std::move(message.base()));
