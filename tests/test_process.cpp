@@ -200,6 +200,27 @@ TEST_CASE("Process.ResolvesWithWhatTheSinkEmitted") {
   CHECK(f.streamed.empty());  // a request's values go to its caller only
 }
 
+TEST_CASE("Process.BlobsTravelWithTheValueUncopied") {
+  Fixture f;
+  Pipeline& pipeline = f.build(R"({"plumber": 1, "name": "echo",
+    "nodes": [{"id": "in", "coroutine": "input"}, {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "in", "to": "out"}]})");
+  const Blob sent(std::vector<std::byte>(1000, std::byte{7}));
+  std::vector<Blob> received;
+  f.run([&]() -> asio::awaitable<void> {
+    auto operation = pipeline.async_process(json("bytes"), std::vector<Blob>{sent}, {},
+                                            asio::as_tuple(asio::use_awaitable));
+    std::tuple<boost::system::error_code, ProcessResult> outcome = co_await std::move(operation);
+    REQUIRE(!std::get<0>(outcome));
+    REQUIRE(std::get<1>(outcome).outputs.size() == 1);
+    CHECK(std::get<1>(outcome).outputs[0].value == json("bytes"));
+    received = std::get<1>(outcome).outputs[0].blobs;
+  });
+  REQUIRE(received.size() == 1);
+  CHECK(received[0].data() == sent.data());  // the same bytes, not a copy
+  CHECK(received[0].size() == 1000);
+}
+
 TEST_CASE("Process.AllValuesWhenSeveralSinksEmit") {
   Fixture f;
   Pipeline& pipeline = f.build(R"({"plumber": 1,

@@ -249,6 +249,25 @@ TEST_CASE("ServerHttp.SplitsTargetsDecodesQueriesAndReadsTokens") {
   CHECK(bad == "timeout_ms must be an integer from 1 to 3600000, not \"0x10\"");
 }
 
+TEST_CASE("ServerHttp.TellsJsonBodiesFromBinaryOnes") {
+  CHECK(server::json_content_type(""));
+  CHECK(server::json_content_type("application/json"));
+  CHECK(server::json_content_type("Application/JSON; charset=utf-8"));
+  CHECK(server::json_content_type("application/ld+json"));
+  CHECK(server::json_content_type("application/x-www-form-urlencoded"));  // curl --data
+  CHECK(!server::json_content_type("application/octet-stream"));
+  CHECK(!server::json_content_type("image/png"));
+  CHECK(!server::json_content_type("text/plain; charset=utf-8"));
+  CHECK(!server::json_content_type("application/+json"));
+  CHECK(!server::json_content_type("text/json+x"));
+  CHECK(server::process_graph_name("/v1/graphs/sha/process") == "sha");
+  CHECK(!server::process_graph_name("/v1/graphs//process").has_value());
+  CHECK(!server::process_graph_name("/v1/graphs/a/b/process").has_value());
+  CHECK(!server::process_graph_name("/v1/graphs/sha").has_value());
+  CHECK(server::expects_continue(" 100-Continue"));
+  CHECK(!server::expects_continue(""));
+}
+
 TEST_CASE("ServerPolicy.ExecOnlyInTheOperatorsGraphs") {
   const auto registry = plumber::Registry::with_builtins();
   const std::string text = R"({"plumber": 1, "nodes": [

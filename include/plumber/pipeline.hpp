@@ -235,10 +235,23 @@ class Pipeline {
   auto async_process(json value, ProcessOptions options, CompletionToken&& token) {
     return boost::asio::async_initiate<CompletionToken, ProcessSignature>(
         [this](auto handler, json v, ProcessOptions o) {
-          start_process(std::move(v), o,
+          start_process(std::move(v), {}, o,
                         boost::asio::any_completion_handler<ProcessSignature>(std::move(handler)));
         },
         token, std::move(value), options);
+  }
+  /// async_process with binary data: `blobs` travel with `value` through the
+  /// graph as a source's blobs do (shared, never copied; bytes made with
+  /// allocate_shared_bytes reach worker processes without a copy).
+  template <class CompletionToken>
+  auto async_process(json value, std::vector<Blob> blobs, ProcessOptions options,
+                     CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, ProcessSignature>(
+        [this](auto handler, json v, std::vector<Blob> b, ProcessOptions o) {
+          start_process(std::move(v), std::move(b), o,
+                        boost::asio::any_completion_handler<ProcessSignature>(std::move(handler)));
+        },
+        token, std::move(value), std::move(blobs), options);
   }
   /// Coroutine form of async_process: the result, or a ProcessError.
   boost::asio::awaitable<ProcessResult, executor_type> process(json value,
@@ -276,7 +289,7 @@ class Pipeline {
   friend class Plumber;
   explicit Pipeline(std::shared_ptr<detail::PipelineCore> core);
 
-  void start_process(json value, ProcessOptions options,
+  void start_process(json value, std::vector<Blob> blobs, ProcessOptions options,
                      boost::asio::any_completion_handler<ProcessSignature> handler);
   void receive_output(boost::asio::any_completion_handler<OutputSignature> handler);
   void start_in_background(boost::asio::any_completion_handler<void(std::exception_ptr)> handler);

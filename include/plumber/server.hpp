@@ -31,7 +31,10 @@ struct ServerOptions {
   bool watch_graphs = true;
   /// Where `lines`/`jsonl` sources may read; empty: they are refused.
   std::string allow_files;
-  std::size_t max_frame = 1 << 20;      ///< bytes of a WebSocket message or an HTTP body
+  std::size_t max_frame = 1 << 20;  ///< bytes of a WebSocket message or an HTTP (JSON) body
+  /// Bytes of a binary body of POST /v1/graphs/NAME/process (one with a
+  /// non-JSON Content-Type), read straight into shared memory.
+  std::size_t max_upload_bytes = std::size_t{64} << 20;
   std::size_t max_nodes = 256;          ///< nodes of a submitted graph
   std::size_t max_threads = 16;         ///< threads + procs of a submitted graph
   std::size_t max_connections = 10000;  ///< open TCP connections

@@ -255,6 +255,12 @@ int main(int argc, char** argv) {
                    "largest WebSocket message or HTTP body, in bytes")
       ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 30))
       ->capture_default_str();
+  serve_command
+      ->add_option("--max-upload-bytes", serve_options.max_upload_bytes,
+                   "largest binary body of POST /v1/graphs/NAME/process (a non-JSON "
+                   "Content-Type), read into shared memory, in bytes")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{1} << 40))
+      ->capture_default_str();
   serve_command->add_option("--max-nodes", serve_options.max_nodes, "nodes of a submitted graph")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();

@@ -121,7 +121,7 @@ void Pipeline::end_input() {
   if (!feed->refuse_more()) detail::send_feed_end(feed, core_->strand());
 }
 
-void Pipeline::start_process(json value, ProcessOptions options,
+void Pipeline::start_process(json value, std::vector<Blob> blobs, ProcessOptions options,
                              boost::asio::any_completion_handler<ProcessSignature> handler) {
   if (!core_->input_feed) {
     throw UsageError("graph \"" + core_->graph().name +
@@ -150,10 +150,10 @@ void Pipeline::start_process(json value, ProcessOptions options,
           });
         });
   }
-  boost::asio::post(core_->strand(),
-                    [core = core_, request = std::move(request), v = std::move(value)]() mutable {
-                      core->start_request(std::move(request), std::move(v));
-                    });
+  boost::asio::post(core_->strand(), [core = core_, request = std::move(request),
+                                      v = std::move(value), b = std::move(blobs)]() mutable {
+    core->start_request(std::move(request), std::move(v), std::move(b));
+  });
 }
 
 boost::asio::awaitable<ProcessResult, Pipeline::executor_type> Pipeline::process(

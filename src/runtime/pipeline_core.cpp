@@ -198,7 +198,8 @@ void PipelineCore::output_cancelled(std::string_view node, std::uint64_t id) {
 
 // --- request/response ----------------------------------------------------------
 
-void PipelineCore::start_request(std::shared_ptr<Request> request, json value) {
+void PipelineCore::start_request(std::shared_ptr<Request> request, json value,
+                                 std::vector<Blob> blobs) {
   if (!started_) {
     finish(*request, errc::not_started, "", "process() before start(): start the pipeline first");
     return;
@@ -221,6 +222,7 @@ void PipelineCore::start_request(std::shared_ptr<Request> request, json value) {
   });
   FeedItem item;
   item.value = std::move(value);
+  item.blobs = std::move(blobs);
   item.request = request;
   input_feed->channel.async_send(
       error_code{}, std::move(item),

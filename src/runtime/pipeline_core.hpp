@@ -161,7 +161,7 @@ class PipelineCore : public std::enable_shared_from_this<PipelineCore> {
   /// The caller cancelled `request`: it completes with operation_aborted now.
   void cancel_request(Request& request);
   /// Starts the timeout of a request and sends it to the input feed.
-  void start_request(std::shared_ptr<Request> request, json value);
+  void start_request(std::shared_ptr<Request> request, json value, std::vector<Blob> blobs);
 
   // --- any thread ------------------------------------------------------------
   void start();

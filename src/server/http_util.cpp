@@ -104,4 +104,54 @@ std::optional<std::int64_t> integer_param(std::string_view query, std::string_vi
   return std::nullopt;
 }
 
+namespace {
+
+bool equal_ignoring_case(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) !=
+        std::tolower(static_cast<unsigned char>(b[i])))
+      return false;
+  }
+  return true;
+}
+
+std::string_view trim(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t'))
+    text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t'))
+    text.remove_suffix(1);
+  return text;
+}
+
+}  // namespace
+
+bool json_content_type(std::string_view content_type) {
+  const std::string_view media = trim(content_type.substr(0, content_type.find(';')));
+  if (media.empty() || equal_ignoring_case(media, "application/json") ||
+      equal_ignoring_case(media, "application/x-www-form-urlencoded"))
+    return true;
+  constexpr std::string_view application = "application/";
+  constexpr std::string_view json_suffix = "+json";
+  return media.size() > application.size() + json_suffix.size() &&
+         equal_ignoring_case(media.substr(0, application.size()), application) &&
+         equal_ignoring_case(media.substr(media.size() - json_suffix.size()), json_suffix);
+}
+
+std::optional<std::string_view> process_graph_name(std::string_view path) {
+  constexpr std::string_view prefix = "/v1/graphs/";
+  constexpr std::string_view suffix = "/process";
+  if (path.size() <= prefix.size() + suffix.size() || !path.starts_with(prefix) ||
+      !path.ends_with(suffix))
+    return std::nullopt;
+  const std::string_view name =
+      path.substr(prefix.size(), path.size() - prefix.size() - suffix.size());
+  if (name.find('/') != std::string_view::npos) return std::nullopt;
+  return name;
+}
+
+bool expects_continue(std::string_view expect) {
+  return equal_ignoring_case(trim(expect), "100-continue");
+}
+
 }  // namespace plumber::server

@@ -27,5 +27,13 @@ std::optional<std::string_view> bearer_token(std::string_view value);
 std::optional<std::int64_t> integer_param(std::string_view query, std::string_view key,
                                           std::int64_t fallback, std::int64_t low,
                                           std::int64_t high, std::string& bad);
+/// Whether a /v1 process body of this Content-Type is a JSON value (absent,
+/// `application/json`, `application/*+json`, or curl's `--data` default
+/// `application/x-www-form-urlencoded`); any other type is binary data.
+bool json_content_type(std::string_view content_type);
+/// NAME of a `/v1/graphs/NAME/process` path; nullopt for any other path.
+std::optional<std::string_view> process_graph_name(std::string_view path);
+/// Whether an Expect header asks for `100 Continue` (case-insensitive).
+bool expects_continue(std::string_view expect);
 
 }  // namespace plumber::server

@@ -108,6 +108,8 @@ void Metrics::NodeTotals::add(const ProcessorStats& s) {
   if (s.workers) {
     pool = true;
     restarts += s.workers->restarts;
+    blob_bytes_copied += s.workers->blob_bytes_copied;
+    blob_bytes_shared += s.workers->blob_bytes_shared;
     scale_ups += s.workers->scale_ups;
     scale_downs += s.workers->scale_downs;
   }
@@ -314,8 +316,20 @@ std::string Metrics::render() {
     auto scaled = family("plumber_worker_scale_events_total",
                          "Changes of an auto-scaled pool's size (procs: {min, max}), by direction",
                          MetricType::Counter);
+    auto blobs_copied = family("plumber_worker_blob_bytes_copied_total",
+                               "Blob bytes copied into shared memory on their way to or from a "
+                               "node's worker processes",
+                               MetricType::Counter);
+    auto blobs_shared = family("plumber_worker_blob_bytes_shared_total",
+                               "Blob bytes handed to or from a node's worker processes by "
+                               "reference (already in shared memory)",
+                               MetricType::Counter);
     for (const auto& [key, t] : nodes) {
       if (t.pool) {
+        blobs_copied.metric.push_back(
+            sample(static_cast<double>(t.blob_bytes_copied), node_labels(key)));
+        blobs_shared.metric.push_back(
+            sample(static_cast<double>(t.blob_bytes_shared), node_labels(key)));
         size.metric.push_back(sample(static_cast<double>(pool_size[key]), node_labels(key)));
         auto labels = node_labels(key);
         labels.push_back({"direction", "up"});
@@ -346,9 +360,9 @@ std::string Metrics::render() {
         restarts.metric.push_back(sample(static_cast<double>(t.restarts), node_labels(key)));
       }
     }
-    for (auto* f :
-         {&received, &sent, &errors, &skipped, &expired, &retried, &cancelled, &queue,
-          &rate_in_family, &rate_out_family, &busy, &wait, &batch_size, &restarts, &size, &scaled})
+    for (auto* f : {&received, &sent, &errors, &skipped, &expired, &retried, &cancelled, &queue,
+                    &rate_in_family, &rate_out_family, &busy, &wait, &batch_size, &restarts, &size,
+                    &scaled, &blobs_copied, &blobs_shared})
       families.push_back(std::move(*f));
     render_remote(nodes, families);
 
@@ -441,6 +455,27 @@ std::string Metrics::render() {
         static_cast<double>(frames_sent.load()), MetricType::Counter);
   gauge("plumber_ws_send_queue_bytes", "Bytes queued for WebSocket clients, not yet written",
         static_cast<double>(send_queue_bytes.load()), MetricType::Gauge);
+  gauge("plumber_upload_bytes_total", "Bytes of binary /v1 bodies received into shared memory",
+        static_cast<double>(upload_bytes.load()), MetricType::Counter);
+  gauge("plumber_upload_bytes_copied_total",
+        "Bytes of binary /v1 bodies copied from the connection's read buffer (those that came "
+        "with the header); the rest went from the socket straight into shared memory",
+        static_cast<double>(upload_bytes_copied.load()), MetricType::Counter);
+  gauge("plumber_upload_bytes_held",
+        "Bytes of binary /v1 bodies held now (being received, or "
+        "in a pipeline)",
+        static_cast<double>(upload_bytes_held.load()), MetricType::Gauge);
+  {
+    auto uploads = family("plumber_uploads_total",
+                          "Binary /v1 bodies by result: complete, or incomplete (the connection "
+                          "ended before Content-Length bytes)",
+                          MetricType::Counter);
+    uploads.metric.push_back(
+        sample(static_cast<double>(uploads_complete.load()), {{"result", "complete"}}));
+    uploads.metric.push_back(
+        sample(static_cast<double>(uploads_incomplete.load()), {{"result", "incomplete"}}));
+    families.push_back(std::move(uploads));
+  }
 
   families.push_back(build_info_metric());
   collect_process_metrics(families);

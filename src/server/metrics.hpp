@@ -35,6 +35,14 @@ class Metrics {
   std::atomic<std::uint64_t> frames_sent{0};
   std::atomic<std::int64_t> send_queue_bytes{0};  ///< queued for all WebSocket clients
   std::atomic<std::int64_t> runs{0};              ///< runs going on (WebSocket)
+  // Binary /v1 bodies (src/server/upload.hpp).
+  std::atomic<std::uint64_t> upload_bytes{0};  ///< body bytes received into shared memory
+  /// Of them, bytes that came with the header and were copied from the
+  /// connection's buffer (the rest went from the socket straight into the blob).
+  std::atomic<std::uint64_t> upload_bytes_copied{0};
+  std::atomic<std::int64_t> upload_bytes_held{0};  ///< bytes of uploaded blobs alive now
+  std::atomic<std::uint64_t> uploads_complete{0};
+  std::atomic<std::uint64_t> uploads_incomplete{0};  ///< the body ended before its Content-Length
 
   void count_http(unsigned status);
   void count_ws_error(const std::string& code);
@@ -66,7 +74,8 @@ class Metrics {
     std::uint64_t received = 0, sent = 0, errors = 0, skipped = 0, expired = 0, retried = 0;
     std::uint64_t cancelled = 0, calls = 0, batched = 0, busy_ns = 0, waited = 0, wait_ns = 0,
                   restarts = 0;
-    StepBuckets buckets{};                         ///< calls by time inside the step
+    std::uint64_t blob_bytes_copied = 0, blob_bytes_shared = 0;  ///< of a worker pool
+    StepBuckets buckets{};                                       ///< calls by time inside the step
     StepBuckets wait_buckets{};                    ///< messages by their wait in the node's input
     BatchBuckets batch_sizes{};                    ///< calls by messages in the call
     std::uint64_t scale_ups = 0, scale_downs = 0;  ///< auto-scaled pools' changes of size

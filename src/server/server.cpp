@@ -14,6 +14,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
@@ -24,6 +25,7 @@
 #include "server/page_api.hpp"
 #include "server/protocol.hpp"
 #include "server/server_impl.hpp"
+#include "server/upload.hpp"
 
 namespace plumber::server {
 
@@ -81,7 +83,13 @@ class HttpSession : public Connection, public std::enable_shared_from_this<HttpS
       if (self->reading_ && self->served_ > 0) self->stream_.cancel();
     });
   }
-  void cancel(std::string reason) override { begin_shutdown(std::move(reason)); }
+  void cancel(std::string reason) override {
+    begin_shutdown(std::move(reason));
+    // The grace period is over: a body still arriving is not waited for.
+    asio::post(stream_.get_executor(), [self = shared_from_this()] {
+      if (self->receiving_body_) self->stream_.cancel();
+    });
+  }
 
  private:
   static asio::awaitable<void> run(std::shared_ptr<HttpSession> self) {
@@ -91,73 +99,192 @@ class HttpSession : public Connection, public std::enable_shared_from_this<HttpS
 
   asio::awaitable<void> serve() {
     beast::flat_buffer buffer;
-    for (;;) {
-      http::request_parser<http::string_body> parser;
-      parser.header_limit(16 * 1024);
-      parser.body_limit(server_->options.max_frame);
-      if (stopping_ && served_ > 0) co_return;
-      stream_.expires_after(server_->options.idle_timeout);
-      reading_ = true;
-      const std::tuple<error_code, std::size_t> read =
-          co_await http::async_read(stream_, buffer, parser, tuple_awaitable);
-      reading_ = false;
-      const error_code ec = std::get<0>(read);
-      if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted ||
-          ec == beast::error::timeout || ec == asio::error::connection_reset ||
-          ec == asio::error::eof) {
-        co_return;
-      }
+    bool more = true;
+    while (more)
+      more = co_await serve_one(buffer);
+  }
+
+  /// Reads one request's header, then its body: into a string (JSON and
+  /// everything else), or into shared memory (a binary /v1 process body).
+  /// False when the connection is done.
+  asio::awaitable<bool> serve_one(beast::flat_buffer& buffer) {
+    if (stopping_ && served_ > 0) co_return false;
+    http::request_parser<http::empty_body> head;
+    head.header_limit(16 * 1024);
+    head.body_limit(boost::none);  // each kind of body has its own limit, checked below
+    stream_.expires_after(server_->options.idle_timeout);
+    reading_ = true;
+    const std::tuple<error_code, std::size_t> read =
+        co_await http::async_read_header(stream_, buffer, head, tuple_awaitable);
+    reading_ = false;
+    const error_code ec = std::get<0>(read);
+    if (connection_ended(ec)) co_return false;
+    if (ec) {
+      co_await refuse_malformed(ec);
+      co_return false;
+    }
+    const auto& header = head.get();
+    const auto name = process_graph_name(split_target(header.target()).first);
+    if (header.method() == http::verb::post && name &&
+        !json_content_type(header[http::field::content_type]))
+      co_return co_await serve_upload(buffer, head);
+    co_return co_await serve_buffered(buffer, head);
+  }
+
+  static bool connection_ended(const error_code& ec) {
+    return ec == http::error::end_of_stream || ec == asio::error::operation_aborted ||
+           ec == beast::error::timeout || ec == asio::error::connection_reset ||
+           ec == asio::error::eof;
+  }
+
+  /// Answers a request that could not be read, and ends the connection.
+  asio::awaitable<void> refuse_malformed(const error_code& ec) {
+    Response response;
+    response.version(11);
+    Request none;
+    if (ec == http::error::body_limit) {
+      refuse_too_large(response);
+    } else if (ec == http::error::header_limit) {
+      server_->refuse(none, response, http::status::request_header_fields_too_large,
+                      "http.header_too_large", "the request header is over 16 KiB");
+    } else {
+      server_->refuse(none, response, http::status::bad_request, "http.malformed",
+                      "malformed HTTP request: " + ec.message());
+    }
+    response.keep_alive(false);
+    co_await write(response);
+  }
+
+  void refuse_too_large(Response& response) {
+    server_->refuse(Request{}, response, http::status::payload_too_large, "http.body_too_large",
+                    "the body is over " + std::to_string(server_->options.max_frame) +
+                        " bytes (plumber serve's --max-frame)");
+  }
+
+  /// Sends `100 Continue` when the client waits for it before sending its body.
+  asio::awaitable<bool> continue_if_expected(const Request::header_type& header) {
+    if (!expects_continue(header[http::field::expect])) co_return true;
+    http::response<http::empty_body> go_on{http::status::continue_, header.version()};
+    stream_.expires_after(std::chrono::seconds(30));
+    const std::tuple<error_code, std::size_t> written =
+        co_await http::async_write(stream_, go_on, tuple_awaitable);
+    co_return !std::get<0>(written);
+  }
+
+  /// After a refusal written before the body was read: drops what the
+  /// client still sends (shutdown may cut it short), then the connection ends.
+  asio::awaitable<void> discard_body(std::uint64_t unread) {
+    reading_ = true;
+    co_await discard_unread(stream_, std::chrono::seconds(5), unread);
+    reading_ = false;
+  }
+
+  /// A request whose body (JSON, or none) is read whole into a string, at
+  /// most --max-frame bytes.
+  asio::awaitable<bool> serve_buffered(beast::flat_buffer& buffer,
+                                       http::request_parser<http::empty_body>& head) {
+    const auto length = head.content_length();
+    if (length && *length > server_->options.max_frame) {
       Response response;
       response.version(11);
+      refuse_too_large(response);
+      response.keep_alive(false);
+      const std::uint64_t unread = *length;
+      if (co_await write(response)) co_await discard_body(unread);
+      co_return false;
+    }
+    http::request_parser<http::string_body> parser(std::move(head));
+    parser.body_limit(server_->options.max_frame);
+    if (!parser.is_done()) {
+      if (!co_await continue_if_expected(parser.get())) co_return false;
+      stream_.expires_after(server_->options.idle_timeout);
+      const std::tuple<error_code, std::size_t> read =
+          co_await http::async_read(stream_, buffer, parser, tuple_awaitable);
+      const error_code ec = std::get<0>(read);
+      if (connection_ended(ec)) co_return false;
       if (ec) {
-        Request none;
-        if (ec == http::error::body_limit) {
-          server_->refuse(none, response, http::status::payload_too_large, "http.body_too_large",
-                          "the body is over " + std::to_string(server_->options.max_frame) +
-                              " bytes (plumber serve's --max-frame)");
-        } else if (ec == http::error::header_limit) {
-          server_->refuse(none, response, http::status::request_header_fields_too_large,
-                          "http.header_too_large", "the request header is over 16 KiB");
-        } else {
-          server_->refuse(none, response, http::status::bad_request, "http.malformed",
-                          "malformed HTTP request: " + ec.message());
-        }
-        response.keep_alive(false);
-        co_await write(response);
-        co_return;
-      }
-      Request request = parser.release();
-      const auto [path, query] = split_target(request.target());
-      if (path == "/ws" && beast::websocket::is_upgrade(request)) {
-        if (!server_->admit(request, response)) {
-          response.keep_alive(false);
-          co_await write(response);
-          co_return;
-        }
-        if (server_->stopping()) {
-          server_->refuse(request, response, http::status::service_unavailable,
-                          "server.shutting_down", server_->stop_reason());
-          response.keep_alive(false);
-          co_await write(response);
-          co_return;
-        }
-        upgraded_ = true;
-        stream_.expires_never();
-        co_await run_websocket(server_, std::move(stream_), std::move(request), std::move(slot_),
-                               id_);
-        co_return;
-      }
-      ++served_;
-      co_await server_->handle(request, response);
-      const bool keep_alive = request.keep_alive() && !stopping_ && !server_->stopping();
-      response.keep_alive(keep_alive);
-      response.prepare_payload();
-      if (!co_await write(response) || !keep_alive) {
-        error_code ignored;
-        stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-        co_return;
+        co_await refuse_malformed(ec);
+        co_return false;
       }
     }
+    Request request = parser.release();
+    Response response;
+    response.version(11);
+    const auto [path, query] = split_target(request.target());
+    if (path == "/ws" && beast::websocket::is_upgrade(request)) {
+      if (!server_->admit(request, response)) {
+        response.keep_alive(false);
+        co_await write(response);
+        co_return false;
+      }
+      if (server_->stopping()) {
+        server_->refuse(request, response, http::status::service_unavailable,
+                        "server.shutting_down", server_->stop_reason());
+        response.keep_alive(false);
+        co_await write(response);
+        co_return false;
+      }
+      upgraded_ = true;
+      stream_.expires_never();
+      co_await run_websocket(server_, std::move(stream_), std::move(request), std::move(slot_),
+                             id_);
+      co_return false;
+    }
+    ++served_;
+    co_await server_->handle(request, response);
+    co_return co_await finish(request, response);
+  }
+
+  /// POST /v1/graphs/NAME/process with binary data: checked before its body
+  /// is read, then the body goes from the socket straight into shared memory.
+  asio::awaitable<bool> serve_upload(beast::flat_buffer& buffer,
+                                     http::request_parser<http::empty_body>& head) {
+    ++served_;
+    std::optional<std::uint64_t> length;
+    if (head.content_length()) length = *head.content_length();
+    const bool chunked = head.chunked();
+    const std::uint64_t unread = length.value_or(server_->options.max_upload_bytes);
+    const Request request = take_header(head);
+    Response response;
+    std::optional<ServerCore::Upload> upload =
+        server_->begin_upload(request, length, chunked, response);
+    if (!upload) {
+      // Not a coroutine refuse_unread(Response&, std::uint64_t) doing both
+      // steps: g++ 12 built that one with a frame that was garbage when first
+      // resumed (SIGILL, or SIGSEGV on the reference).
+      response.keep_alive(false);
+      if (co_await write(response)) co_await discard_body(unread);
+      co_return false;
+    }
+    if (!co_await continue_if_expected(request.base())) co_return false;
+    receiving_body_ = true;
+    // Named, not a temporary around co_await (g++ 12).
+    const BodyRead body =
+        co_await read_body(stream_, buffer, upload->bytes.bytes(), server_->options.idle_timeout);
+    receiving_body_ = false;
+    if (!co_await server_->end_upload(request, *upload, body, response)) co_return false;
+    co_return co_await finish(request, response);
+  }
+
+  /// The request a header parser has read, without a body. Outside the
+  /// coroutine: g++ 12 may destroy a temporary inside one early, or twice.
+  static Request take_header(http::request_parser<http::empty_body>& head) {
+    http::request<http::empty_body> message = head.release();
+    return Request(std::move(message.base()));
+  }
+
+  /// Writes the answer to a request that was read whole; whether the
+  /// connection goes on.
+  asio::awaitable<bool> finish(const Request& request, Response& response) {
+    const bool keep_alive = request.keep_alive() && !stopping_ && !server_->stopping();
+    response.keep_alive(keep_alive);
+    response.prepare_payload();
+    if (!co_await write(response) || !keep_alive) {
+      error_code ignored;
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      co_return false;
+    }
+    co_return true;
   }
 
   /// Writes a response; false when the connection failed.
@@ -176,6 +303,7 @@ class HttpSession : public Connection, public std::enable_shared_from_this<HttpS
   std::uint64_t id_ = 0;
   std::uint64_t served_ = 0;
   bool reading_ = false;
+  bool receiving_body_ = false;
   bool stopping_ = false;
   bool upgraded_ = false;
 };
@@ -720,16 +848,115 @@ std::shared_ptr<Service> ServerCore::successor(const boost::system::error_code& 
   return current.get() == &service ? nullptr : current;
 }
 
-asio::awaitable<void> ServerCore::process(const Request& request, Response& response,
-                                          std::shared_ptr<Service> service) {
-  const auto started = std::chrono::steady_clock::now();
-  const auto [path, query] = split_target(request.target());
-  std::string bad;
+std::optional<ProcessOptions> ServerCore::process_params(std::string_view query,
+                                                         std::string& bad) const {
   const auto timeout_ms =
       integer_param(query, "timeout_ms", options.process_timeout.count(), 1, 3'600'000, bad);
   const auto priority = integer_param(query, "priority", 0, 0, 255, bad);
+  if (!timeout_ms || !priority) return std::nullopt;
+  return ProcessOptions{std::chrono::milliseconds(*timeout_ms),
+                        static_cast<std::uint8_t>(*priority)};
+}
+
+std::optional<ServerCore::Upload> ServerCore::begin_upload(const Request& head,
+                                                           std::optional<std::uint64_t> length,
+                                                           bool chunked, Response& response) {
+  response.version(head.version());
+  response.set(http::field::cache_control, "no-store");
+  std::optional<Upload> upload;
+  if (!admit(head, response)) {
+    metrics.count_http(response.result_int());
+    return upload;
+  }
+  const auto [path, query] = split_target(head.target());
+  const std::string_view name = process_graph_name(path).value_or("");
+  std::shared_ptr<Service> service;
+  std::string bad;
+  process_params(query, bad);
+  if (!valid_graph_name(name) || !find_graph(name)) {
+    refuse(head, response, http::status::not_found, "graph.unknown_name",
+           "no graph named \"" + std::string(name) + "\" (" + nearest_graph(name) + ")");
+  } else if (!(service = find_service(name))) {
+    refuse(head, response, http::status::conflict, "graph.no_input",
+           "graph \"" + std::string(name) +
+               "\" has no `input` source, so it cannot process a request");
+  } else if (stopping()) {
+    refuse(head, response, http::status::service_unavailable, "server.shutting_down",
+           stop_reason());
+  } else if (!bad.empty()) {
+    refuse(head, response, http::status::bad_request, "http.bad_request", bad);
+  } else if (chunked || !length) {
+    refuse(head, response, http::status::length_required, "http.length_required",
+           "a binary body (Content-Type " + std::string(head[http::field::content_type]) +
+               ") needs a Content-Length: it is read straight into shared memory of that size; "
+               "chunked bodies are not taken");
+  } else if (*length > options.max_upload_bytes) {
+    refuse(head, response, http::status::payload_too_large, "http.body_too_large",
+           "the body is " + std::to_string(*length) + " bytes, over the limit of " +
+               std::to_string(options.max_upload_bytes) +
+               " bytes for a binary body (plumber serve's --max-upload-bytes)");
+  } else {
+    try {
+      const auto size = static_cast<std::size_t>(*length);
+      upload.emplace(
+          Upload{service, allocate_shared_bytes(size), HeldBytes(metrics.upload_bytes_held, size)});
+    } catch (const std::bad_alloc&) {
+      refuse(head, response, http::status::service_unavailable, "server.no_shared_memory",
+             "no room for " + std::to_string(*length) +
+                 " bytes in the shared-memory arena now (its size is PLUMBER_ARENA_MB, default "
+                 "1024); try again later");
+      response.set(http::field::retry_after, "1");
+    } catch (const std::exception& e) {
+      refuse(head, response, http::status::internal_server_error, "server.shared_memory_failed",
+             std::string("cannot allocate shared memory for the body: ") + e.what());
+    }
+  }
+  if (!upload) metrics.count_http(response.result_int());
+  return upload;
+}
+
+namespace {
+
+json upload_value(std::string_view content_type, std::size_t size) {
+  json value = json::object();
+  value["content_type"] = std::string(content_type);
+  value["size"] = size;
+  return value;
+}
+
+}  // namespace
+
+asio::awaitable<bool> ServerCore::end_upload(const Request& head, Upload& upload,
+                                             const BodyRead& body, Response& response) {
+  if (body.ec) {
+    ++metrics.uploads_incomplete;
+    spdlog::info("POST {}: the body ended after {} of {} bytes ({}); nothing was processed",
+                 split_target(head.target()).first, body.received, upload.bytes.size(),
+                 body.ec.message());
+    co_return false;
+  }
+  ++metrics.uploads_complete;
+  metrics.upload_bytes += body.received;
+  metrics.upload_bytes_copied += body.copied;
+  Blob blob = hold_blob(std::move(upload.bytes).freeze(), std::move(upload.held));
+  co_await process(head, response, std::move(upload.service), std::move(blob));
+  metrics.count_http(response.result_int());
+  co_return true;
+}
+
+asio::awaitable<void> ServerCore::process(const Request& request, Response& response,
+                                          std::shared_ptr<Service> service,
+                                          std::optional<Blob> upload) {
+  const auto started = std::chrono::steady_clock::now();
+  const auto [path, query] = split_target(request.target());
+  std::string bad;
+  const std::optional<ProcessOptions> process_options = process_params(query, bad);
   json value;
-  if (bad.empty()) {
+  std::vector<Blob> blobs;
+  if (upload) {
+    value = upload_value(request[http::field::content_type], upload->size());
+    blobs.push_back(std::move(*upload));
+  } else if (bad.empty()) {
     try {
       value = detail::parse_json(request.body());
     } catch (const detail::JsonParseError& e) {
@@ -742,8 +969,6 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
     refuse(request, response, http::status::service_unavailable, "server.shutting_down",
            stop_reason());
   } else {
-    const ProcessOptions process_options{std::chrono::milliseconds(*timeout_ms),
-                                         static_cast<std::uint8_t>(*priority)};
     // Named locals, not temporaries or structured bindings, around co_await (g++ 12).
     std::tuple<boost::system::error_code, ProcessResult> outcome;
     // A reload may retire the service between finding it and feeding it: the
@@ -753,8 +978,10 @@ asio::awaitable<void> ServerCore::process(const Request& request, Response& resp
     for (int attempt = 0; again && attempt < 2; ++attempt) {
       try {
         json item = value;
-        auto operation = service->pipeline->async_process(std::move(item), process_options,
-                                                          asio::as_tuple(asio::use_awaitable));
+        std::vector<Blob> item_blobs = blobs;
+        auto operation =
+            service->pipeline->async_process(std::move(item), std::move(item_blobs),
+                                             *process_options, asio::as_tuple(asio::use_awaitable));
         outcome = co_await std::move(operation);
       } catch (const std::exception& e) {  // a graph without `input`, or ended
         std::get<0>(outcome) = errc::pipeline_stopped;

@@ -30,8 +30,10 @@
 #include "plumber/graph_spec.hpp"
 #include "plumber/pipeline.hpp"
 #include "plumber/server.hpp"
+#include "plumber/worker_pool.hpp"
 #include "server/graph_policy.hpp"
 #include "server/metrics.hpp"
+#include "server/upload.hpp"
 #include "server/watch.hpp"
 
 namespace plumber::server {
@@ -173,6 +175,24 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   /// "did you mean" for an unknown graph name; empty when nothing is close.
   std::string nearest_graph(std::string_view name) const;
 
+  /// A binary /v1 process body on its way in: where it goes, and its bytes.
+  struct Upload {
+    std::shared_ptr<Service> service;
+    SharedBytes bytes;  ///< Content-Length bytes in the shared-memory arena
+    HeldBytes held;     ///< counts them in plumber_upload_bytes_held while they live
+  };
+  /// Checks a POST /v1/graphs/NAME/process with a binary body before the body
+  /// is read (token, origin, graph, query, Content-Length, --max-upload-bytes,
+  /// room in shared memory) and allocates its bytes; on refusal fills
+  /// `response` and returns nullopt.
+  std::optional<Upload> begin_upload(const Request& head, std::optional<std::uint64_t> length,
+                                     bool chunked, Response& response);
+  /// The body was read into `upload.bytes`: runs it through the graph, the
+  /// value being {"content_type", "size"} and the bytes its blob. False (and
+  /// nothing to answer) when the body ended early.
+  asio::awaitable<bool> end_upload(const Request& head, Upload& upload, const BodyRead& body,
+                                   Response& response);
+
   /// Answers one HTTP request (not a WebSocket upgrade) into `response`.
   asio::awaitable<void> handle(const Request& request, Response& response);
   /// An HTTP error or WebSocket refusal: JSON body {"error": {"code", "message"}}.
@@ -209,8 +229,14 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   void start_pipeline_thread();
   void cancel_everything(const std::string& reason);
   void check_stopped();
+  /// The `timeout_ms` and `priority` of a /v1 process query; nullopt, and
+  /// `bad` set to why, when one is malformed.
+  std::optional<ProcessOptions> process_params(std::string_view query, std::string& bad) const;
+  /// Runs a /v1 request through `service`: the JSON body, or `upload` (a
+  /// binary body) as the blob of {"content_type", "size"}.
   asio::awaitable<void> process(const Request& request, Response& response,
-                                std::shared_ptr<Service> service);
+                                std::shared_ptr<Service> service,
+                                std::optional<Blob> upload = std::nullopt);
   /// Where a /v1 value refused with `ec` by `service` goes next: the version
   /// that replaced it (a reload retired it between finding and feeding), or null.
   std::shared_ptr<Service> successor(const boost::system::error_code& ec,
