@@ -106,15 +106,6 @@ bool names_a_graph(const char* data, std::size_t size) {
   return false;
 }
 
-json error_json(const std::string& code, const std::string& message) {
-  json error = json::object();
-  error["code"] = code;
-  error["message"] = message;
-  json body = json::object();
-  body["error"] = std::move(error);
-  return body;
-}
-
 }  // namespace
 
 void ServerCore::check_edit_options() const {
@@ -465,7 +456,7 @@ void ServerCore::edit_graph(const Request& request, Response& response, std::str
   json check = validation_json(document, registry, limits);
   if (!check["ok"].get<bool>()) {
     const json& first = check["diagnostics"].front();
-    json body = error_json(first["code"].get<std::string>(), first["message"].get<std::string>());
+    json body = error_body(first["code"].get<std::string>(), first["message"].get<std::string>());
     body["error"]["diagnostics"] = check["diagnostics"];
     spdlog::info("refused PUT /v1/graphs/{}: the graph does not load", graph);
     set_json(response, http::status::unprocessable_entity, body);
@@ -489,6 +480,24 @@ void ServerCore::edit_graph(const Request& request, Response& response, std::str
   body["version"] = entry->version;
   body["graph"] = graph_shape(graph, entry->spec);
   set_json(response, existed ? http::status::ok : http::status::created, body);
+}
+
+// --- graphs that are not in the catalog ------------------------------------------------
+
+GraphSpec ServerCore::load_submitted(const json& document) const {
+  auto too_big = check_graph_size(document, limits);
+  if (!too_big.empty()) throw GraphError("<submitted>", std::move(too_big));
+  GraphSpec spec = graph_from_json(document, registry, "<submitted>");
+  apply_graph_policy(spec, limits);
+  return spec;
+}
+
+std::string ServerCore::nearest_graph(std::string_view) const {
+  std::string names;
+  for (const auto& entry : graphs())
+    names += (names.empty() ? "" : ", ") + entry->name;
+  if (names.empty()) return "this server has no named graphs (plumber serve --graphs DIR)";
+  return "named graphs: " + names;
 }
 
 }  // namespace plumber::server

@@ -1,6 +1,8 @@
 #pragma once
-/// Internals of `plumber serve` shared by server.cpp (accept, HTTP, shutdown)
-/// and ws_session.cpp (the WebSocket protocol). Beast-heavy: include it only
+/// Internals of `plumber serve` shared by server.cpp (listening, accepting,
+/// shutdown), http_session.cpp (HTTP requests: reading, admitting, routing),
+/// v1_process.cpp (/v1 process requests), catalog.cpp (the graphs) and
+/// ws_session.cpp (the WebSocket protocol). Beast-heavy: include it only
 /// from src/server/.
 #include <atomic>
 #include <chrono>
@@ -50,6 +52,8 @@ using Response = http::response<http::string_body>;
 bool valid_graph_name(std::string_view name);
 /// Fills `response` with `status` and a JSON body.
 void set_json(Response& response, http::status status, const json& body);
+/// The JSON body of an HTTP error: {"error": {"code", "message"}}.
+json error_body(const std::string& code, const std::string& message);
 
 /// The page at `GET /` (src/server/web/index.html, embedded at build time).
 std::string_view web_page();
@@ -218,6 +222,7 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
 
  private:
   asio::awaitable<void> accept();
+  /// Answers 503 to a connection over --max-connections, and closes it (http_session.cpp).
   asio::awaitable<void> refuse_connection(tcp::socket socket);
   /// Throws std::invalid_argument when --allow-edits lacks what it needs.
   void check_edit_options() const;
@@ -273,6 +278,10 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
 
   friend class plumber::Server;
 };
+
+/// Serves HTTP requests on an accepted `socket` (its executor is the
+/// connection's strand) until the connection ends or upgrades to a WebSocket.
+void start_http_session(std::shared_ptr<ServerCore> server, tcp::socket socket);
 
 /// Runs a WebSocket session on `stream` (its executor is the connection's
 /// strand) after the HTTP upgrade `request`; `id` is its connection id.
