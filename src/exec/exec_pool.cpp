@@ -3,26 +3,22 @@
 // results: exec_requests.cpp.
 #include "exec/exec_pool.hpp"
 
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <stdexcept>
 #include <utility>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "exec/exec_pool_parts.hpp"
 #include "log.hpp"
+#include "workers/child_process.hpp"
 
 namespace plumber::detail {
 
@@ -30,34 +26,8 @@ using asio::use_awaitable;
 
 namespace {
 
-constexpr auto kRestartBackoff = std::chrono::seconds(1);
 /// After close(), a copy that has not exited on the end of its stdin is killed.
 constexpr auto kExitGrace = std::chrono::seconds(5);
-
-std::string exit_text(const siginfo_t& info) {
-  if (info.si_code == CLD_EXITED) return "exited with code " + std::to_string(info.si_status);
-  const int sig = info.si_status;
-  const char* abbrev = sigabbrev_np(sig);
-  return "was killed by signal " + std::to_string(sig) +
-         (abbrev ? " (SIG" + std::string(abbrev) + ")" : std::string());
-}
-
-siginfo_t wait_for_exit(int pidfd) {
-  const int flags = ::fcntl(pidfd, F_GETFL);
-  if (flags >= 0 && (flags & O_NONBLOCK)) ::fcntl(pidfd, F_SETFL, flags & ~O_NONBLOCK);
-  siginfo_t info{};
-  while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd), &info, WEXITED) != 0 &&
-         errno == EINTR) {
-  }
-  return info;
-}
-
-asio::awaitable<void> throw_if_cancelled() {
-  const asio::cancellation_state state = co_await asio::this_coro::cancellation_state;
-  if (state.cancelled() != asio::cancellation_type::none) {
-    throw boost::system::system_error(asio::error::operation_aborted);
-  }
-}
 
 ProgramSpec program_of(const json& params) {
   ProgramSpec p;
@@ -491,11 +461,7 @@ std::string ExecPool::describe(const Copy& c) const {
 }
 
 std::string ExecPool::with_stderr(const Copy& c, std::string text) const {
-  std::string tail = c.stderr_tail;
-  while (!tail.empty() && (tail.back() == '\n' || tail.back() == '\r' || tail.back() == ' '))
-    tail.pop_back();
-  if (!tail.empty()) text += "; its stderr: " + tail;
-  return text;
+  return append_stderr_tail(std::move(text), c.stderr_tail);
 }
 
 }  // namespace plumber::detail

@@ -32,6 +32,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "log.hpp"
+#include "workers/child_process.hpp"
 #include "workers/protocol.hpp"
 #include "workers/worker_launch.hpp"
 #include "workers/worker_pool_parts.hpp"
@@ -43,20 +44,11 @@ using asio::use_awaitable;
 namespace {
 
 constexpr std::size_t kRingCapacity = 1 << 20;
-constexpr auto kRestartBackoff = std::chrono::seconds(1);
 
 std::uint64_t env_number(const char* name, std::uint64_t fallback) {
   const char* text = std::getenv(name);
   if (!text || !*text) return fallback;
   return std::strtoull(text, nullptr, 10);
-}
-
-std::string exit_text(const siginfo_t& info) {
-  if (info.si_code == CLD_EXITED) return "exited with code " + std::to_string(info.si_status);
-  const int sig = info.si_status;
-  const char* abbrev = sigabbrev_np(sig);
-  return "was killed by signal " + std::to_string(sig) +
-         (abbrev ? " (SIG" + std::string(abbrev) + ")" : std::string());
 }
 
 int make_eventfd() {
@@ -66,30 +58,6 @@ int make_eventfd() {
 }
 
 std::atomic<std::uint64_t> g_segment_sequence{0};
-
-/// Reaps the process of `pidfd`, waiting for it to end. Asio made the pidfd
-/// non-blocking, and waitid on a non-blocking pidfd fails with EAGAIN while
-/// the process runs: make it blocking first.
-siginfo_t wait_for_exit(int pidfd) {
-  const int flags = ::fcntl(pidfd, F_GETFL);
-  if (flags >= 0 && (flags & O_NONBLOCK)) ::fcntl(pidfd, F_SETFL, flags & ~O_NONBLOCK);
-  siginfo_t info{};
-  while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd), &info, WEXITED) != 0 &&
-         errno == EINTR) {
-  }
-  return info;
-}
-
-/// Throws operation_aborted when the calling coroutine was cancelled: a
-/// cancellation that arrives during an operation that ignores it (post) or
-/// that ends with an error code (as_tuple) is delivered once, then only this
-/// state remembers it.
-asio::awaitable<void> throw_if_cancelled() {
-  const asio::cancellation_state state = co_await asio::this_coro::cancellation_state;
-  if (state.cancelled() != asio::cancellation_type::none) {
-    throw boost::system::system_error(asio::error::operation_aborted);
-  }
-}
 
 }  // namespace
 

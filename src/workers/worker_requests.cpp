@@ -16,6 +16,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "workers/child_process.hpp"
 #include "workers/protocol.hpp"
 #include "workers/worker_pool_parts.hpp"
 
@@ -56,11 +57,7 @@ std::string WorkerPool::describe(const Worker& w) const {
 }
 
 std::string WorkerPool::with_output(const Worker& w, std::string text) const {
-  std::string tail = w.output_tail;
-  while (!tail.empty() && (tail.back() == '\n' || tail.back() == '\r' || tail.back() == ' '))
-    tail.pop_back();
-  if (!tail.empty()) text += "; its stderr: " + tail;
-  return text;
+  return append_stderr_tail(std::move(text), w.output_tail);
 }
 
 void WorkerPool::close() {

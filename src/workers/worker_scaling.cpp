@@ -6,10 +6,10 @@
 #include <vector>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "log.hpp"
+#include "workers/child_process.hpp"
 #include "workers/protocol.hpp"
 #include "workers/worker_pool_parts.hpp"
 
@@ -34,10 +34,7 @@ asio::awaitable<void> WorkerPool::autoscale() {
   while (!closing_) {
     scale_timer_->expires_after(scaler_->tick());
     co_await scale_timer_->async_wait(asio::as_tuple(use_awaitable));
-    const asio::cancellation_state state = co_await asio::this_coro::cancellation_state;
-    if (state.cancelled() != asio::cancellation_type::none) {
-      throw boost::system::system_error(asio::error::operation_aborted);
-    }
+    co_await throw_if_cancelled();
     if (closing_ || cancelled_) break;
     switch (scaler_->decide(load(), Clock::now())) {
       case Autoscaler::Action::grow:
