@@ -1,7 +1,11 @@
 # Warnings and sanitizers, as interface targets that plumber's own targets link.
 add_library(plumber_warnings INTERFACE)
 target_compile_options(plumber_warnings INTERFACE -Wall -Wextra -Wpedantic
-  $<$<BOOL:${PLUMBER_WERROR}>:-Werror>)
+  $<$<BOOL:${PLUMBER_WERROR}>:-Werror>
+  # g++ 12 at -O3 reports `"text" + std::string&&` as an overlapping memcpy
+  # (-Wrestrict, GCC bug 105329, fixed in 13): the release preset failed on it
+  # in three files. Only optimised builds: the other presets' flags (and ccache) stay as they are.
+  $<$<AND:$<CXX_COMPILER_ID:GNU>,$<VERSION_LESS:$<CXX_COMPILER_VERSION>,13>,$<CONFIG:Release>>:-Wno-restrict>)
 
 set(PLUMBER_SANITIZE "" CACHE STRING "Sanitizers: 'address;undefined' or 'thread' (empty: none)")
 add_library(plumber_sanitizers INTERFACE)
@@ -14,6 +18,9 @@ if(PLUMBER_SANITIZE)
     # g++ 12 warns that TSan does not model the std::atomic_thread_fence in
     # Asio's headers; tests/tsan.supp covers what it then misreports.
     target_compile_options(plumber_sanitizers INTERFACE -Wno-tsan)
+    # The tsan preset compiles at -O1, where g++ 12 mistakes the operator
+    # delete of Asio's coroutine frames for a mismatch with their operator new.
+    target_compile_options(plumber_sanitizers INTERFACE -Wno-mismatched-new-delete)
   endif()
 endif()
 

@@ -59,12 +59,16 @@ class Browser(unittest.TestCase):
         self.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#graph-view g.node")) == 5)
         self.assertEqual(len(self.driver.find_elements(By.CSS_SELECTOR, "#graph-view path[marker-end]")), 5)
         self.wait(EC.text_to_be_present_in_element((By.ID, "status"), "completed"))
+        self.assertIn("5 outputs, 0 failed", self.driver.find_element(By.ID, "status").text)
+        # The page draws output lines once per animation frame, which may come
+        # after the status line (it did under TSan): wait for them.
+        self.wait(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#outputs li.output")) >= 5)
         outputs = [li.text for li in self.driver.find_elements(By.CSS_SELECTOR, "#outputs li.output")]
         self.assertEqual(len(outputs), 5)
         self.assertTrue(any("REBMULP / rebmulp" in text for text in outputs), outputs)
-        counters = self.driver.find_element(
-            By.CSS_SELECTOR, '#graph-view g.node[data-node="out"] .counters').text
-        self.assertEqual(counters, "in 10 · out 5")
+        counters = '#graph-view g.node[data-node="out"] .counters'
+        self.wait(EC.text_to_be_present_in_element((By.CSS_SELECTOR, counters), "in 10"))
+        self.assertEqual(self.driver.find_element(By.CSS_SELECTOR, counters).text, "in 10 · out 5")
 
     def test_send_inputs_by_hand(self):
         self.open_page()
