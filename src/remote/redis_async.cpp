@@ -18,6 +18,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "exec/program.hpp"
+
 namespace plumber::detail {
 
 struct AsyncRedis::State : std::enable_shared_from_this<State> {
@@ -131,6 +133,9 @@ void AsyncRedis::close() {
 }
 
 asio::awaitable<void> AsyncRedis::connect() {
+  // hiredis writes with write(2): to a broker that died, that must be EPIPE,
+  // not a SIGPIPE that ends this process without a word.
+  ignore_sigpipe_once();
   close();
   State& s = *state_;
   s.connect_error.clear();
