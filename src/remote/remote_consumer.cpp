@@ -617,8 +617,10 @@ void print_stats(const Consumer& consumer, const NodeSpec& node,
       static_cast<unsigned long long>(c.reruns), consumer.name().c_str());
   if (!pool) return;
   std::string pids;
-  for (const auto& one : pool->workers)
-    pids += (pids.empty() ? "" : ",") + std::to_string(one.pid);
+  for (const auto& one : pool->workers) {
+    if (!pids.empty()) pids += ',';
+    pids += std::to_string(one.pid);
+  }
   std::fprintf(stderr, "%-14s %5s %10s %8s %8s %7s  %s\n", "workers", "procs", "tasks", "batches",
                "restarts", "deaths", "pids");
   std::fprintf(stderr, "%-14s %5zu %10llu %8llu %8llu %7llu  %s\n", node.id.c_str(), pool->procs,
