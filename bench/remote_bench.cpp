@@ -175,7 +175,7 @@ int main(int argc, char** argv) {
   if (mode == "worker") {
     plumber::Registry registry = plumber::Registry::with_builtins();
     return plumber::run_remote_worker(
-        {.graph = option(argc, argv, "--graph", ""), .node = "sq", .broker = "", .procs = 1},
+        {.graph = option(argc, argv, "--graph", ""), .node = "sq", .broker = "", .procs = 0},
         registry);
   }
   if (mode == "throughput") return throughput_run(option(argc, argv, "--graph", ""));

@@ -36,7 +36,7 @@ PY
 pids+=($!); worker_b=$!
 "$plumber" worker "$work/remote.json" --node sq --procs 2 >"$work/c.log" 2>&1 &
 pids+=($!)
-echo "B, C: workers (pid $worker_b; pid $! with 2 consumer processes)"
+echo "B, C: workers (pid $worker_b; pid $! with 2 worker processes)"
 
 "$plumber" run "$work/local.json" | sort >"$work/expected"
 echo "H: plumber run (remote)"

@@ -24,12 +24,14 @@ using BatchBuckets = std::array<std::uint64_t, kBatchSizeBuckets.size()>;
 /// Counters of a remote node (`remote`: its step runs in `plumber worker`
 /// processes fed through Redis Streams). Updated on the pipeline's strand.
 struct RemoteStats {
-  std::string broker;                ///< without its password
-  std::uint64_t sent = 0;            ///< messages sent to the task streams (resends included)
-  std::uint64_t acked = 0;           ///< messages whose results (or step error) came back
-  std::uint64_t redelivered = 0;     ///< results of entries delivered more than once
+  std::string broker;       ///< without its password
+  std::uint64_t sent = 0;   ///< messages sent to the task streams (resends included)
+  std::uint64_t acked = 0;  ///< messages whose results (or step error) came back
+  /// Results of entries delivered more than once (taken over from a silent
+  /// worker, or read again by a worker after its connection broke).
+  std::uint64_t redelivered = 0;
   std::uint64_t duplicates = 0;      ///< results dropped: their request was already answered
-  std::uint64_t claimed = 0;         ///< batches another worker claimed after a worker went silent
+  std::uint64_t claimed = 0;         ///< results of entries a worker took over with XAUTOCLAIM
   std::uint64_t dead_lettered = 0;   ///< batches that exceeded max_deliveries
   std::uint64_t in_flight = 0;       ///< messages sent and not answered yet
   std::uint64_t resent = 0;          ///< batches sent again after the broker connection came back

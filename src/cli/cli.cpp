@@ -200,9 +200,19 @@ int main(int argc, char** argv) {
   worker_command->add_option("--broker", worker.broker,
                              "redis://[:password@]host:port[/db] (default: the graph's, or "
                              "PLUMBER_BROKER)");
-  worker_command->add_option("--procs", worker.procs, "consumer processes on this machine")
-      ->check(CLI::Range(1, 256))
+  worker_command
+      ->add_option("--procs", worker.procs,
+                   "run the step in N worker processes fed by this consumer (default: in "
+                   "this process)")
+      ->check(CLI::Range(1, 256));
+  std::int64_t worker_start_timeout_ms = 10'000;
+  worker_command
+      ->add_option("--start-timeout-ms", worker_start_timeout_ms,
+                   "how long the worker processes of --procs may take to start")
+      ->check(CLI::Range(1, 3'600'000))
       ->capture_default_str();
+  worker_command->add_flag("--stats", worker.stats,
+                           "print the consumer's and its worker processes' counters at the end");
   add_plugin_option(worker_command);
 
   std::vector<std::string> validate_files;
@@ -375,7 +385,10 @@ int main(int argc, char** argv) {
   if (auto code = run_worker_if_requested(registry)) return *code;
 
   if (*run_command) return run_graph(run, registry);
-  if (*worker_command) return run_remote_worker(worker, registry);
+  if (*worker_command) {
+    worker.start_timeout = std::chrono::milliseconds(worker_start_timeout_ms);
+    return run_remote_worker(worker, registry);
+  }
   if (*serve_command) {
     serve_options.grace = std::chrono::milliseconds(grace_ms);
     serve_options.idle_timeout = std::chrono::seconds(idle_s);

@@ -18,6 +18,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "exec/program.hpp"
+
 namespace plumber::detail {
 
 struct AsyncRedis::State : std::enable_shared_from_this<State> {
@@ -131,6 +133,9 @@ void AsyncRedis::close() {
 }
 
 asio::awaitable<void> AsyncRedis::connect() {
+  // hiredis writes with write(2): to a broker that died, that must be EPIPE,
+  // not a SIGPIPE that ends this process without a word.
+  ignore_sigpipe_once();
   close();
   State& s = *state_;
   s.connect_error.clear();
@@ -196,6 +201,14 @@ void AsyncRedis::start_command(const RedisArgs& args, Handler handler) {
     complete(std::move(op), asio::error::not_connected, {});
     return;
   }
+  Operation* raw = op.release();
+  if (issue(args, &on_reply, raw) != REDIS_OK) {
+    complete(std::unique_ptr<Operation>(raw), asio::error::not_connected, {});
+  }
+}
+
+int AsyncRedis::issue(const RedisArgs& args, void (*callback)(redisAsyncContext*, void*, void*),
+                      void* data) {
   std::vector<const char*> argv;
   std::vector<size_t> lengths;
   argv.reserve(args.size());
@@ -204,14 +217,19 @@ void AsyncRedis::start_command(const RedisArgs& args, Handler handler) {
     argv.push_back(a.data());
     lengths.push_back(a.size());
   }
-  Operation* raw = op.release();
-  if (redisAsyncCommandArgv(state_->context, &on_reply, raw, static_cast<int>(argv.size()),
-                            argv.data(), lengths.data()) != REDIS_OK) {
-    complete(std::unique_ptr<Operation>(raw), asio::error::not_connected, {});
-  }
+  return redisAsyncCommandArgv(state_->context, callback, data, static_cast<int>(argv.size()),
+                               argv.data(), lengths.data());
 }
 
-asio::awaitable<RedisReply> AsyncRedis::command(RedisArgs args) {
+void AsyncRedis::send(const RedisArgs& args) {
+  if (!state_->context || !state_->ready) return;
+  if (issue(args, nullptr, nullptr) != REDIS_OK) return;
+  // Written now (as far as the socket takes it), not at the next turn of the
+  // loop: the caller may block, or die, before that.
+  redisAsyncHandleWrite(state_->context);
+}
+
+asio::awaitable<RedisReply> AsyncRedis::command(const RedisArgs& args) {
   auto token = asio::as_tuple(asio::use_awaitable);
   auto [ec, reply] =
       co_await asio::async_initiate<decltype(token), void(boost::system::error_code, RedisReply)>(

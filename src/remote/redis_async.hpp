@@ -14,6 +14,8 @@
 #include "remote/redis_reply.hpp"
 #include "runtime/packet.hpp"
 
+struct redisAsyncContext;
+
 namespace plumber::detail {
 
 /// One connection, used on one strand. Commands are pipelined: several may be
@@ -33,14 +35,20 @@ class AsyncRedis {
   asio::awaitable<void> connect();
   bool connected() const noexcept;
   /// Sends a command; completes with its reply (an error reply is a value), or
-  /// with an error code when the connection broke.
-  asio::awaitable<RedisReply> command(RedisArgs args);
+  /// with an error code when the connection broke. `args` is copied into
+  /// the connection's buffer when the command starts.
+  asio::awaitable<RedisReply> command(const RedisArgs& args);
+  /// Sends a command whose reply nobody waits for (in order with the others),
+  /// writing it to the socket at once; dropped when not connected.
+  void send(const RedisArgs& args);
   /// Frees the connection: outstanding commands complete with an error.
   void close();
 
  private:
   struct State;
   void start_command(const RedisArgs& args, Handler handler);
+  /// redisAsyncCommandArgv with `args`; REDIS_OK or REDIS_ERR.
+  int issue(const RedisArgs& args, void (*callback)(redisAsyncContext*, void*, void*), void* data);
   std::shared_ptr<State> state_;
 };
 

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "exec/program.hpp"
+
 namespace plumber::detail {
 
 RedisReply copy_reply(const void* hiredis_reply) {
@@ -64,6 +66,7 @@ struct RedisClient::Context {
 
 RedisClient::RedisClient(const BrokerAddress& address, std::chrono::milliseconds timeout)
     : context_(std::make_unique<Context>()) {
+  ignore_sigpipe_once();  // a write to a broker that died is EPIPE, not the end of this process
   context_->c = redisConnectWithTimeout(address.host.c_str(), address.port, to_timeval(timeout));
   if (!context_->c) throw RedisError("cannot allocate a hiredis context");
   if (context_->c->err) context_->fail("cannot reach the broker " + address.display());

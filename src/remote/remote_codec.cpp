@@ -16,6 +16,7 @@ RemoteKeys::RemoteKeys(const std::string& graph, const std::string& node, std::s
   for (std::size_t lane = 1; lane < priorities; ++lane)
     tasks.push_back(prefix + ":tasks:" + std::to_string(lane));
   dead = prefix + ":dead";
+  runs = prefix + ":runs";
   workers = prefix + ":workers";
 }
 
@@ -77,11 +78,12 @@ const std::string& need(const std::unordered_map<std::string, std::string>& f,
   return it->second;
 }
 
-std::vector<Message> decode_messages(std::unordered_map<std::string, std::string>& f) {
+std::vector<Message> decode_messages(std::unordered_map<std::string, std::string>& f,
+                                     std::chrono::milliseconds queued) {
   const std::uint64_t n = to_u64(need(f, "n"));
   if (n > 10'000'000) throw std::runtime_error("too many messages in a stream entry");
   std::vector<Message> messages(n);
-  const auto now = Clock::now();
+  const auto now = Clock::now() - queued;
   for (std::size_t k = 0; k < n; ++k) {
     Message& m = messages[k];
     const std::string suffix = std::to_string(k);
@@ -115,28 +117,49 @@ void encode_task(RedisArgs& args, std::uint64_t request, const std::string& repl
   encode_messages(args, batch, true);
 }
 
-RemoteTask decode_task(RedisReply& fields) {
+RemoteTask decode_task(RedisReply& fields, std::chrono::milliseconds queued) {
   auto f = by_name(fields);
   RemoteTask task;
   task.request = to_u64(need(f, "r"));
   task.reply = need(f, "h");
-  task.batch = decode_messages(f);
+  task.batch = decode_messages(f, queued);
   return task;
 }
 
-void encode_results(RedisArgs& args, std::uint64_t request, const std::string& consumer,
-                    std::uint64_t deliveries, std::span<const Message> results) {
+namespace {
+
+/// "E<j>" (built by appending: GCC 12 at -O3 misreads "E" + std::to_string(j) as an overlapping
+/// copy).
+std::string expired_field(std::size_t j) {
+  std::string name = "E";
+  name += std::to_string(j);
+  return name;
+}
+
+void encode_header(RedisArgs& args, std::uint64_t request, const std::string& consumer,
+                   const Delivery& delivery) {
   field(args, "r", std::to_string(request));
   field(args, "c", consumer);
-  if (deliveries != 1) field(args, "x", std::to_string(deliveries));
+  if (delivery.count != 1) field(args, "x", std::to_string(delivery.count));
+  if (delivery.claimed) field(args, "a", "1");
+  if (!delivery.expired.empty()) {
+    field(args, "E", std::to_string(delivery.expired.size()));
+    for (std::size_t j = 0; j < delivery.expired.size(); ++j)
+      field(args, expired_field(j), std::to_string(delivery.expired[j]));
+  }
+}
+
+}  // namespace
+
+void encode_results(RedisArgs& args, std::uint64_t request, const std::string& consumer,
+                    const Delivery& delivery, std::span<const Message> results) {
+  encode_header(args, request, consumer, delivery);
   encode_messages(args, results, false);
 }
 
 void encode_failure(RedisArgs& args, std::uint64_t request, const std::string& consumer,
-                    std::uint64_t deliveries, const std::string& error, bool final) {
-  field(args, "r", std::to_string(request));
-  field(args, "c", consumer);
-  if (deliveries != 1) field(args, "x", std::to_string(deliveries));
+                    const Delivery& delivery, const std::string& error, bool final) {
+  encode_header(args, request, consumer, delivery);
   field(args, "e", error);
   if (final) field(args, "f", "1");
 }
@@ -147,12 +170,19 @@ RemoteResult decode_result(RedisReply& fields) {
   result.request = to_u64(need(f, "r"));
   result.consumer = need(f, "c");
   if (auto it = f.find("x"); it != f.end()) result.deliveries = to_u64(it->second);
+  result.claimed = f.contains("a");
+  if (auto it = f.find("E"); it != f.end()) {
+    const std::uint64_t count = to_u64(it->second);
+    if (count > 10'000'000) throw std::runtime_error("too many expired ids in a stream entry");
+    for (std::uint64_t j = 0; j < count; ++j)
+      result.expired.push_back(to_u64(need(f, expired_field(j))));
+  }
   if (auto it = f.find("e"); it != f.end()) {
     result.error = std::move(it->second);
     result.final = f.contains("f");
     return result;
   }
-  result.messages = decode_messages(f);
+  result.messages = decode_messages(f, std::chrono::milliseconds(0));
   return result;
 }
 

@@ -4,9 +4,13 @@
 // n (messages), then per message k: i<k> id, v<k> JSON text, p<k> priority,
 // d<k> milliseconds left before its deadline, t<k> trace, b<k> blob count and
 // b<k>.<j> the blob's bytes (binary fields, never base64).
-// A result entry: r, c (consumer that ran it), x (deliveries), then either n and the same
-// per-message fields, or e (the step's error) and f=1 when not to be retried.
+// A result entry: r, c (consumer that ran it), x (deliveries), a=1 when the
+// entry was taken over with XAUTOCLAIM, E (count) and E<j> the ids of messages
+// whose deadline passed while they waited at the broker (not run), then either n
+// and the same per-message fields, or e (the step's error) and f=1 when not to
+// be retried.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -25,6 +29,7 @@ struct RemoteKeys {
   std::vector<std::string> tasks;  ///< per priority lane, lane 0 first
   std::string group;               ///< the consumer group: the node's id
   std::string dead;                ///< dead-letter stream
+  std::string runs;                ///< hash: entry id -> times a worker started its step
   std::string workers;             ///< set of live worker names
   std::string worker(const std::string& consumer) const { return prefix + ":worker:" + consumer; }
   std::string results(const std::string& host_instance) const {
@@ -43,20 +48,32 @@ struct RemoteTask {
   std::vector<Message> batch;
 };
 /// `fields`: the entry's [field, value, ...] array. Throws std::runtime_error.
-RemoteTask decode_task(RedisReply& fields);
+/// Deadlines come back as `now` plus the time that was left when the entry
+/// was sent, minus `queued` (how long it waited at the broker).
+RemoteTask decode_task(RedisReply& fields,
+                       std::chrono::milliseconds queued = std::chrono::milliseconds(0));
+
+/// How the worker came to run a task entry, for the host's counters.
+struct Delivery {
+  std::uint64_t count = 1;  ///< times the entry was delivered (1: the first time)
+  bool claimed = false;     ///< taken over from another consumer with XAUTOCLAIM
+  /// Messages not run: their deadline passed while they waited at the broker.
+  std::vector<std::uint64_t> expired{};
+};
 
 /// Appends the fields of a result entry.
-/// `deliveries`: how many times the task entry was delivered (1: the first time).
 void encode_results(RedisArgs& args, std::uint64_t request, const std::string& consumer,
-                    std::uint64_t deliveries, std::span<const Message> results);
+                    const Delivery& delivery, std::span<const Message> results);
 void encode_failure(RedisArgs& args, std::uint64_t request, const std::string& consumer,
-                    std::uint64_t deliveries, const std::string& error, bool final);
+                    const Delivery& delivery, const std::string& error, bool final);
 
 /// A decoded result entry.
 struct RemoteResult {
   std::uint64_t request = 0;
   std::string consumer;
   std::uint64_t deliveries = 1;
+  bool claimed = false;
+  std::vector<std::uint64_t> expired;
   std::vector<Message> messages;
   std::optional<std::string> error;
   bool final = false;

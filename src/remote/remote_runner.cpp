@@ -116,7 +116,10 @@ class RemoteRunner final : public StepRunner {
   void serve(const std::function<void(asio::awaitable<void>)>& spawn) override {
     spawn(read_results());
   }
-  void close() override { closed_ = true; }
+  void close() override {
+    closed_ = true;
+    wake_reader_if_done();
+  }
   std::optional<RemoteStats> remote_stats() const override { return stats_; }
 
   asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
@@ -128,8 +131,12 @@ class RemoteRunner final : public StepRunner {
     for (const Message& m : batch)
       lane = std::max(lane, m.priority);
     lane = static_cast<std::uint8_t>(std::min<std::size_t>(lane, keys_.tasks.size() - 1));
-    RedisArgs args{"XADD", keys_.tasks[lane], "*"};
-    encode_task(args, request, results_key_, batch);
+    RedisArgs args;
+    // Again for each send: a deadline travels as the time left at that moment.
+    auto encode = [&] {
+      args = {"XADD", keys_.tasks[lane], "*"};
+      encode_task(args, request, results_key_, batch);
+    };
 
     const auto started = Clock::now();
     const auto timeout_at = limits.timeout ? started + *limits.timeout : Clock::time_point::max();
@@ -143,6 +150,7 @@ class RemoteRunner final : public StepRunner {
       ~Forget() {
         self.pending_.erase(request);
         self.stats_.in_flight -= size;
+        self.wake_reader_if_done();
       }
     } forget{*this, request, batch.size()};
 
@@ -156,6 +164,7 @@ class RemoteRunner final : public StepRunner {
       }
       if (send) {
         send = false;
+        encode();
         std::optional<std::string> refused = co_await send_task(args, give_up_at, state);
         if (refused) {
           outcome.code = errc::step_failed;
@@ -193,6 +202,7 @@ class RemoteRunner final : public StepRunner {
       co_return outcome;
     }
     results = std::move(result.messages);
+    outcome.expired_ids = std::move(result.expired);
     co_return outcome;
   }
 
@@ -203,6 +213,15 @@ class RemoteRunner final : public StepRunner {
     std::optional<RemoteResult> result;
     bool resend = false;
   };
+
+  /// The node is closed and nothing is outstanding: end the reader's blocking
+  /// XREAD now rather than at its timeout (stopping a pipeline takes no wait).
+  void wake_reader_if_done() {
+    if (closed_ && pending_.empty() && reader_ && !reader_done_) {
+      reader_done_ = true;
+      reader_->close();
+    }
+  }
 
   void create_results_stream(RedisClient& client) {
     // An empty stream that expires unless this host keeps it alive: workers
@@ -343,10 +362,11 @@ class RemoteRunner final : public StepRunner {
         // The connection broke: ensure_connected reconnects.
       }
     }
-    if (closed_ && reader_->connected()) {
+    if (closed_) {
       try {
+        if (!commands_->connected()) co_await commands_->connect();
         RedisArgs del{"DEL", results_key_};
-        co_await reader_->command(std::move(del));
+        co_await commands_->command(del);
       } catch (const RedisError&) {
       }
     }
@@ -377,7 +397,7 @@ class RemoteRunner final : public StepRunner {
       stats_.workers.push_back(result.consumer);
     }
     if (result.deliveries > 1) ++stats_.redelivered;
-    if (result.deliveries > 1) ++stats_.claimed;
+    if (result.claimed) ++stats_.claimed;
     if (result.final) ++stats_.dead_lettered;
     auto it = pending_.find(result.request);
     if (it == pending_.end() || it->second->result) {
@@ -398,6 +418,7 @@ class RemoteRunner final : public StepRunner {
   bool commands_connecting_ = false, reader_connecting_ = false;
   bool warned_ = false;
   bool closed_ = false;
+  bool reader_done_ = false;  // closed by wake_reader_if_done
   std::uint64_t next_request_ = 1;
   std::unordered_map<std::uint64_t, Waiter*> pending_;
   RemoteStats stats_;

@@ -29,6 +29,11 @@ struct StepOutcome {
   /// Messages of a successful batch that failed alone (an `exec` program's
   /// `{"error": ...}` entries): (id, error) each, reported as error records.
   std::vector<std::pair<std::uint64_t, std::string>> message_errors{};
+  /// Messages of a successful batch that were not run because their deadline
+  /// passed first (a remote batch that waited at the broker), reported as expired.
+  std::vector<std::uint64_t> expired_ids{};
+  /// The worker process running the batch died (a pool restarts it).
+  bool worker_died = false;
   /// The worker process that ran the batch, and when (CLOCK_MONOTONIC ns), for traces.
   int worker_pid = 0;
   std::uint64_t worker_started_ns = 0, worker_finished_ns = 0;

@@ -336,7 +336,8 @@ asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, O
     counters_.retried.add();
   }
   if (outcome.ok()) {
-    if (!outcome.message_errors.empty()) fail_messages(batch, outcome, out);
+    if (!outcome.message_errors.empty() || !outcome.expired_ids.empty())
+      fail_messages(batch, outcome, out);
     collect_outputs(batch, results, out);
   } else {
     fail_batch(batch, outcome, out);
@@ -347,12 +348,18 @@ void TransformProcessor::fail_messages(std::vector<Message>& batch, const StepOu
                                        Outbox& out) {
   // Reported here, and gone from the batch: collect_outputs sees only the others.
   std::unordered_set<std::uint64_t> failed;
-  for (const auto& [id, error] : outcome.message_errors) {
-    if (!failed.insert(id).second) continue;
+  auto fail = [&](std::uint64_t id, const std::string& error, errc code) {
+    if (!failed.insert(id).second) return;
     counters_.errors.add();
-    core_.output_error(spec_.id, id, error, errc::step_failed);
+    core_.output_error(spec_.id, id, error, code);
     core_.track(id, -1);
     if (feeds_zip_) out.packets.push_back(dropped_packet(id));
+  };
+  for (const auto& [id, error] : outcome.message_errors)
+    fail(id, error, errc::step_failed);
+  for (std::uint64_t id : outcome.expired_ids) {
+    counters_.expired.add();
+    fail(id, "deadline passed before the step ran", errc::timed_out);
   }
   std::erase_if(batch, [&](const Message& m) { return failed.contains(m.id); });
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -310,6 +311,9 @@ class WorkerLoop {
 std::optional<int> run_worker_if_requested(const Registry& registry) {
   const std::optional<detail::WorkerFds> fds = detail::worker_fds_from_environment();
   if (!fds) return std::nullopt;
+  // Its parent decides when it ends (an exit record, or the parent's death):
+  // a Ctrl-C in a terminal reaches the whole process group, and is the parent's.
+  ::signal(SIGINT, SIG_IGN);
   try {
     detail::Arena::attach(fds->arena);
     detail::WorkerLoop loop(*fds);

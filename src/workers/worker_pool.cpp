@@ -308,6 +308,7 @@ asio::awaitable<void> WorkerPool::supervise(Worker& w) {
 void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready,
                              std::uint64_t current_request) {
   const bool expected = (closing_ || !w.active) && why == "exited with code 0";
+  const bool stuck = !w.kill_reason.empty();  // killed by the watchdog, not dead by itself
   std::string text = describe(w) + " of node \"" + node_.id + "\" " +
                      (w.kill_reason.empty() ? why : w.kill_reason);
   w.kill_reason.clear();
@@ -346,6 +347,7 @@ void WorkerPool::after_death(Worker& w, const std::string& why, bool was_ready,
   }
   if (lost) {
     *lost->failure = text;
+    lost->outcome->worker_died = !stuck;
     complete(w, *lost);
   }
   if (closing_ || !w.active) {
