@@ -1,5 +1,7 @@
 #include "remote/remote_codec.hpp"
 
+#include <unistd.h>
+
 #include <charconv>
 #include <chrono>
 #include <memory>
@@ -184,6 +186,12 @@ RemoteResult decode_result(RedisReply& fields) {
   }
   result.messages = decode_messages(f, std::chrono::milliseconds(0));
   return result;
+}
+
+std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0) return "host";
+  return name;
 }
 
 }  // namespace plumber::detail

@@ -80,4 +80,8 @@ struct RemoteResult {
 };
 RemoteResult decode_result(RedisReply& fields);
 
+/// This machine's name, as consumers and hosts put it in their names ("host"
+/// when it cannot be read).
+std::string host_name();
+
 }  // namespace plumber::detail

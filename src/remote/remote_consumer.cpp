@@ -59,12 +59,6 @@ return 1
 /// Dead letters kept at most (approximately): the stream is for inspection.
 constexpr const char* kDeadLetterLimit = "10000";
 
-std::string host_name() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof name - 1) != 0) return "host";
-  return name;
-}
-
 std::int64_t system_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())

@@ -34,12 +34,6 @@ using asio::use_awaitable;
 /// Results streams of hosts that are gone expire after this long.
 constexpr auto kResultsTtl = 60s;
 
-std::string host_name() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof name - 1) != 0) return "host";
-  return name;
-}
-
 /// Unique per runner: host, process, a counter and a random tag.
 std::string host_instance() {
   static std::atomic<std::uint64_t> counter{0};
