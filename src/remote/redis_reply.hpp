@@ -16,6 +16,15 @@ struct RedisReply {
 
   bool is_error() const noexcept { return type == Type::error; }
   bool is_nil() const noexcept { return type == Type::nil; }
+  /// An error reply that says "later", not "no": a broker loading its data
+  /// after a restart (LOADING), running a script (BUSY), or in a failover.
+  bool is_transient_error() const noexcept {
+    if (!is_error()) return false;
+    for (const char* prefix : {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"}) {
+      if (str.starts_with(prefix)) return true;
+    }
+    return false;
+  }
 };
 
 /// The broker could not be reached, or the connection broke.

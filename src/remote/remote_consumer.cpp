@@ -80,13 +80,6 @@ std::string field_of(const RedisReply& fields, std::string_view name) {
   return {};
 }
 
-bool transient_error(const std::string& reply) {
-  for (const char* prefix : {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"}) {
-    if (reply.starts_with(prefix)) return true;
-  }
-  return false;
-}
-
 /// A task entry as the broker delivered it.
 struct Entry {
   std::string stream, id;
@@ -397,7 +390,7 @@ class Consumer {
         co_await connect_commands();
         RedisReply reply = co_await commands_.command(args);
         if (!reply.is_error()) co_return true;
-        if (!transient_error(reply.str)) {
+        if (!reply.is_transient_error()) {
           report("the broker refused " + args.front() + ": " + reply.str);
           co_return false;
         }

@@ -294,7 +294,7 @@ class RemoteRunner final : public StepRunner {
         if (!reply.is_error()) co_return std::nullopt;
         // A broker that restarted answers LOADING until its data is back (and a
         // busy or failing-over one BUSY, TRYAGAIN, MASTERDOWN): wait, not refuse.
-        if (!transient_error(reply.str) || Clock::now() >= give_up_at) co_return reply.str;
+        if (!reply.is_transient_error() || Clock::now() >= give_up_at) co_return reply.str;
       } catch (const RedisError&) {
         if (Clock::now() >= give_up_at) co_return std::string("the broker is unreachable");
         continue;
@@ -302,13 +302,6 @@ class RemoteRunner final : public StepRunner {
       asio::steady_timer timer(strand_, 50ms);
       co_await timer.async_wait(asio::as_tuple(use_awaitable));
     }
-  }
-
-  static bool transient_error(const std::string& reply) {
-    for (const char* prefix : {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"}) {
-      if (reply.starts_with(prefix)) return true;
-    }
-    return false;
   }
 
   /// Reads this host's results stream until the node is closed and every
