@@ -107,7 +107,7 @@ class PythonStepsServed(unittest.TestCase):
         self.assertEqual(pool(), (1, 0, 0))
         results = self.post_concurrently("py_scaled", range(200))
         self.assertEqual(results, {v: (200, 2 * v) for v in range(200)})
-        size, ups, _ = pool()
+        _, ups, _ = pool()
         self.assertEqual(ups, 1, "the pool grew once, to its max")
         wait_for(lambda: pool() == (1, 1, 1), "the idle pool going back to min")
 
