@@ -366,6 +366,12 @@ int main(int argc, char** argv) {
       std::printf("%.2f us\n", pool_round_trip(std::strtoull(argv[i + 1], nullptr, 10)));
       return 0;
     }
+    if (std::string(argv[i]) == "--pipeline-only") {  // the whole pipeline, for profiling
+      g_ping.rounds = std::strtoull(argv[i + 1], nullptr, 10);
+      const double seconds = run_graph(registry, pingpong_graph(true));
+      std::printf("%.2f us\n", seconds * 1e6 / static_cast<double>(g_ping.rounds));
+      return 0;
+    }
   }
   const auto load = [] {
     std::ifstream in("/proc/loadavg");

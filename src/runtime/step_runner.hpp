@@ -60,6 +60,10 @@ class StepRunner {
   /// A synchronous runner's step: the node calls it itself, on the strand,
   /// with no coroutine frame per message (its fast path). Null for the others.
   virtual Transform* inline_step() noexcept { return nullptr; }
+  /// Whether run() would likely complete the next batch without suspending
+  /// (a worker process answering within its spin): the node then runs it in
+  /// its own coroutine rather than spawn one for it.
+  virtual bool answers_at_once() const { return false; }
   /// Runs one attempt. A failure of the step is an outcome, not an exception;
   /// throws only when cancelled (stop(false)).
   virtual asio::awaitable<StepOutcome> run(std::vector<Message>& batch,

@@ -248,6 +248,13 @@ asio::awaitable<void> TransformProcessor::dispatch_batch() {
   // Wait for a free slot while the batch is still the batcher's: cancelled
   // here, the batch is reported from there.
   batcher_.cancel_timer();
+  if (slots_ && input_.depth() == 0 && runner_->answers_at_once()) {
+    // Nothing else to overlap it with, and its answer is due within
+    // microseconds: run it here. A unit of its own would cost a scheduler pass
+    // (co_spawn) or two (the slot) for a round trip that takes less.
+    co_await run_unit(batcher_.take(), false);
+    co_return;
+  }
   if (slots_) co_await slots_->async_send(error_code{}, use_awaitable);
   std::vector<Message> batch = batcher_.take();
   if (slots_) {

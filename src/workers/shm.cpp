@@ -126,12 +126,16 @@ constexpr std::uint64_t padded(std::uint64_t n) noexcept {
 
 bool ByteRing::try_push(std::span<const std::byte> record) noexcept {
   const std::uint64_t tail = indices_->tail.load(std::memory_order_relaxed);
-  const std::uint64_t head = indices_->head.load(std::memory_order_acquire);
   const std::uint64_t need = padded(sizeof(RecordHeader) + record.size());
   const std::uint64_t pos = tail % capacity_;
   const std::uint64_t to_end = capacity_ - pos;
   const std::uint64_t skip = to_end < need ? to_end : 0;
-  if (need + skip > capacity_ - (tail - head)) return false;
+  // The consumer's head is read only when the last one seen leaves no room:
+  // reading it each time would pull its cache line from the other core.
+  if (need + skip > capacity_ - (tail - known_head_)) {
+    known_head_ = indices_->head.load(std::memory_order_acquire);
+    if (need + skip > capacity_ - (tail - known_head_)) return false;
+  }
   std::uint64_t at = tail;
   if (skip) {
     RecordHeader wrap{0, kWrap};

@@ -108,6 +108,7 @@ class ByteRing {
   std::byte* data_ = nullptr;
   std::size_t capacity_ = 0;
   std::uint64_t peeked_end_ = 0;
+  std::uint64_t known_head_ = 0;  // producer: the consumer's head, as last read
 };
 
 /// The per-worker segment: flags for wake-ups, the node's configuration and two

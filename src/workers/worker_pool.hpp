@@ -71,6 +71,9 @@ class WorkerPool {
   asio::awaitable<void> process(std::vector<Message>& batch, std::vector<Message>& results,
                                 StepOutcome& outcome,
                                 std::optional<std::chrono::milliseconds> timeout);
+  /// Whether process() would likely answer the next batch without suspending
+  /// (nothing in flight, and the last batches came back within the spin).
+  bool answers_at_once() const;
   /// No more batches: workers exit when idle.
   void close();
   /// Thread-safe.
@@ -99,6 +102,10 @@ class WorkerPool {
                    std::uint64_t current_request);
   void restart(Worker& w);
 
+  bool quick_round_trips() const;
+  bool should_wait_inline(const Worker& w) const;
+  /// Spins on `w`'s results, up to parent_spin_ns_, until `p` is answered.
+  void wait_inline(Worker& w, Pending& p);
   void encode_request(Pending& p);
   Worker* choose_worker();
   void submit(Worker& w, Pending& p);
@@ -137,6 +144,9 @@ class WorkerPool {
   std::optional<asio::steady_timer> scale_timer_;
   Spawn spawn_;
   std::uint64_t next_request_ = 0;
+  /// From handing a batch to a worker to its result (smoothed): decides
+  /// whether process() waits for the result inline.
+  std::uint64_t recent_round_trip_ns_ = 0;
   std::optional<asio::steady_timer> watchdog_;  // kill_stuck_workers ticks on it
   bool closing_ = false;
   bool cancelled_ = false;  // stop(false): the supervisors are gone

@@ -24,7 +24,6 @@ using Descriptor = asio::posix::stream_descriptor;
 
 /// One batch in flight: lives in the frame of the process() call that waits for it.
 struct WorkerPool::Pending {
-  explicit Pending(const Strand& strand) : timer(strand) {}
   std::uint64_t request_id = 0;
   std::uint8_t priority = 0;
   std::vector<std::uint8_t> record;  // the encoded request
@@ -34,8 +33,10 @@ struct WorkerPool::Pending {
   errc* code = nullptr;
   StepOutcome* outcome = nullptr;  // where the worker and its times go (traces)
   std::optional<std::chrono::milliseconds> timeout;
-  asio::steady_timer timer;  // timeout, armed when a worker is handed the batch
-  /// Where complete() signals the waiting process() call.
+  /// timeout_ms, armed when a worker is handed the batch. Made then: a timer
+  /// or a channel costs more to make than a batch answered inline takes.
+  std::optional<asio::steady_timer> timer;
+  /// Where complete() signals the waiting process() call, once it waits.
   asio::experimental::channel<void(error_code)>* signal = nullptr;
   Worker* worker = nullptr;
   std::uint64_t sent_ns = 0;

@@ -84,7 +84,7 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
                                           std::optional<std::chrono::milliseconds> timeout) {
   if (cancelled_) throw boost::system::system_error(asio::error::operation_aborted);
   std::string& failure = outcome.failure;
-  Pending pending(strand_);
+  Pending pending;
   pending.request_id = ++next_request_;
   for (const Message& m : batch)
     pending.priority = std::max(pending.priority, m.priority);
@@ -105,10 +105,6 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
     failure = "no worker of node \"" + node_.id + "\" is running: " + last_error_;
     co_return;
   }
-  // A channel of one, not a timer to cancel: arming a timer costs a
-  // timerfd_settime syscall per batch.
-  asio::experimental::channel<void(error_code)> signal(strand_, 1);
-  pending.signal = &signal;
   // Whatever ends this call (result, timeout, cancellation), the pool forgets it.
   struct Forget {
     WorkerPool* pool;
@@ -120,11 +116,63 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
     max_batch_.store(batch.size(), std::memory_order_relaxed);
   }
   submit(*worker, pending);
+  if (pending.sent && should_wait_inline(*worker)) wait_inline(*worker, pending);
+  if (pending.done) co_return;  // answered while we spun: no scheduler pass
+  // A channel of one, not a timer to cancel: arming a timer costs a
+  // timerfd_settime syscall per batch.
+  asio::experimental::channel<void(error_code)> signal(strand_, 1);
+  pending.signal = &signal;
   const std::tuple<error_code> waited =
       co_await signal.async_receive(asio::as_tuple(use_awaitable));
   if (pending.aborted || !pending.done || std::get<0>(waited)) {
     throw boost::system::system_error(asio::error::operation_aborted);
   }
+}
+
+// Waiting inline holds the strand, so only when nothing else of this node
+// could use it: the batch is the worker's only one, no message waits in the
+// node's input (the next batch would be sent while this one runs), and the
+// last batches came back quickly. Quickly means within a fifth of the spin
+// (10 us by default): a round trip that short is mostly latency, which a
+// scheduler pass would double. Longer ones (a slow step, batches of 64) gain
+// more from overlapping the next batch's making with the worker's run, and
+// their results come through the supervisor as before.
+bool WorkerPool::quick_round_trips() const {
+  return parent_spin_ns_ > 0 && recent_round_trip_ns_ < parent_spin_ns_ / 5;
+}
+
+bool WorkerPool::should_wait_inline(const Worker& w) const {
+  return w.in_flight.size() == 1 && quick_round_trips() && (!queued_ || queued_() == 0);
+}
+
+bool WorkerPool::answers_at_once() const {
+  if (!quick_round_trips()) return false;
+  bool ready = false;
+  for (const auto& w : workers_) {
+    if (!w->in_flight.empty()) return false;
+    ready = ready || (w->active && w->state == State::ready);
+  }
+  return ready;
+}
+
+void WorkerPool::wait_inline(Worker& w, Pending& p) {
+  // While we spin, the worker need not signal its results (a syscall each):
+  // the supervisor may be asleep on the eventfd, and is told again after.
+  auto& parent_waiting = w.segment.header->parent_waiting;
+  // Written only when set: a write would pull the line from the worker's core.
+  const bool supervisor_sleeps = parent_waiting.load(std::memory_order_relaxed) != 0 &&
+                                 parent_waiting.exchange(0, std::memory_order_relaxed) != 0;
+  const std::uint64_t start = monotonic_ns();
+  for (unsigned i = 1; !p.done; ++i) {
+    if (drain(w)) continue;
+    if ((i & 63) == 0 && monotonic_ns() - start > parent_spin_ns_) break;
+    __builtin_ia32_pause();
+  }
+  if (!supervisor_sleeps) return;
+  parent_waiting.store(1, std::memory_order_seq_cst);
+  // A result written before the flag was back would not be signalled.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  drain(w);
 }
 
 void WorkerPool::encode_request(Pending& p) {
@@ -202,8 +250,8 @@ void WorkerPool::flush_backlog(Worker& w) {
 
 void WorkerPool::arm_timeout(Worker& w, Pending& p) {
   // Finds the batch by id when it fires: it may be over by then.
-  p.timer.expires_after(*p.timeout);
-  p.timer.async_wait([this, w = &w, id = p.request_id, limit = *p.timeout](error_code ec) {
+  p.timer.emplace(strand_, *p.timeout);
+  p.timer->async_wait([this, w = &w, id = p.request_id, limit = *p.timeout](error_code ec) {
     if (ec) return;
     auto it = w->in_flight.find(id);
     if (it == w->in_flight.end()) return;
@@ -233,10 +281,15 @@ void WorkerPool::forget(Pending& p) noexcept {
 
 void WorkerPool::complete(Worker& w, Pending& p) {
   p.done = true;
-  p.timer.cancel();
+  if (p.sent_ns) {
+    // Smoothed over the last few batches (1/8 weight to the newest).
+    const std::uint64_t took = monotonic_ns() - p.sent_ns;
+    recent_round_trip_ns_ = recent_round_trip_ns_ - recent_round_trip_ns_ / 8 + took / 8;
+  }
+  if (p.timer) p.timer->cancel();
   w.in_flight.erase(p.request_id);
   in_flight_.sub(p.batch->size());
-  p.signal->try_send(error_code{});
+  if (p.signal) p.signal->try_send(error_code{});
   // A slot freed: the next batch (highest lane first) goes to the worker. Not
   // for a worker that died: its backlog waits for the restart.
   if (w.state == State::ready) flush_backlog(w);

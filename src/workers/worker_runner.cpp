@@ -20,6 +20,7 @@ class WorkerRunner final : public StepRunner {
     if (!outcome.ok() && outcome.code == errc{}) outcome.code = errc::step_failed;
     co_return outcome;
   }
+  bool answers_at_once() const override { return pool_.answers_at_once(); }
   void launch() override { pool_.launch(); }
   // on_start runs in each worker, never here.
   void on_start() override { pool_.wait_ready(); }
