@@ -51,5 +51,5 @@ set(CPACK_DEBIAN_PACKAGE_SECTION devel)
 # (libspdlog, libfmt, libssl, libprometheus-cpp-core, libhiredis) and what a consumer's
 # find_package(plumber) finds. Boost by its 1.81 name: libboost-dev is 1.74.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS
-  "libboost1.81-dev, nlohmann-json3-dev (>= 3.10), libspdlog-dev, libssl-dev, prometheus-cpp-dev, libhiredis-dev")
+  "libboost1.81-dev, nlohmann-json3-dev (>= 3.10), libspdlog-dev, libssl-dev, prometheus-cpp-dev, libhiredis-dev, libjemalloc2")
 include(CPack)
