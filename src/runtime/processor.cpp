@@ -13,7 +13,9 @@ Processor::Processor(PipelineCore& core, const NodeSpec& spec, const CoroutineIn
 Processor::~Processor() = default;
 
 void Processor::connect(Processor& successor, std::uint16_t port) {
-  successors_.push_back({successor.input(), port});
+  auto* transform = dynamic_cast<TransformProcessor*>(&successor);
+  successors_.push_back({successor.input(), port, nullptr,
+                         transform && transform->takes_direct_calls() ? transform : nullptr});
   successor.add_predecessor(port, spec_.id);
 }
 
@@ -110,7 +112,8 @@ bool Processor::try_send_all_now(Outbox& out) {
       Packet copy;
       Packet& sent = last ? packet : (copy = packet);
       sent.port = to.index;
-      if (!to.port->try_send(sent)) return false;
+      const bool taken = last && to.direct && to.direct->try_take_now(sent);
+      if (!taken && !to.port->try_send(sent)) return false;
       if (copy_of_data) core_.track(packet.msg.id, +1);
     }
     if (packet.kind == PacketKind::data) counters_.emitted.add();
@@ -137,7 +140,7 @@ bool Processor::try_pass_on(Packet& packet) {
       if (!to.fused->flush_outbox()) blocked_ = true;
     } else if (last) {
       packet.port = to.index;
-      if (!to.port->try_send(packet)) break;
+      if (!(to.direct && to.direct->try_take_now(packet)) && !to.port->try_send(packet)) break;
     } else {
       Packet copy = packet;
       copy.port = to.index;

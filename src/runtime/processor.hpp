@@ -104,6 +104,9 @@ class Processor {
     InputPort* port;
     std::uint16_t index;                  ///< the port number on the successor
     TransformProcessor* fused = nullptr;  ///< run inline instead of through `port`
+    /// May take a message by a direct call when it is idle (a worker node):
+    /// TransformProcessor::try_take_now.
+    TransformProcessor* direct = nullptr;
   };
 
   /// Sends what `out` holds without suspending; false when a successor (or the

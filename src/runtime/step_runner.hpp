@@ -50,6 +50,19 @@ struct AttemptLimits {
   Clock::time_point deadline = Clock::time_point::max();
 };
 
+/// A batch a runner started without a coroutine (StepRunner::start_now): a
+/// worker process may have answered it already.
+class StartedBatch {
+ public:
+  virtual ~StartedBatch() = default;
+  /// The outcome and results are final.
+  virtual bool done() const = 0;
+  /// Waits until done(); throws when cancelled (stop(false)).
+  virtual asio::awaitable<void> wait() = 0;
+  std::vector<Message> batch, results;
+  StepOutcome outcome;
+};
+
 /// One way of running a node's step. The node (TransformProcessor) hands it
 /// batches; the retry/timeout/deadline policy around it (Attempts) is the same
 /// whatever runs the step. Implementations: inline on the strand, an
@@ -64,6 +77,12 @@ class StepRunner {
   /// (a worker process answering within its spin): the node then runs it in
   /// its own coroutine rather than spawn one for it.
   virtual bool answers_at_once() const { return false; }
+  /// One attempt at `batch` started from a plain function (no limits but
+  /// `timeout`); null when this runner cannot (it needs a coroutine).
+  virtual std::unique_ptr<StartedBatch> start_now(
+      std::vector<Message>& /*batch*/, std::optional<std::chrono::milliseconds> /*timeout*/) {
+    return nullptr;
+  }
   /// Runs one attempt. A failure of the step is an outcome, not an exception;
   /// throws only when cancelled (stop(false)).
   virtual asio::awaitable<StepOutcome> run(std::vector<Message>& batch,

@@ -43,7 +43,18 @@ TransformProcessor::TransformProcessor(PipelineCore& core, const NodeSpec& spec,
   const bool plain =
       spec_.retries == 0 && !spec_.timeout && !core_.options().collect_timings && !core_.tracer();
   if (plain) in_place_ = dynamic_cast<InPlaceTransform*>(inline_step_);
-  if (spec_.concurrency > 1 && !fast_path()) slots_.emplace(core_.strand(), spec_.concurrency);
+  // Direct calls (try_take_now), one message a batch, no zip: a synchronous
+  // step (as if fused, when its predecessors could not fuse it), or a step in
+  // worker processes whose one attempt needs no timer or retry policy.
+  const bool one_by_one = spec_.batch_size == 1 && spec_.join != JoinPolicy::zip;
+  direct_calls_ =
+      one_by_one &&
+      (fast_path() || (spec_.procs > 0 && !spec_.remote && !info.capabilities.runs_programs &&
+                       spec_.retries == 0 && !spec_.timeout && !core_.tracer()));
+  // A direct call the worker does not answer at once is awaited by a unit of
+  // its own, which holds a slot like any other (even at concurrency 1).
+  if (!fast_path() && (spec_.concurrency > 1 || direct_calls_))
+    slots_.emplace(core_.strand(), spec_.concurrency);
 }
 
 TransformProcessor::~TransformProcessor() = default;
@@ -252,10 +263,18 @@ asio::awaitable<void> TransformProcessor::dispatch_batch() {
     // Nothing else to overlap it with, and its answer is due within
     // microseconds: run it here. A unit of its own would cost a scheduler pass
     // (co_spawn) or two (the slot) for a round trip that takes less.
+    ++units_running_;
+    struct Done {
+      std::size_t& running;
+      ~Done() { --running; }
+    } done{units_running_};
     co_await run_unit(batcher_.take(), false);
     co_return;
   }
-  if (slots_) co_await slots_->async_send(error_code{}, use_awaitable);
+  if (slots_) {
+    co_await slots_->async_send(error_code{}, use_awaitable);
+    ++units_running_;  // given back by run_unit
+  }
   std::vector<Message> batch = batcher_.take();
   if (slots_) {
     core_.spawn(run_unit(std::move(batch), true));
@@ -376,7 +395,9 @@ asio::awaitable<void> TransformProcessor::run_unit(std::vector<Message> batch, b
   struct SlotRelease {
     TransformProcessor* self;
     ~SlotRelease() {
-      if (self) self->slots_->try_receive([](error_code) {});
+      if (!self) return;
+      self->slots_->try_receive([](error_code) {});
+      --self->units_running_;
     }
   } release{release_slot ? this : nullptr};
   Outbox out;
@@ -386,6 +407,85 @@ asio::awaitable<void> TransformProcessor::run_unit(std::vector<Message> batch, b
   } catch (...) {
     if (!core_.cancelled()) throw;
     cancel_held(out, batch);
+  }
+}
+
+// --- direct calls (a worker node called by its predecessor) ---------------------
+
+bool TransformProcessor::try_take_now(Packet& packet) {
+  // Idle: nothing waits in the input, in a unit or to leave, so taking this
+  // message now keeps the order in which the predecessor sent.
+  if (packet.kind != PacketKind::data || !idle() || input_.depth() != 0 || units_running_ != 0 ||
+      ends_seen_ != 0 || !batcher_.empty() || core_.cancelled() ||
+      !(fast_path() || runner_->answers_at_once())) {
+    return false;
+  }
+  Outbox& out = outbox_;
+  if (fast_path()) {
+    const std::uint16_t port = packet.port;
+    handle_inline(std::move(packet), port);  // as if fused
+  } else if (counters_.received.add(); accept_data(packet, out)) {
+    std::vector<Message> batch;
+    batch.push_back(std::move(packet.msg));
+    const auto started_at = Clock::now();
+    counters_.batches.add();
+    std::unique_ptr<StartedBatch> started = runner_->start_now(batch, spec_.timeout);
+    if (!started->done()) {
+      // Not answered within the spin: a unit waits for it, holding a slot.
+      slots_->try_send(error_code{});  // free: no unit runs
+      ++units_running_;
+      core_.spawn(finish_started(std::move(started)));
+      return true;
+    }
+    const auto ns = elapsed_ns(started_at);
+    counters_.busy_ns.add(ns);
+    counters_.busy_buckets.observe(ns);
+    conclude(*started, out);
+  }
+  // What it made leaves now; what cannot waits in the outbox, which the node's
+  // own coroutine sends once this wakes it.
+  if (!out.empty() && !try_send_all(out)) {
+    Packet wake;
+    wake.kind = PacketKind::flush;
+    input_.try_send(wake);  // the input is empty: there is room
+  }
+  return true;
+}
+
+void TransformProcessor::conclude(StartedBatch& started, Outbox& out) {
+  StepOutcome& outcome = started.outcome;
+  if (!outcome.ok() && outcome.code == errc{}) outcome.code = errc::step_failed;
+  if (outcome.expired) counters_.expired.add(started.batch.size());
+  if (!outcome.ok()) {
+    fail_batch(started.batch, outcome, out);
+    return;
+  }
+  if (!outcome.message_errors.empty() || !outcome.expired_ids.empty())
+    fail_messages(started.batch, outcome, out);
+  collect_outputs(started.batch, started.results, out);
+}
+
+asio::awaitable<void> TransformProcessor::finish_started(std::unique_ptr<StartedBatch> started) {
+  struct SlotRelease {
+    TransformProcessor* self;
+    ~SlotRelease() {
+      self->slots_->try_receive([](error_code) {});
+      --self->units_running_;
+    }
+  } release{this};
+  Outbox out;
+  try {
+    const auto started_at = Clock::now();
+    co_await started->wait();
+    if (core_.cancelled()) throw boost::system::system_error(asio::error::operation_aborted);
+    const auto ns = elapsed_ns(started_at);
+    counters_.busy_ns.add(ns);
+    counters_.busy_buckets.observe(ns);
+    conclude(*started, out);
+    if (!try_send_all(out)) co_await send_all(out);
+  } catch (...) {
+    if (!core_.cancelled()) throw;
+    cancel_held(out, started->batch);
   }
 }
 

@@ -33,6 +33,17 @@ class TransformProcessor final : public Processor {
   /// they all run in one): a synchronous step on the strand, no batching.
   bool fusible() const noexcept { return fast_path() && spec_.batch_size == 1; }
 
+  /// Whether a predecessor may hand this node messages by a direct call
+  /// (try_take_now): a step in worker processes, one message a batch, several
+  /// at once, no zip, retries, timeout or trace.
+  bool takes_direct_calls() const noexcept { return direct_calls_; }
+  /// Runs data `packet` now, in the caller's coroutine, when this node is idle
+  /// (nothing queued, running or waiting to leave) and its worker answers
+  /// within microseconds: no scheduler pass on the way in. False, `packet`
+  /// untouched, otherwise (send it through the input). A batch the worker does
+  /// not answer at once is awaited by a unit of its own.
+  bool try_take_now(Packet& packet);
+
   void launch() override { runner_->launch(); }
   void on_start() override { runner_->on_start(); }
   asio::awaitable<void> run() override;
@@ -59,6 +70,10 @@ class TransformProcessor final : public Processor {
   void compute_now(std::span<Message> batch, Outbox& out);
   asio::awaitable<void> compute(std::vector<Message>& batch, Outbox& out);
   asio::awaitable<void> run_unit(std::vector<Message> batch, bool release_slot);
+  /// The unit of a batch try_take_now started that was not answered at once.
+  asio::awaitable<void> finish_started(std::unique_ptr<StartedBatch> started);
+  /// Outputs or errors of a batch run once (no retries), into `out`.
+  void conclude(StartedBatch& started, Outbox& out);
   asio::awaitable<void> wait_units_idle();
   void collect_outputs(std::span<const Message> batch, std::vector<Message>& results, Outbox& out);
   void fail_batch(std::span<const Message> batch, const StepOutcome& outcome, Outbox& out);
@@ -78,6 +93,8 @@ class TransformProcessor final : public Processor {
   std::vector<Message> results_;  // the fast path's, reused
   /// Concurrency slots: a unit takes one by sending, gives it back by receiving.
   std::optional<asio::experimental::channel<void(error_code)>> slots_;
+  std::size_t units_running_ = 0;  // batches past dispatch, not yet sent on
+  bool direct_calls_ = false;      // see takes_direct_calls()
 };
 
 }  // namespace plumber::detail

@@ -71,6 +71,11 @@ class WorkerPool {
   asio::awaitable<void> process(std::vector<Message>& batch, std::vector<Message>& results,
                                 StepOutcome& outcome,
                                 std::optional<std::chrono::milliseconds> timeout);
+  /// process() without a coroutine, for a node called directly by its
+  /// predecessor: the batch comes back answered when the worker answered
+  /// within the spin; else StartedBatch::wait() awaits the answer.
+  std::unique_ptr<StartedBatch> start_now(std::vector<Message> batch,
+                                          std::optional<std::chrono::milliseconds> timeout);
   /// Whether process() would likely answer the next batch without suspending
   /// (nothing in flight, and the last batches came back within the spin).
   bool answers_at_once() const;
@@ -82,6 +87,7 @@ class WorkerPool {
  private:
   struct Pending;
   struct Worker;
+  class Started;
   enum class State { stopped, starting, ready, broken };
 
   void spawn(Worker& w);
@@ -102,6 +108,11 @@ class WorkerPool {
                    std::uint64_t current_request);
   void restart(Worker& w);
 
+  /// Hands `p` to a worker (and waits inline when it should); false, the
+  /// failure in `outcome`, when no worker can take it.
+  bool begin(Pending& p, std::vector<Message>& batch, std::vector<Message>& results,
+             StepOutcome& outcome, std::optional<std::chrono::milliseconds> timeout);
+  asio::awaitable<void> await_result(Pending& p);
   bool quick_round_trips() const;
   bool should_wait_inline(const Worker& w) const;
   /// Spins on `w`'s results, up to parent_spin_ns_, until `p` is answered.

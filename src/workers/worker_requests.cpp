@@ -79,54 +79,93 @@ void WorkerPool::close() {
 
 // --- requests --------------------------------------------------------------------------
 
-asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
-                                          std::vector<Message>& results, StepOutcome& outcome,
-                                          std::optional<std::chrono::milliseconds> timeout) {
-  if (cancelled_) throw boost::system::system_error(asio::error::operation_aborted);
-  std::string& failure = outcome.failure;
-  Pending pending;
+bool WorkerPool::begin(Pending& pending, std::vector<Message>& batch, std::vector<Message>& results,
+                       StepOutcome& outcome, std::optional<std::chrono::milliseconds> timeout) {
   pending.request_id = ++next_request_;
   for (const Message& m : batch)
     pending.priority = std::max(pending.priority, m.priority);
   pending.batch = &batch;
   pending.results = &results;
-  pending.failure = &failure;
+  pending.failure = &outcome.failure;
   pending.code = &outcome.code;
   pending.outcome = &outcome;
   pending.timeout = timeout;
   try {
     encode_request(pending);
   } catch (const std::bad_alloc&) {
-    failure = "the shared-memory blob arena is full (PLUMBER_ARENA_MB)";
-    co_return;
+    outcome.failure = "the shared-memory blob arena is full (PLUMBER_ARENA_MB)";
+    return false;
   }
   Worker* worker = choose_worker();
   if (!worker) {
-    failure = "no worker of node \"" + node_.id + "\" is running: " + last_error_;
-    co_return;
+    outcome.failure = "no worker of node \"" + node_.id + "\" is running: " + last_error_;
+    return false;
   }
-  // Whatever ends this call (result, timeout, cancellation), the pool forgets it.
-  struct Forget {
-    WorkerPool* pool;
-    Pending* pending;
-    ~Forget() { pool->forget(*pending); }
-  } forget_guard{this, &pending};
   in_flight_.add(batch.size());
   if (batch.size() > max_batch_.load(std::memory_order_relaxed)) {
     max_batch_.store(batch.size(), std::memory_order_relaxed);
   }
   submit(*worker, pending);
   if (pending.sent && should_wait_inline(*worker)) wait_inline(*worker, pending);
-  if (pending.done) co_return;  // answered while we spun: no scheduler pass
+  return true;
+}
+
+asio::awaitable<void> WorkerPool::await_result(Pending& pending) {
   // A channel of one, not a timer to cancel: arming a timer costs a
   // timerfd_settime syscall per batch.
   asio::experimental::channel<void(error_code)> signal(strand_, 1);
   pending.signal = &signal;
   const std::tuple<error_code> waited =
       co_await signal.async_receive(asio::as_tuple(use_awaitable));
+  pending.signal = nullptr;
   if (pending.aborted || !pending.done || std::get<0>(waited)) {
     throw boost::system::system_error(asio::error::operation_aborted);
   }
+}
+
+asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
+                                          std::vector<Message>& results, StepOutcome& outcome,
+                                          std::optional<std::chrono::milliseconds> timeout) {
+  if (cancelled_) throw boost::system::system_error(asio::error::operation_aborted);
+  Pending pending;
+  // Whatever ends this call (result, timeout, cancellation), the pool forgets it.
+  struct Forget {
+    WorkerPool* pool;
+    Pending* pending;
+    ~Forget() { pool->forget(*pending); }
+  } forget_guard{this, &pending};
+  if (!begin(pending, batch, results, outcome, timeout)) co_return;
+  if (!pending.done) co_await await_result(pending);  // else answered while we spun
+}
+
+/// A batch start_now() handed to a worker: it owns what the pool points to.
+class WorkerPool::Started final : public StartedBatch {
+ public:
+  explicit Started(WorkerPool& pool) : pool_(pool) {}
+  ~Started() override { pool_.forget(pending_); }
+  bool done() const override { return !begun_ || pending_.done; }
+  asio::awaitable<void> wait() override {
+    if (!done()) co_await pool_.await_result(pending_);
+  }
+
+ private:
+  friend class WorkerPool;
+  WorkerPool& pool_;
+  Pending pending_;
+  bool begun_ = false;
+};
+
+std::unique_ptr<StartedBatch> WorkerPool::start_now(
+    std::vector<Message> batch, std::optional<std::chrono::milliseconds> timeout) {
+  auto started = std::make_unique<Started>(*this);
+  started->batch = std::move(batch);
+  if (cancelled_) {
+    started->outcome.failure = "the pipeline is stopping";
+    return started;
+  }
+  started->begun_ =
+      begin(started->pending_, started->batch, started->results, started->outcome, timeout);
+  return started;
 }
 
 // Waiting inline holds the strand, so only when nothing else of this node

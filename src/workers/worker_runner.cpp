@@ -21,6 +21,10 @@ class WorkerRunner final : public StepRunner {
     co_return outcome;
   }
   bool answers_at_once() const override { return pool_.answers_at_once(); }
+  std::unique_ptr<StartedBatch> start_now(
+      std::vector<Message>& batch, std::optional<std::chrono::milliseconds> timeout) override {
+    return pool_.start_now(std::move(batch), timeout);
+  }
   void launch() override { pool_.launch(); }
   // on_start runs in each worker, never here.
   void on_start() override { pool_.wait_ready(); }
