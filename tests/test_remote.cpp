@@ -26,6 +26,7 @@
 #include "plumber/plumber.hpp"
 #include "process.hpp"
 #include "redis_fixture.hpp"
+#include "sanitizers.hpp"
 #include "remote/remote_codec.hpp"
 
 using nlohmann::json;
@@ -39,17 +40,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr int kStartStopCycles = 20;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr int kStartStopCycles = 20;
-#else
-constexpr int kStartStopCycles = 100;
-#endif
-#else
-constexpr int kStartStopCycles = 100;
-#endif
+constexpr int kStartStopCycles = plumber::test::cycles(100);
 
 /// A temporary directory for a test's graph files and process outputs.
 struct Scratch {

@@ -29,6 +29,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "plumber/all.hpp"
+#include "sanitizers.hpp"
 #include "test_support.hpp"
 #include "worker_coroutines.hpp"
 
@@ -448,7 +449,7 @@ TEST_CASE("Workers.StaleSegmentsRemoved") {
   fs::remove(ours);
 }
 
-TEST_CASE("Workers.NoLeaksAcross100Cycles") {
+TEST_CASE("Workers.NoLeaksAcrossCycles") {
   const auto cycle = [] {
     Harness h;
     h.build(chain(R"({"id": "w", "coroutine": "sum_squares", "procs": 1})", 5));
@@ -457,7 +458,7 @@ TEST_CASE("Workers.NoLeaksAcross100Cycles") {
   };
   cycle();  // the arena and the lifeline pipe are made once per process
   const std::size_t fds = open_fds();
-  for (int i = 0; i < 100; ++i)
+  for (int i = 0; i < test::cycles(100); ++i)
     cycle();
   CHECK(open_fds() == fds);
   CHECK(own_segments() == 0);
