@@ -26,8 +26,8 @@
 #include "plumber/plumber.hpp"
 #include "process.hpp"
 #include "redis_fixture.hpp"
-#include "sanitizers.hpp"
 #include "remote/remote_codec.hpp"
+#include "sanitizers.hpp"
 
 using nlohmann::json;
 using plumber::test::Background;

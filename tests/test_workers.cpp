@@ -248,6 +248,29 @@ void add_paced_source(Harness& h, int count, int& answered_in_emit) {
       });
 }
 
+/// Runs paced(count) -> spin(us) in one worker -> identity; returns how many
+/// outputs were out before the source's emit() returned.
+int run_paced_through_worker(Harness& h, int count, int spin_us) {
+  int answered_in_emit = 0;
+  add_paced_source(h, count, answered_in_emit);
+  h.build(R"({"plumber": 1, "nodes": [
+      {"id": "src", "coroutine": "paced"},
+      {"id": "w", "coroutine": "spin", "params": {"us": )" +
+          std::to_string(spin_us) + R"(}, "procs": 1},
+      {"id": "out", "coroutine": "identity"}],
+    "edges": [{"from": "src", "to": "w"}, {"from": "w", "to": "out"}]})");
+  h.run();
+  return answered_in_emit;
+}
+
+/// 0, 1, ..., count - 1.
+std::vector<json> counting(int count) {
+  std::vector<json> values;
+  for (int i = 0; i < count; ++i)
+    values.push_back(i);
+  return values;
+}
+
 /// Sets an environment variable for the life of a scope.
 struct ScopedEnv {
   ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
@@ -264,18 +287,8 @@ TEST_CASE("Workers.IdleWorkerNodeIsCalledDirectly") {
   // sanitizers on a loaded machine (a round trip there takes ~100 us).
   ScopedEnv spin("PLUMBER_PARENT_SPIN_US", "2000000");
   Harness h;
-  int answered_in_emit = 0;
-  add_paced_source(h, 200, answered_in_emit);
-  h.build(R"({"plumber": 1, "nodes": [
-      {"id": "src", "coroutine": "paced"},
-      {"id": "w", "coroutine": "spin", "params": {"us": 0}, "procs": 1},
-      {"id": "out", "coroutine": "identity"}],
-    "edges": [{"from": "src", "to": "w"}, {"from": "w", "to": "out"}]})");
-  h.run();
-  std::vector<json> expected;
-  for (int i = 0; i < 200; ++i)
-    expected.push_back(i);
-  CHECK(h.values() == expected);  // in order, each once
+  const int answered_in_emit = run_paced_through_worker(h, 200, 0);
+  CHECK(h.values() == counting(200));  // in order, each once
   CHECK(h.errors().empty());
   // The first call finds no round trip measured yet; a preempted worker may
   // miss the spin now and then: most, not all.
@@ -288,18 +301,8 @@ TEST_CASE("Workers.DirectCallNotAnsweredAtOnceIsAwaited") {
   // a direct call that is not answered gives its batch to a unit of its own,
   // which sends the output on; the node ends only after it.
   Harness h;
-  int answered_in_emit = 0;
-  add_paced_source(h, 20, answered_in_emit);
-  h.build(R"({"plumber": 1, "nodes": [
-      {"id": "src", "coroutine": "paced"},
-      {"id": "w", "coroutine": "spin", "params": {"us": 3000}, "procs": 1},
-      {"id": "out", "coroutine": "identity"}],
-    "edges": [{"from": "src", "to": "w"}, {"from": "w", "to": "out"}]})");
-  h.run();
-  std::vector<json> expected;
-  for (int i = 0; i < 20; ++i)
-    expected.push_back(i);
-  CHECK(h.values() == expected);
+  const int answered_in_emit = run_paced_through_worker(h, 20, 3000);
+  CHECK(h.values() == counting(20));
   CHECK(h.errors().empty());
   CHECK(answered_in_emit == 0);  // none within 50 us
 }

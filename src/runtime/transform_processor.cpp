@@ -316,9 +316,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
       outcome.failure = e.what();
     }
     if (timed) {
-      const auto ns = elapsed_ns(started);
-      counters_.busy_ns.add(ns);
-      counters_.busy_buckets.observe(ns);
+      const auto ns = count_busy(started);
       // A synchronous step cannot be interrupted: a late result is discarded.
       if (outcome.ok() && spec_.timeout && std::chrono::nanoseconds(ns) > *spec_.timeout) {
         outcome.code = errc::timed_out;
@@ -350,9 +348,7 @@ asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, O
       outcome = co_await runner_->run(batch, results, attempts.limits());
     }
     if (core_.cancelled()) throw boost::system::system_error(asio::error::operation_aborted);
-    const auto ns = elapsed_ns(started);
-    counters_.busy_ns.add(ns);
-    counters_.busy_buckets.observe(ns);
+    const auto ns = count_busy(started);
     if (auto* tracer = core_.tracer()) {
       tracer->step(spec_.id, started, ns, batch, !outcome.ok(), outcome.worker_pid,
                    outcome.worker_started_ns, outcome.worker_finished_ns);
@@ -361,13 +357,25 @@ asio::awaitable<void> TransformProcessor::compute(std::vector<Message>& batch, O
     if (!attempts.retry(outcome, batch, results)) break;
     counters_.retried.add();
   }
-  if (outcome.ok()) {
-    if (!outcome.message_errors.empty() || !outcome.expired_ids.empty())
-      fail_messages(batch, outcome, out);
-    collect_outputs(batch, results, out);
-  } else {
+  conclude(batch, results, outcome, out);
+}
+
+void TransformProcessor::conclude(std::vector<Message>& batch, std::vector<Message>& results,
+                                  const StepOutcome& outcome, Outbox& out) {
+  if (!outcome.ok()) {
     fail_batch(batch, outcome, out);
+    return;
   }
+  if (!outcome.message_errors.empty() || !outcome.expired_ids.empty())
+    fail_messages(batch, outcome, out);
+  collect_outputs(batch, results, out);
+}
+
+std::uint64_t TransformProcessor::count_busy(Clock::time_point started) {
+  const std::uint64_t ns = elapsed_ns(started);
+  counters_.busy_ns.add(ns);
+  counters_.busy_buckets.observe(ns);
+  return ns;
 }
 
 void TransformProcessor::fail_messages(std::vector<Message>& batch, const StepOutcome& outcome,
@@ -390,16 +398,15 @@ void TransformProcessor::fail_messages(std::vector<Message>& batch, const StepOu
   std::erase_if(batch, [&](const Message& m) { return failed.contains(m.id); });
 }
 
+TransformProcessor::UnitSlot::~UnitSlot() {
+  if (!node) return;
+  node->slots_->try_receive([](error_code) {});
+  --node->units_running_;
+}
+
 asio::awaitable<void> TransformProcessor::run_unit(std::vector<Message> batch, bool release_slot) {
   // Gives the concurrency slot back however the unit ends.
-  struct SlotRelease {
-    TransformProcessor* self;
-    ~SlotRelease() {
-      if (!self) return;
-      self->slots_->try_receive([](error_code) {});
-      --self->units_running_;
-    }
-  } release{release_slot ? this : nullptr};
+  const UnitSlot slot(release_slot ? this : nullptr);
   Outbox out;
   try {
     co_await compute(batch, out);
@@ -407,85 +414,6 @@ asio::awaitable<void> TransformProcessor::run_unit(std::vector<Message> batch, b
   } catch (...) {
     if (!core_.cancelled()) throw;
     cancel_held(out, batch);
-  }
-}
-
-// --- direct calls (a worker node called by its predecessor) ---------------------
-
-bool TransformProcessor::try_take_now(Packet& packet) {
-  // Idle: nothing waits in the input, in a unit or to leave, so taking this
-  // message now keeps the order in which the predecessor sent.
-  if (packet.kind != PacketKind::data || !idle() || input_.depth() != 0 || units_running_ != 0 ||
-      ends_seen_ != 0 || !batcher_.empty() || core_.cancelled() ||
-      !(fast_path() || runner_->answers_at_once())) {
-    return false;
-  }
-  Outbox& out = outbox_;
-  if (fast_path()) {
-    const std::uint16_t port = packet.port;
-    handle_inline(std::move(packet), port);  // as if fused
-  } else if (counters_.received.add(); accept_data(packet, out)) {
-    std::vector<Message> batch;
-    batch.push_back(std::move(packet.msg));
-    const auto started_at = Clock::now();
-    counters_.batches.add();
-    std::unique_ptr<StartedBatch> started = runner_->start_now(batch, spec_.timeout);
-    if (!started->done()) {
-      // Not answered within the spin: a unit waits for it, holding a slot.
-      slots_->try_send(error_code{});  // free: no unit runs
-      ++units_running_;
-      core_.spawn(finish_started(std::move(started)));
-      return true;
-    }
-    const auto ns = elapsed_ns(started_at);
-    counters_.busy_ns.add(ns);
-    counters_.busy_buckets.observe(ns);
-    conclude(*started, out);
-  }
-  // What it made leaves now; what cannot waits in the outbox, which the node's
-  // own coroutine sends once this wakes it.
-  if (!out.empty() && !try_send_all(out)) {
-    Packet wake;
-    wake.kind = PacketKind::flush;
-    input_.try_send(wake);  // the input is empty: there is room
-  }
-  return true;
-}
-
-void TransformProcessor::conclude(StartedBatch& started, Outbox& out) {
-  StepOutcome& outcome = started.outcome;
-  if (!outcome.ok() && outcome.code == errc{}) outcome.code = errc::step_failed;
-  if (outcome.expired) counters_.expired.add(started.batch.size());
-  if (!outcome.ok()) {
-    fail_batch(started.batch, outcome, out);
-    return;
-  }
-  if (!outcome.message_errors.empty() || !outcome.expired_ids.empty())
-    fail_messages(started.batch, outcome, out);
-  collect_outputs(started.batch, started.results, out);
-}
-
-asio::awaitable<void> TransformProcessor::finish_started(std::unique_ptr<StartedBatch> started) {
-  struct SlotRelease {
-    TransformProcessor* self;
-    ~SlotRelease() {
-      self->slots_->try_receive([](error_code) {});
-      --self->units_running_;
-    }
-  } release{this};
-  Outbox out;
-  try {
-    const auto started_at = Clock::now();
-    co_await started->wait();
-    if (core_.cancelled()) throw boost::system::system_error(asio::error::operation_aborted);
-    const auto ns = elapsed_ns(started_at);
-    counters_.busy_ns.add(ns);
-    counters_.busy_buckets.observe(ns);
-    conclude(*started, out);
-    if (!try_send_all(out)) co_await send_all(out);
-  } catch (...) {
-    if (!core_.cancelled()) throw;
-    cancel_held(out, started->batch);
   }
 }
 

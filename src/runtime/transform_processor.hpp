@@ -72,8 +72,21 @@ class TransformProcessor final : public Processor {
   asio::awaitable<void> run_unit(std::vector<Message> batch, bool release_slot);
   /// The unit of a batch try_take_now started that was not answered at once.
   asio::awaitable<void> finish_started(std::unique_ptr<StartedBatch> started);
-  /// Outputs or errors of a batch run once (no retries), into `out`.
-  void conclude(StartedBatch& started, Outbox& out);
+  /// The outputs of a batch, or its errors, into `out`, once its attempts are over.
+  void conclude(std::vector<Message>& batch, std::vector<Message>& results,
+                const StepOutcome& outcome, Outbox& out);
+  /// conclude() for a batch try_take_now started (its one attempt).
+  void conclude_started(StartedBatch& started, Outbox& out);
+  /// Counts the time since `started` as the node's busy time; returns it (ns).
+  std::uint64_t count_busy(Clock::time_point started);
+  /// A unit's concurrency slot, given back when the unit ends (none: null).
+  struct UnitSlot {
+    explicit UnitSlot(TransformProcessor* holder) : node(holder) {}
+    UnitSlot(const UnitSlot&) = delete;
+    UnitSlot& operator=(const UnitSlot&) = delete;
+    ~UnitSlot();
+    TransformProcessor* node;
+  };
   asio::awaitable<void> wait_units_idle();
   void collect_outputs(std::span<const Message> batch, std::vector<Message>& results, Outbox& out);
   void fail_batch(std::span<const Message> batch, const StepOutcome& outcome, Outbox& out);
