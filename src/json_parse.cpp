@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "cbor_scalar.hpp"
+
 namespace plumber::detail {
 namespace {
 
@@ -573,6 +575,7 @@ json parse_json(std::string_view text, std::size_t max_depth) {
 
 json parse_cbor(const std::uint8_t* data, std::size_t n, std::size_t max_depth) {
   json root;
+  if (read_cbor_scalar(data, n, root)) return root;
   DomBuilder builder(root, max_depth, thread_scratch());
   bool ok = false;
   try {

@@ -1,6 +1,7 @@
 // Hostile input, unit level: the JSON entry point (src/json_parse.*), integer
 // params at the edges of int64, and the range source near 2^63 (issue 12).
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -13,6 +14,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "cbor_scalar.hpp"
 #include "json_parse.hpp"
 #include "plumber/all.hpp"
 #include "plumber/error.hpp"
@@ -111,6 +113,85 @@ TEST_CASE("GraphSpec.CborParseHasTheSameLimits") {
   CHECK(parse_cbor(fine.data(), fine.size()) == json{{"a", 1}, {"b", json::array({1.5, "x"})}});
   const std::uint8_t truncated[] = {0x82, 0x01};
   CHECK_THROWS_AS(parse_cbor(truncated, sizeof truncated), JsonParseError);
+}
+
+TEST_CASE("GraphSpec.CborScalarsReadAndWrittenAsNlohmannDoes") {
+  // Scalars skip nlohmann on both sides of a worker's rings: what each writes,
+  // the other reads back equal, type included.
+  const json scalars[] = {nullptr,
+                          true,
+                          false,
+                          0u,
+                          23u,
+                          24u,
+                          255u,
+                          256u,
+                          65535u,
+                          65536u,
+                          4294967295u,
+                          4294967296u,
+                          std::numeric_limits<std::uint64_t>::max(),
+                          -1,
+                          -24,
+                          -25,
+                          -256,
+                          -257,
+                          -65537,
+                          std::numeric_limits<std::int64_t>::min(),
+                          0.0,
+                          -0.0,
+                          1.5,
+                          1e300,
+                          -3.25e-310,
+                          std::numeric_limits<double>::infinity(),
+                          "",
+                          "x",
+                          std::string(23, 'a'),
+                          std::string(24, 'b'),
+                          std::string(300, 'c'),
+                          std::string(70000, 'd'),
+                          "caf\xc3\xa9"};
+  for (const json& value : scalars) {
+    CAPTURE(value.dump());
+    std::vector<std::uint8_t> ours;
+    REQUIRE(plumber::detail::append_cbor_scalar(value, ours));
+    const json from_ours = json::from_cbor(ours);
+    CHECK(from_ours == value);
+    CHECK(from_ours.type() == json::from_cbor(json::to_cbor(value)).type());
+    json read;
+    REQUIRE(plumber::detail::read_cbor_scalar(ours.data(), ours.size(), read));
+    CHECK(read == value);
+    const std::vector<std::uint8_t> theirs = json::to_cbor(value);
+    REQUIRE(plumber::detail::read_cbor_scalar(theirs.data(), theirs.size(), read));
+    CHECK(read == value);
+    CHECK(read.type() == json::from_cbor(theirs).type());
+  }
+  std::vector<std::uint8_t> none;
+  CHECK_FALSE(plumber::detail::append_cbor_scalar(json::array({1}), none));
+  CHECK_FALSE(plumber::detail::append_cbor_scalar(json::object(), none));
+  CHECK(none.empty());
+  // Not one whole scalar: left to nlohmann, which reads or refuses it.
+  json untouched = "kept";
+  for (const std::vector<std::uint8_t>& bytes : {std::vector<std::uint8_t>{},
+                                                 {0x18},
+                                                 {0x01, 0x02},
+                                                 {0x63, 'a', 'b'},
+                                                 {0x7f, 0xff},
+                                                 {0x3b, 0x80, 0, 0, 0, 0, 0, 0, 0},
+                                                 {0xf9, 0x3c},
+                                                 {0x82, 0x01, 0x02}}) {
+    CHECK_FALSE(plumber::detail::read_cbor_scalar(bytes.data(), bytes.size(), untouched));
+  }
+  CHECK(untouched == "kept");
+  const std::uint8_t half_one[] = {0xf9, 0x3c, 0x00}, half_nan[] = {0xf9, 0x7e, 0x00},
+                     half_tiny[] = {0xf9, 0x80, 0x01};
+  CHECK(parse_cbor(half_one, sizeof half_one) == 1.0);
+  CHECK(std::isnan(parse_cbor(half_nan, sizeof half_nan).get<double>()));
+  CHECK(parse_cbor(half_tiny, sizeof half_tiny) == -std::ldexp(1.0, -24));
+  const std::uint8_t tagged[] = {0xc1, 0x01};  // a tag: left to nlohmann, which refuses it
+  CHECK_THROWS_AS(parse_cbor(tagged, sizeof tagged), JsonParseError);
+  const std::uint8_t two_items[] = {0x01, 0x02};
+  CHECK_THROWS_AS(parse_cbor(two_items, sizeof two_items), JsonParseError);
 }
 
 TEST_CASE("GraphSpec.IntegersBeyondInt64AreRefused") {

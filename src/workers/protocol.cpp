@@ -6,6 +6,7 @@
 #include <mutex>
 #include <new>
 
+#include "cbor_scalar.hpp"
 #include "json_parse.hpp"
 #include "plumber/worker_pool.hpp"
 
@@ -40,7 +41,9 @@ namespace plumber::detail {
 void Encoder::value(const json& v) {
   const std::size_t at = out_.size();
   u32(0);
-  json::to_cbor(v, nlohmann::detail::output_adapter<std::uint8_t>(out_));
+  if (!append_cbor_scalar(v, out_)) {
+    json::to_cbor(v, nlohmann::detail::output_adapter<std::uint8_t>(out_));
+  }
   patch_u32(at, static_cast<std::uint32_t>(out_.size() - at - sizeof(std::uint32_t)));
 }
 

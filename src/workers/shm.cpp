@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -236,7 +237,8 @@ struct ArenaHeader {
 };
 constexpr std::size_t kArenaHeaderSpace = 4096;
 
-Arena* g_arena = nullptr;
+// Read on every request and result: an atomic to read, a mutex to make.
+std::atomic<Arena*> g_arena{nullptr};
 std::mutex g_arena_mutex;
 
 class ArenaLock {
@@ -292,23 +294,26 @@ Arena::~Arena() {
 }
 
 Arena& Arena::instance() {
+  if (Arena* arena = g_arena.load(std::memory_order_acquire)) return *arena;
   std::lock_guard lock(g_arena_mutex);
-  if (!g_arena) {
+  if (!g_arena.load(std::memory_order_relaxed)) {
     const std::string name = "/plumber-" + std::to_string(::getpid()) + "-arena";
-    g_arena = new Arena(Mapping::create(name, arena_size_from_env()), true);
+    g_arena.store(new Arena(Mapping::create(name, arena_size_from_env()), true),
+                  std::memory_order_release);
   }
-  return *g_arena;
+  return *g_arena.load(std::memory_order_relaxed);
 }
 
 void Arena::attach(int fd) {
   std::lock_guard lock(g_arena_mutex);
-  if (g_arena) throw std::logic_error("Arena::attach: this process already has an arena");
-  g_arena = new Arena(Mapping::attach(fd), false);
+  if (g_arena.load(std::memory_order_relaxed)) {
+    throw std::logic_error("Arena::attach: this process already has an arena");
+  }
+  g_arena.store(new Arena(Mapping::attach(fd), false), std::memory_order_release);
 }
 
 bool Arena::exists() noexcept {
-  std::lock_guard lock(g_arena_mutex);
-  return g_arena != nullptr;
+  return g_arena.load(std::memory_order_acquire) != nullptr;
 }
 
 void* Arena::allocate(std::size_t size) noexcept {

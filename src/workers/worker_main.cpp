@@ -60,10 +60,10 @@ class WorkerLoop {
         throw std::runtime_error("unexpected record from the parent");
       const std::uint64_t request_id = d.u64();
       d.u64();  // sent_ns: the parent keeps its own
-      std::vector<Message> batch = decode_batch(d);
+      decode_batch(d);
       segment_.header->current_request.store(request_id, std::memory_order_release);
       segment_.requests.pop();
-      process(request_id, batch);
+      process(request_id);
       // After std::bad_alloc the step's state cannot be trusted: leave, and the
       // pool starts a fresh worker (its batches in flight are retried or reported).
       if (out_of_memory_) return kExitOutOfMemory;
@@ -124,11 +124,13 @@ class WorkerLoop {
     return error.empty();
   }
 
-  std::vector<Message> decode_batch(Decoder& d) {
+  /// Into batch_, whose room the last request left.
+  void decode_batch(Decoder& d) {
     auto& arena = Arena::instance();
     const std::uint32_t count = d.count(kMinMessageBytes);
-    std::vector<Message> batch(count);
-    for (Message& m : batch) {
+    batch_.clear();
+    batch_.resize(count);
+    for (Message& m : batch_) {
       m.id = d.u64();
       m.priority = d.u8();
       m.value = d.value();
@@ -143,11 +145,11 @@ class WorkerLoop {
         m.blobs.emplace_back(std::shared_ptr<const void>(), std::span<const std::byte>(at, size));
       }
     }
-    return batch;
   }
 
-  void process(std::uint64_t request_id, std::vector<Message>& batch) {
-    std::vector<Message> out;
+  void process(std::uint64_t request_id) {
+    std::vector<Message>& batch = batch_;
+    std::vector<Message>& out = out_;
     std::string failure;
     const std::uint64_t started = monotonic_ns();
     try {
@@ -184,6 +186,10 @@ class WorkerLoop {
     }
     push(record_);
     signal_parent(false);
+    // Now: a blob handed over must not outlive its record here (its arena
+    // block is the parent's to free and reuse).
+    batch.clear();
+    out.clear();
   }
 
   void run_async(std::vector<Message>& batch, std::vector<Message>& out) {
@@ -309,6 +315,9 @@ class WorkerLoop {
   std::chrono::microseconds spin_{50};
   static constexpr std::chrono::microseconds kQuietSpin{5};
   std::unique_ptr<Transform> transform_;
+  // Kept from one request to the next with their room: a request answered in
+  // a microsecond cannot afford three allocations.
+  std::vector<Message> batch_, out_;
   std::vector<std::uint8_t> record_;
 };
 

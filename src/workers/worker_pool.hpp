@@ -125,7 +125,10 @@ class WorkerPool {
   void forget(Pending& p) noexcept;
   bool drain(Worker& w);
   void handle_record(Worker& w, std::span<const std::byte> bytes);
-  void complete(Worker& w, Pending& p);
+  /// Ends a batch: its caller is told, the worker's next batch goes. The
+  /// round trip is counted to `finished_ns` when the worker says when it
+  /// finished (the same clock), else to now.
+  void complete(Worker& w, Pending& p, std::uint64_t finished_ns = 0);
   void fail_backlog(Worker& w, const std::string& why);
   void kick(Worker& w);
   asio::awaitable<void> kill_stuck_workers(std::chrono::milliseconds limit);
@@ -155,6 +158,9 @@ class WorkerPool {
   std::optional<asio::steady_timer> scale_timer_;
   Spawn spawn_;
   std::uint64_t next_request_ = 0;
+  /// The buffer of a finished request's record, for the next one to encode
+  /// into: a batch answered inline would otherwise pay an allocation for it.
+  std::vector<std::uint8_t> spare_record_;
   /// From handing a batch to a worker to its result (smoothed): decides
   /// whether process() waits for the result inline.
   std::uint64_t recent_round_trip_ns_ = 0;

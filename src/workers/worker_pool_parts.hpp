@@ -8,12 +8,12 @@
 #include <deque>
 #include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/unordered/unordered_flat_map.hpp>
 
 #include "workers/shm.hpp"
 #include "workers/worker_pool.hpp"
@@ -64,7 +64,8 @@ struct WorkerPool::Worker {
   Clock::time_point start_deadline;
   std::string start_error;
   std::string output_tail;
-  std::unordered_map<std::uint64_t, Pending*> in_flight;  // sent or in the backlog
+  /// Sent or in the backlog. Flat: a node-based map allocates for each batch.
+  boost::unordered_flat_map<std::uint64_t, Pending*> in_flight;
   std::deque<Pending*> backlog;  // waiting for room in the ring, or for the worker to be ready
   std::uint64_t last_sent_ns = 0;
   asio::steady_timer backoff;

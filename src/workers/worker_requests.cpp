@@ -90,6 +90,7 @@ bool WorkerPool::begin(Pending& pending, std::vector<Message>& batch, std::vecto
   pending.code = &outcome.code;
   pending.outcome = &outcome;
   pending.timeout = timeout;
+  pending.record.swap(spare_record_);
   try {
     encode_request(pending);
   } catch (const std::bad_alloc&) {
@@ -201,7 +202,7 @@ void WorkerPool::wait_inline(Worker& w, Pending& p) {
   // Written only when set: a write would pull the line from the worker's core.
   const bool supervisor_sleeps = parent_waiting.load(std::memory_order_relaxed) != 0 &&
                                  parent_waiting.exchange(0, std::memory_order_relaxed) != 0;
-  const std::uint64_t start = monotonic_ns();
+  const std::uint64_t start = p.sent_ns;  // just now
   for (unsigned i = 1; !p.done; ++i) {
     if (drain(w)) continue;
     if ((i & 63) == 0 && monotonic_ns() - start > parent_spin_ns_) break;
@@ -309,6 +310,7 @@ void WorkerPool::kick(Worker& w) {
 }
 
 void WorkerPool::forget(Pending& p) noexcept {
+  if (p.record.capacity() > spare_record_.capacity()) spare_record_.swap(p.record);
   if (!p.worker) return;
   Worker& w = *p.worker;
   if (w.in_flight.erase(p.request_id) && !p.done) in_flight_.sub(p.batch->size());
@@ -318,11 +320,12 @@ void WorkerPool::forget(Pending& p) noexcept {
   }
 }
 
-void WorkerPool::complete(Worker& w, Pending& p) {
+void WorkerPool::complete(Worker& w, Pending& p, std::uint64_t finished_ns) {
   p.done = true;
   if (p.sent_ns) {
     // Smoothed over the last few batches (1/8 weight to the newest).
-    const std::uint64_t took = monotonic_ns() - p.sent_ns;
+    if (finished_ns <= p.sent_ns) finished_ns = monotonic_ns();
+    const std::uint64_t took = finished_ns - p.sent_ns;
     recent_round_trip_ns_ = recent_round_trip_ns_ - recent_round_trip_ns_ / 8 + took / 8;
   }
   if (p.timer) p.timer->cancel();
@@ -401,7 +404,7 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
     tasks_done_.add(p->batch->size());
     w.tasks.add(p->batch->size());
     *p->failure = std::move(text);
-    complete(w, *p);
+    complete(w, *p, finished);
     return;
   }
   auto& arena = Arena::instance();
@@ -458,7 +461,7 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
   } else {
     *p->failure = problem;
   }
-  complete(w, *p);
+  complete(w, *p, finished);
 }
 
 // --- stats -----------------------------------------------------------------------------
