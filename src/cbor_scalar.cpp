@@ -70,22 +70,34 @@ bool read_cbor_scalar(const std::uint8_t* data, std::size_t n, json& out) {
   const std::uint8_t major = initial >> 5;
   const std::uint8_t info = initial & 31;
   if (major == kSimple) {
-    if (n == 1 && initial == kFalse)
-      out = false;
-    else if (n == 1 && initial == kTrue)
-      out = true;
-    else if (n == 1 && initial == kNull)
-      out = nullptr;
-    else if (n == 9 && initial == kFloat64)
-      out = std::bit_cast<double>(read_big_endian(data + 1, 8));
-    else if (n == 3 && initial == kFloat16)
-      out = half_to_double(static_cast<std::uint16_t>(read_big_endian(data + 1, 2)));
-    else if (n == 5 && initial == kFloat32)
-      out = static_cast<double>(
-          std::bit_cast<float>(static_cast<std::uint32_t>(read_big_endian(data + 1, 4))));
-    else
-      return false;
-    return true;
+    const std::size_t size = initial == kFloat16   ? 3
+                             : initial == kFloat32 ? 5
+                             : initial == kFloat64 ? 9
+                                                   : 1;
+    if (n != size) return false;
+    switch (initial) {
+      case kFalse:
+        out = false;
+        return true;
+      case kTrue:
+        out = true;
+        return true;
+      case kNull:
+        out = nullptr;
+        return true;
+      case kFloat16:
+        out = half_to_double(static_cast<std::uint16_t>(read_big_endian(data + 1, 2)));
+        return true;
+      case kFloat32:
+        out = static_cast<double>(
+            std::bit_cast<float>(static_cast<std::uint32_t>(read_big_endian(data + 1, 4))));
+        return true;
+      case kFloat64:
+        out = std::bit_cast<double>(read_big_endian(data + 1, 8));
+        return true;
+      default:
+        return false;  // undefined simple values
+    }
   }
   if (major != kUnsigned && major != kNegative && major != kText) return false;
   if (info > 27) return false;  // reserved, or an indefinite length
