@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <mutex>
 #include <new>
+#include <random>
 #include <system_error>
 #include <utility>
 
@@ -111,19 +112,27 @@ std::size_t remove_stale_segments() {
 
 namespace {
 
-// A record: a 8-byte header (payload size, kind) then the payload, padded to 8.
+// A record: its stamp, a header (payload size, kind), then the payload, padded
+// to 16 bytes so that a header always fits before the end of the ring.
 struct RecordHeader {
+  std::uint64_t stamp;
   std::uint32_t size;
   std::uint32_t kind;  // 0: a record, 1: skip to the start of the ring
 };
+static_assert(sizeof(RecordHeader) == 16);
 constexpr std::uint32_t kRecord = 0;
 constexpr std::uint32_t kWrap = 1;
 
 constexpr std::uint64_t padded(std::uint64_t n) noexcept {
-  return (n + 7) & ~std::uint64_t{7};
+  return (n + 15) & ~std::uint64_t{15};
 }
 
 }  // namespace
+
+std::atomic_ref<std::uint64_t> ByteRing::stamp_at(std::uint64_t index) const noexcept {
+  return std::atomic_ref<std::uint64_t>(
+      *reinterpret_cast<std::uint64_t*>(data_ + index % capacity_));
+}
 
 bool ByteRing::try_push(std::span<const std::byte> record) noexcept {
   const std::uint64_t tail = indices_->tail.load(std::memory_order_relaxed);
@@ -139,24 +148,25 @@ bool ByteRing::try_push(std::span<const std::byte> record) noexcept {
   }
   std::uint64_t at = tail;
   if (skip) {
-    RecordHeader wrap{0, kWrap};
-    std::memcpy(data_ + pos, &wrap, sizeof wrap);
+    const std::uint32_t wrap[2] = {0, kWrap};
+    std::memcpy(data_ + pos + sizeof(std::uint64_t), wrap, sizeof wrap);
+    stamp_at(at).store(at ^ key_, std::memory_order_release);
     at += skip;
   }
   const std::uint64_t offset = at % capacity_;
-  RecordHeader header{static_cast<std::uint32_t>(record.size()), kRecord};
-  std::memcpy(data_ + offset, &header, sizeof header);
+  const std::uint32_t header[2] = {static_cast<std::uint32_t>(record.size()), kRecord};
+  std::memcpy(data_ + offset + sizeof(std::uint64_t), header, sizeof header);
   if (!record.empty()) {
-    std::memcpy(data_ + offset + sizeof header, record.data(), record.size());
+    std::memcpy(data_ + offset + sizeof(RecordHeader), record.data(), record.size());
   }
-  indices_->tail.store(at + need, std::memory_order_release);
+  stamp_at(at).store(at ^ key_, std::memory_order_release);
+  indices_->tail.store(at + need, std::memory_order_relaxed);
   return true;
 }
 
 std::span<const std::byte> ByteRing::peek() noexcept {
   std::uint64_t head = indices_->head.load(std::memory_order_relaxed);
-  const std::uint64_t tail = indices_->tail.load(std::memory_order_acquire);
-  while (head != tail) {
+  while (stamp_at(head).load(std::memory_order_acquire) == (head ^ key_)) {
     const std::uint64_t pos = head % capacity_;
     RecordHeader header;
     std::memcpy(&header, data_ + pos, sizeof header);
@@ -176,8 +186,8 @@ void ByteRing::pop() noexcept {
 }
 
 bool ByteRing::empty() const noexcept {
-  return indices_->head.load(std::memory_order_relaxed) ==
-         indices_->tail.load(std::memory_order_acquire);
+  const std::uint64_t head = indices_->head.load(std::memory_order_relaxed);
+  return stamp_at(head).load(std::memory_order_acquire) != (head ^ key_);
 }
 
 // --- WorkerSegment ---------------------------------------------------------------
@@ -191,8 +201,13 @@ WorkerSegment WorkerSegment::format(const Mapping& mapping, std::size_t ring_cap
   if (config.size() > kConfigSpace) {
     throw std::length_error("worker configuration (params) larger than 64 KiB");
   }
+  if (ring_capacity % 16 != 0) throw std::invalid_argument("ring capacity not a multiple of 16");
   auto* header = new (mapping.data()) SegmentHeader;
   header->ring_capacity = ring_capacity;
+  std::random_device random;
+  for (RingIndices* ring : {&header->requests, &header->results}) {
+    ring->key = (std::uint64_t{random()} << 32 | random()) | 1;
+  }
   header->config_size = config.size();
   std::byte* config_area = mapping.data() + sizeof(SegmentHeader);
   std::memcpy(config_area, config.data(), config.size());
@@ -208,6 +223,7 @@ WorkerSegment WorkerSegment::format(const Mapping& mapping, std::size_t ring_cap
 WorkerSegment WorkerSegment::open(const Mapping& mapping) {
   auto* header = reinterpret_cast<SegmentHeader*>(mapping.data());
   if (mapping.size() < sizeof(SegmentHeader) || header->magic != SegmentHeader::kMagic ||
+      header->ring_capacity == 0 || header->ring_capacity % 16 != 0 ||
       mapping.size() < bytes_for(header->ring_capacity)) {
     throw std::runtime_error("not a Plumber worker segment");
   }

@@ -72,7 +72,10 @@ std::size_t remove_stale_segments();
 /// line. Indices grow forever; the offset in the ring is index % capacity.
 struct RingIndices {
   alignas(64) std::atomic<std::uint64_t> head{0};  // written by the consumer
-  alignas(64) std::atomic<std::uint64_t> tail{0};  // written by the producer
+  alignas(64) std::atomic<std::uint64_t> tail{0};  // the producer's alone
+  /// What each record's stamp is mixed with (never 0), set when the segment
+  /// is laid out.
+  std::uint64_t key = 0;
 };
 
 /// A ring of variable-length records in shared memory, for one producer and
@@ -81,18 +84,24 @@ struct RingIndices {
 /// Hand-written rather than Boost.Interprocess's message_queue: that one takes
 /// a process-shared mutex and condition variable on every message (a worker
 /// killed while holding it would hang the parent), copies fixed-size slots,
-/// and cannot be awaited on an Asio executor. Here the producer publishes a
-/// record with one release store of `tail` after writing it, so a producer
-/// that dies mid-write leaves nothing half-visible, and wake-ups go through
+/// and cannot be awaited on an Asio executor. Here wake-ups go through
 /// eventfds that the parent awaits like any socket.
+///
+/// Each record starts with a stamp, its index mixed with the ring's key,
+/// stored (release) after the rest of the record: a producer that dies
+/// mid-write leaves nothing half-visible. The consumer waits on the stamp at
+/// its head, not on the producer's tail, so a small record arrives in the
+/// same cache line as the news that it is there: one transfer between cores
+/// instead of two. What was at that place on an earlier lap carries an older
+/// index, and stale payload bytes match a random 64-bit key by chance alone.
 class ByteRing {
  public:
   ByteRing() = default;
   ByteRing(RingIndices* indices, std::byte* data, std::size_t capacity) noexcept
-      : indices_(indices), data_(data), capacity_(capacity) {}
+      : indices_(indices), data_(data), capacity_(capacity), key_(indices->key) {}
 
   /// The largest record that always fits (larger ones go out of line).
-  std::size_t max_record() const noexcept { return capacity_ / 2 - 16; }
+  std::size_t max_record() const noexcept { return capacity_ / 2 - 32; }
 
   /// Producer: copies `record` in and publishes it; false when full.
   bool try_push(std::span<const std::byte> record) noexcept;
@@ -100,13 +109,17 @@ class ByteRing {
   std::span<const std::byte> peek() noexcept;
   /// Consumer: releases the record peek() returned.
   void pop() noexcept;
-  /// True when no record is waiting (consumer side).
+  /// True when nothing is waiting (consumer side). False for a wrap marker
+  /// alone too: then peek() skips it and finds nothing.
   bool empty() const noexcept;
 
  private:
+  std::atomic_ref<std::uint64_t> stamp_at(std::uint64_t index) const noexcept;
+
   RingIndices* indices_ = nullptr;
   std::byte* data_ = nullptr;
-  std::size_t capacity_ = 0;
+  std::size_t capacity_ = 0;  // a multiple of 16
+  std::uint64_t key_ = 0;
   std::uint64_t peeked_end_ = 0;
   std::uint64_t known_head_ = 0;  // producer: the consumer's head, as last read
 };
