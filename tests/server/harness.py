@@ -162,6 +162,21 @@ def connect(server, path="/ws", **kw):
     return websockets.connect(f"ws://127.0.0.1:{server.port}{path}", **kw)
 
 
+def connect_non_reader(server, path="/ws", **kw):
+    """A client that will not read: the client library stops reading its socket
+    (max_queue, read_limit), and the socket's receive buffer is 4 KiB, so what
+    it does not read piles up in the server at once, not first in megabytes of
+    loopback TCP buffers (which took 20-40 s to fill under the sanitizers)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    sock.settimeout(GUARD)
+    sock.connect(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    for name, value in (("max_queue", 1), ("read_limit", 2 ** 12), ("write_limit", 2 ** 12)):
+        kw.setdefault(name, value)
+    return connect(server, path, sock=sock, **kw)
+
+
 async def recv(ws, timeout=GUARD):
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 

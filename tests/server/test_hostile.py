@@ -9,7 +9,7 @@ import unittest
 
 import websockets
 
-from harness import (GUARD, UPPER, Server, connect, graph, main, metric, recv, recv_until,
+from harness import (GUARD, UPPER, Server, connect, connect_non_reader, graph, main, metric, recv, recv_until,
                      run_async, send, submit)
 
 
@@ -221,11 +221,9 @@ class Connections(unittest.TestCase):
     def test_a_client_that_never_reads_holds_its_run_and_others_are_served(self):
         with Server("--max-send-queue", "65536") as server:
             async def go():
-                # max_queue/read_limit small: the client library stops reading the socket.
                 # No keepalive pings from this client: it reads nothing for a
                 # while, so it could not see their answers (slow under TSan).
-                async with connect(server, max_queue=1, read_limit=2 ** 12,
-                                   write_limit=2 ** 12, ping_interval=None) as slow:
+                async with connect_non_reader(server, ping_interval=None) as slow:
                     endless = graph(("n", "range", {"stop": 10 ** 12}), ("out", "identity"),
                                     edges=[("n", "out")], name="endless")
                     await send(slow, {"op": "submit", "graph": endless})

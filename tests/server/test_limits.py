@@ -10,7 +10,7 @@ import unittest
 
 import websockets
 
-from harness import GUARD, UPPER, Server, connect, graph, main, metric, recv, recv_until, run_async, send, submit
+from harness import GUARD, UPPER, Server, connect, connect_non_reader, graph, main, metric, recv, recv_until, run_async, send, submit
 
 FIB70 = graph(("v", "values", {"values": [70]}), ("f", "fib"), ("out", "identity"),
               edges=[("v", "f"), ("f", "out")], name="fib70")
@@ -113,8 +113,7 @@ class Totals(unittest.TestCase):
         # 50 clients that never read pushed memory past 368 MB and rising.
         with Server("--max-send-queue", "1000000", "--max-total-send-queue", "600000") as server:
             async def go():
-                slow = [await connect(server, max_queue=1, read_limit=2 ** 12, write_limit=2 ** 12)
-                        for _ in range(3)]
+                slow = [await connect_non_reader(server) for _ in range(3)]
                 for ws in slow:
                     await send(ws, {"op": "submit", "graph": ENDLESS})
                 # None of them reads: together they pass 600 kB, and the one with the
@@ -138,7 +137,7 @@ class Shutdown(unittest.TestCase):
         server = Server("--idle-timeout", "3600", "--grace-ms", "100").start()
 
         async def go():
-            ws = await connect(server, max_queue=1, read_limit=2 ** 12, write_limit=2 ** 12)
+            ws = await connect_non_reader(server)
             await send(ws, {"op": "submit", "graph": ENDLESS})
             # Wait until the server has queued a lot for it (hang guard only).
             for _ in range(int(GUARD / 0.1)):
