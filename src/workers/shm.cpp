@@ -43,6 +43,12 @@ void throw_errno(const std::string& what) {
 
 // --- Mapping -------------------------------------------------------------------
 
+namespace {
+int map_flags(Mapping::Pages pages) {
+  return MAP_SHARED | (pages == Mapping::Pages::populated ? MAP_POPULATE : 0);
+}
+}  // namespace
+
 Mapping::Mapping(Mapping&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),
@@ -62,13 +68,13 @@ Mapping::~Mapping() {
   if (data_) ::munmap(data_, size_);
 }
 
-Mapping Mapping::create(const std::string& name, std::size_t size) {
+Mapping Mapping::create(const std::string& name, std::size_t size, Pages pages) {
   UniqueFd fd(::shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd) throw_errno("shm_open " + name);
   // Unlinked at once: the segment lives as long as its fds and mappings.
   ::shm_unlink(name.c_str());
   if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) throw_errno("ftruncate " + name);
-  void* data = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  void* data = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, map_flags(pages), fd.get(), 0);
   if (data == MAP_FAILED) throw_errno("mmap " + name);
   Mapping mapping;
   mapping.data_ = static_cast<std::byte*>(data);
@@ -77,12 +83,12 @@ Mapping Mapping::create(const std::string& name, std::size_t size) {
   return mapping;
 }
 
-Mapping Mapping::attach(int fd) {
+Mapping Mapping::attach(int fd, Pages pages) {
   UniqueFd owned(fd);
   struct stat st {};
   if (::fstat(fd, &st) != 0) throw_errno("fstat shared memory fd");
   const auto size = static_cast<std::size_t>(st.st_size);
-  void* data = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* data = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, map_flags(pages), fd, 0);
   if (data == MAP_FAILED) throw_errno("mmap shared memory fd");
   Mapping mapping;
   mapping.data_ = static_cast<std::byte*>(data);

@@ -48,10 +48,12 @@ class Mapping {
   Mapping& operator=(Mapping&& other) noexcept;
   ~Mapping();
 
-  /// Creates a segment of `size` bytes (zero-filled, pages allocated lazily).
-  static Mapping create(const std::string& name, std::size_t size);
+  /// Whether the pages are faulted in when mapped, or on first touch.
+  enum class Pages { lazy, populated };
+  /// Creates a segment of `size` bytes (zero-filled).
+  static Mapping create(const std::string& name, std::size_t size, Pages pages = Pages::lazy);
   /// Maps an inherited segment fd (takes ownership of the fd).
-  static Mapping attach(int fd);
+  static Mapping attach(int fd, Pages pages = Pages::lazy);
 
   std::byte* data() const noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }

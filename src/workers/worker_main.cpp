@@ -34,7 +34,7 @@ namespace {
 class WorkerLoop {
  public:
   WorkerLoop(const WorkerFds& fds)
-      : mapping_(Mapping::attach(fds.segment)),
+      : mapping_(Mapping::attach(fds.segment, Mapping::Pages::populated)),
         segment_(WorkerSegment::open(mapping_)),
         requests_efd_(fds.requests),
         results_efd_(fds.results),
