@@ -26,6 +26,8 @@
 
 namespace plumber::detail {
 
+class Decoder;
+
 /// `procs` worker processes running one node's step, fed through shared
 /// memory. Everything but start() and stats() runs on the pipeline's strand.
 ///
@@ -125,6 +127,10 @@ class WorkerPool {
   void forget(Pending& p) noexcept;
   bool drain(Worker& w);
   void handle_record(Worker& w, std::span<const std::byte> bytes);
+  /// Appends a result record's `count` messages to `out`; `problem` says what
+  /// was wrong with a blob. `p`: the batch, or null when it was abandoned.
+  void decode_results(Decoder& d, std::uint32_t count, const Pending* p, std::vector<Message>& out,
+                      std::string& problem);
   /// Ends a batch: its caller is told, the worker's next batch goes. The
   /// round trip is counted to `finished_ns` when the worker says when it
   /// finished (the same clock), else to now.

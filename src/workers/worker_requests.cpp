@@ -407,13 +407,37 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
     complete(w, *p, finished);
     return;
   }
-  auto& arena = Arena::instance();
   copied_.add(d.u64());
   const std::uint32_t count = d.count(kMinMessageBytes);
-  std::vector<Message> out(count);
-  std::map<std::uint64_t, std::shared_ptr<ArenaAllocation>> handed_over;
+  // Straight into the caller's results; an abandoned batch's (timed out) are
+  // decoded all the same, and their transferred blobs freed with them.
+  std::vector<Message> abandoned;
+  std::vector<Message>& out = p ? *p->results : abandoned;
+  const std::size_t first = out.size();
   std::string problem;
-  for (Message& m : out) {
+  try {
+    decode_results(d, count, p, out, problem);
+  } catch (...) {
+    out.resize(first);  // none of a record we could not read
+    throw;
+  }
+  if (!p) return;
+  tasks_done_.add(p->batch->size());
+  w.tasks.add(p->batch->size());
+  if (!problem.empty()) {
+    out.resize(first);
+    *p->failure = problem;
+  }
+  complete(w, *p, finished);
+}
+
+void WorkerPool::decode_results(Decoder& d, std::uint32_t count, const Pending* p,
+                                std::vector<Message>& out, std::string& problem) {
+  auto& arena = Arena::instance();
+  std::map<std::uint64_t, std::shared_ptr<ArenaAllocation>> handed_over;
+  out.reserve(out.size() + count);
+  for (std::uint32_t k = 0; k < count; ++k) {
+    Message& m = out.emplace_back();
     m.id = d.u64();
     m.priority = d.u8();
     m.value = d.value();
@@ -452,16 +476,6 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
       if (!found_blob) problem = "the step returned a shared blob it did not own";
     }
   }
-  if (!p) return;  // abandoned (timed out): the transferred blobs are freed here
-  tasks_done_.add(p->batch->size());
-  w.tasks.add(p->batch->size());
-  if (problem.empty()) {
-    for (Message& m : out)
-      p->results->push_back(std::move(m));
-  } else {
-    *p->failure = problem;
-  }
-  complete(w, *p, finished);
 }
 
 // --- stats -----------------------------------------------------------------------------
