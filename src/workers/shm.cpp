@@ -140,6 +140,16 @@ std::atomic_ref<std::uint64_t> ByteRing::stamp_at(std::uint64_t index) const noe
       *reinterpret_cast<std::uint64_t*>(data_ + index % capacity_));
 }
 
+void ByteRing::publish(std::uint64_t at, std::uint32_t size, std::uint32_t kind) noexcept {
+  const std::uint32_t header[2] = {size, kind};
+  std::memcpy(data_ + at % capacity_ + offsetof(RecordHeader, size), header, sizeof header);
+  stamp_at(at).store(at ^ key_, std::memory_order_release);
+}
+
+bool ByteRing::published(std::uint64_t at) const noexcept {
+  return stamp_at(at).load(std::memory_order_acquire) == (at ^ key_);
+}
+
 bool ByteRing::try_push(std::span<const std::byte> record) noexcept {
   const std::uint64_t tail = indices_->tail.load(std::memory_order_relaxed);
   const std::uint64_t need = padded(sizeof(RecordHeader) + record.size());
@@ -154,25 +164,20 @@ bool ByteRing::try_push(std::span<const std::byte> record) noexcept {
   }
   std::uint64_t at = tail;
   if (skip) {
-    const std::uint32_t wrap[2] = {0, kWrap};
-    std::memcpy(data_ + pos + sizeof(std::uint64_t), wrap, sizeof wrap);
-    stamp_at(at).store(at ^ key_, std::memory_order_release);
+    publish(at, 0, kWrap);
     at += skip;
   }
-  const std::uint64_t offset = at % capacity_;
-  const std::uint32_t header[2] = {static_cast<std::uint32_t>(record.size()), kRecord};
-  std::memcpy(data_ + offset + sizeof(std::uint64_t), header, sizeof header);
   if (!record.empty()) {
-    std::memcpy(data_ + offset + sizeof(RecordHeader), record.data(), record.size());
+    std::memcpy(data_ + at % capacity_ + sizeof(RecordHeader), record.data(), record.size());
   }
-  stamp_at(at).store(at ^ key_, std::memory_order_release);
+  publish(at, static_cast<std::uint32_t>(record.size()), kRecord);
   indices_->tail.store(at + need, std::memory_order_relaxed);
   return true;
 }
 
 std::span<const std::byte> ByteRing::peek() noexcept {
   std::uint64_t head = indices_->head.load(std::memory_order_relaxed);
-  while (stamp_at(head).load(std::memory_order_acquire) == (head ^ key_)) {
+  while (published(head)) {
     const std::uint64_t pos = head % capacity_;
     RecordHeader header;
     std::memcpy(&header, data_ + pos, sizeof header);
@@ -192,8 +197,7 @@ void ByteRing::pop() noexcept {
 }
 
 bool ByteRing::empty() const noexcept {
-  const std::uint64_t head = indices_->head.load(std::memory_order_relaxed);
-  return stamp_at(head).load(std::memory_order_acquire) != (head ^ key_);
+  return !published(indices_->head.load(std::memory_order_relaxed));
 }
 
 // --- WorkerSegment ---------------------------------------------------------------

@@ -117,6 +117,11 @@ class ByteRing {
 
  private:
   std::atomic_ref<std::uint64_t> stamp_at(std::uint64_t index) const noexcept;
+  /// Writes the header of the record at `at`, whose payload is in place, then
+  /// its stamp: the record is visible from then on.
+  void publish(std::uint64_t at, std::uint32_t size, std::uint32_t kind) noexcept;
+  /// Whether the record at `at` is there (its stamp is this lap's).
+  bool published(std::uint64_t at) const noexcept;
 
   RingIndices* indices_ = nullptr;
   std::byte* data_ = nullptr;
