@@ -1,5 +1,6 @@
 // The worker pool's processes: starting, supervising (restarts, the stuck-step
-// watchdog) and ending them. Requests and results: worker_requests.cpp.
+// watchdog) and ending them. Requests: worker_requests.cpp; what comes back:
+// worker_results.cpp.
 #include "workers/worker_pool.hpp"
 
 #include <fcntl.h>

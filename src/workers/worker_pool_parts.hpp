@@ -1,6 +1,7 @@
 #pragma once
-/// What worker_pool.cpp (the processes) and worker_requests.cpp (requests and
-/// results) share: one batch in flight, and one worker process.
+/// What worker_pool.cpp (the processes), worker_requests.cpp (requests) and
+/// worker_results.cpp (what comes back) share: one batch in flight, and one
+/// worker process.
 #include <sys/types.h>
 
 #include <atomic>
