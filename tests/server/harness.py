@@ -164,9 +164,10 @@ def connect(server, path="/ws", **kw):
 
 def connect_non_reader(server, path="/ws", **kw):
     """A client that will not read: the client library stops reading its socket
-    (max_queue, read_limit), and the socket's receive buffer is 4 KiB, so what
-    it does not read piles up in the server at once, not first in megabytes of
-    loopback TCP buffers (which took 20-40 s to fill under the sanitizers)."""
+    (max_queue, read_limit), and the socket's receive buffer is 4 KiB, so less
+    of what it does not read waits in its kernel buffers before back pressure
+    reaches the server (the never-reading test of test_hostile.py: 25 s -> 17 s
+    under ASan). The server's own send buffer still takes about 2 MB first."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
     sock.settimeout(GUARD)

@@ -9,8 +9,8 @@ import unittest
 
 import websockets
 
-from harness import (GUARD, UPPER, Server, connect, connect_non_reader, graph, main, metric, recv, recv_until,
-                     run_async, send, submit)
+from harness import (GUARD, UPPER, Server, connect, connect_non_reader, graph, main, metric, recv,
+                     recv_until, run_async, send, submit)
 
 
 async def served(server):

@@ -10,7 +10,8 @@ import unittest
 
 import websockets
 
-from harness import GUARD, UPPER, Server, connect, connect_non_reader, graph, main, metric, recv, recv_until, run_async, send, submit
+from harness import (GUARD, UPPER, Server, connect, connect_non_reader, graph, main, metric, recv,
+                     recv_until, run_async, send, submit)
 
 FIB70 = graph(("v", "values", {"values": [70]}), ("f", "fib"), ("out", "identity"),
               edges=[("v", "f"), ("f", "out")], name="fib70")
