@@ -132,9 +132,13 @@ bool Processor::try_pass_on(Packet& packet) {
     const bool last = next + 1 == count;
     if (to.fused) {
       if (!to.fused->idle()) break;
-      // The copy is counted before the successor can count its input consumed.
-      if (!last) core_.track(packet.msg.id, +1);
-      hand_over(*to.fused, packet, last, to.index);
+      if (last) {  // by reference, not `last ? move : copy` (a moved temporary)
+        to.fused->handle_inline(std::move(packet), to.index);
+      } else {
+        // The copy is counted before the successor can count its input consumed.
+        core_.track(packet.msg.id, +1);
+        to.fused->handle_inline(Packet(packet), to.index);
+      }
       // What the successor made leaves now. Blocked further down: this node
       // must not pass on until what waits there has left (see idle()).
       if (!to.fused->flush_outbox()) blocked_ = true;

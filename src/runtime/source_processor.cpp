@@ -68,38 +68,54 @@ asio::awaitable<void> SourceProcessor::run() {
 }
 
 asio::awaitable<void> SourceProcessor::run_generator() {
-  Outbox& out = outbox_;
-  for (std::uint64_t emitted = 1; !stopping(); ++emitted) {
-    if (emitted % kYieldEvery == 0) co_await asio::post(core_.strand(), use_awaitable);
+  for (;;) {
+    switch (pump_generator()) {
+      case Pumped::ended:
+        co_return;
+      case Pumped::yield:
+        co_await asio::post(core_.strand(), use_awaitable);
+        break;
+      case Pumped::blocked:
+        co_await send_all(outbox_);
+        break;
+      case Pumped::output_full:
+        // An error record waits for room like a value would: memory stays bounded.
+        co_await core_.wait_output_room();
+        break;
+    }
+  }
+}
+
+// A plain function, not part of the coroutine: its locals stay in registers
+// (a coroutine keeps every local whose scope spans a co_await in its frame).
+SourceProcessor::Pumped SourceProcessor::pump_generator() {
+  for (std::uint64_t pulled = 0; pulled < kYieldEvery; ++pulled) {
+    if (stopping()) return Pumped::ended;
     std::optional<json> value;
     std::vector<Blob> blobs;
-    bool failed = false, last = false;
     try {
       StepWatch::Scope watched(core_.step_watch(), spec_.id, true);
       value = source_->next();
-      if (value) blobs = source_->take_blobs();
+      if (!value) return Pumped::ended;
+      blobs = source_->take_blobs();
     } catch (const SourceItemError& e) {  // one bad item: the source goes on
       counters_.errors.add();
       core_.output_error(spec_.id, core_.next_id(), e.what());
-      failed = true;
+      if (core_.output_full()) return Pumped::output_full;
+      continue;
     } catch (const std::exception& e) {
       counters_.errors.add();
       core_.output_error(spec_.id, core_.next_id(), e.what());
-      last = true;
+      return Pumped::ended;
     }
-    if (last || (!failed && !value)) break;
-    if (failed) {
-      // An error record waits for room like a value would: memory stays bounded.
-      if (core_.output_full()) co_await core_.wait_output_room();
-    } else {
-      Packet packet;
-      packet.msg.id = core_.next_id();
-      packet.msg.value = std::move(*value);
-      packet.msg.blobs = std::move(blobs);
-      if (!idle() || !try_pass_on(packet)) out.packets.push_back(std::move(packet));
-      if (!out.empty() && !try_send_all(out)) co_await send_all(out);
-    }
+    // Built in place: assigning a json would construct and destroy a temporary.
+    Packet packet{
+        PacketKind::data, 0,
+        Message{.id = core_.next_id(), .value = std::move(*value), .blobs = std::move(blobs)}};
+    if (!idle() || !try_pass_on(packet)) outbox_.packets.push_back(std::move(packet));
+    if (!outbox_.empty() && !try_send_all(outbox_)) return Pumped::blocked;
   }
+  return Pumped::yield;
 }
 
 asio::awaitable<void> SourceProcessor::run_fed() {

@@ -37,6 +37,11 @@ class SourceProcessor final : public Processor, public SourceContext {
 
  private:
   asio::awaitable<void> run_generator();
+  /// Why pump_generator() returned.
+  enum class Pumped { yield, blocked, output_full, ended };
+  /// Pulls values from the generator and passes them on, up to a fixed count,
+  /// without suspending; says what to wait for before the next call.
+  Pumped pump_generator();
   asio::awaitable<void> run_fed();
   std::optional<FeedItem> take_feed_item();
   bool accept_feed_item(FeedItem&& item, Outbox& out);

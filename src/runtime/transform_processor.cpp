@@ -39,6 +39,7 @@ TransformProcessor::TransformProcessor(PipelineCore& core, const NodeSpec& spec,
                                info.make_transform(spec_.params))),
       batcher_(core.strand(), spec.batch_size, spec.batch_timeout) {
   inline_step_ = runner_->inline_step();
+  timed_ = core_.options().collect_timings || spec_.timeout.has_value() || core_.tracer();
   // In place, a step call is not measured: not when timed, retried or traced.
   const bool plain =
       spec_.retries == 0 && !spec_.timeout && !core_.options().collect_timings && !core_.tracer();
@@ -133,7 +134,10 @@ asio::awaitable<void> TransformProcessor::receive_loop() {
 // With a zip: holds the part until every input delivered its id. True when
 // `packet` is then data to process (the combination, or a message without zip).
 bool TransformProcessor::take_part(Packet& packet, Outbox& out) {
-  if (!zip_) return true;
+  return !zip_ || take_zip_part(packet, out);
+}
+
+bool TransformProcessor::take_zip_part(Packet& packet, Outbox& out) {
   std::int64_t tokens = 0;
   if (!zip_->add(packet, tokens)) return false;
   core_.track(packet.msg.id, tokens);
@@ -174,7 +178,14 @@ asio::awaitable<void> TransformProcessor::finish_input(Outbox& out) {
   co_await send_end();
 }
 
+// Small enough to be inlined on the fused path; what it rarely has to look at
+// is in screen_data.
 bool TransformProcessor::accept_data(Packet& packet, Outbox& out) {
+  if (!when_ && packet.msg.deadline == Clock::time_point::max() && !core_.tracking()) return true;
+  return screen_data(packet, out);
+}
+
+bool TransformProcessor::screen_data(Packet& packet, Outbox& out) {
   Message& message = packet.msg;
   if (core_.tracking() && !core_.note_position(message.id, spec_.id)) {
     counters_.cancelled.add();  // its caller cancelled the request: nobody waits
@@ -284,7 +295,7 @@ asio::awaitable<void> TransformProcessor::dispatch_batch() {
 }
 
 void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
-  const bool timed = core_.options().collect_timings || spec_.timeout.has_value() || core_.tracer();
+  const bool timed = timed_;
   if (!timed && spec_.retries == 0) {
     // The hottest path (a fused chain): one attempt, nothing to measure.
     results_.clear();

@@ -60,7 +60,10 @@ class TransformProcessor final : public Processor {
   asio::awaitable<void> receive_loop();
   void pass_in_place(Packet& packet);
   bool take_part(Packet& packet, Outbox& out);
+  bool take_zip_part(Packet& packet, Outbox& out);
   bool accept_data(Packet& packet, Outbox& out);
+  /// accept_data() for a message with a deadline, a `when`, or a request waiting.
+  bool screen_data(Packet& packet, Outbox& out);
   void take_dropped(Packet& packet, Outbox& out);
   void release_zip_leftovers(Outbox& out);
   asio::awaitable<void> finish_input(Outbox& out);
@@ -108,6 +111,7 @@ class TransformProcessor final : public Processor {
   std::optional<asio::experimental::channel<void(error_code)>> slots_;
   std::size_t units_running_ = 0;  // batches past dispatch, not yet sent on
   bool direct_calls_ = false;      // see takes_direct_calls()
+  bool timed_ = false;             // each step call is measured (timings, a timeout or a trace)
 };
 
 }  // namespace plumber::detail
