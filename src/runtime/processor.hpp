@@ -25,7 +25,9 @@ struct Outbox {
   std::vector<Packet> packets;
   std::size_t next_packet = 0;
   std::size_t next_successor = 0;
-  bool empty() const noexcept { return next_packet >= packets.size(); }
+  /// Checked on every fused hop: packets.empty() answers first, for an
+  /// outbox that is usually cleared, without dividing by sizeof(Packet).
+  bool empty() const noexcept { return packets.empty() || next_packet >= packets.size(); }
   void clear() {
     packets.clear();
     next_packet = next_successor = 0;

@@ -137,7 +137,7 @@ bool TransformProcessor::take_part(Packet& packet, Outbox& out) {
   return !zip_ || take_zip_part(packet, out);
 }
 
-bool TransformProcessor::take_zip_part(Packet& packet, Outbox& out) {
+[[gnu::noinline]] bool TransformProcessor::take_zip_part(Packet& packet, Outbox& out) {
   std::int64_t tokens = 0;
   if (!zip_->add(packet, tokens)) return false;
   core_.track(packet.msg.id, tokens);
@@ -185,7 +185,7 @@ bool TransformProcessor::accept_data(Packet& packet, Outbox& out) {
   return screen_data(packet, out);
 }
 
-bool TransformProcessor::screen_data(Packet& packet, Outbox& out) {
+[[gnu::noinline]] bool TransformProcessor::screen_data(Packet& packet, Outbox& out) {
   Message& message = packet.msg;
   if (core_.tracking() && !core_.note_position(message.id, spec_.id)) {
     counters_.cancelled.add();  // its caller cancelled the request: nobody waits
