@@ -41,12 +41,19 @@ ProcessorStats SourceProcessor::stats() const {
 }
 
 asio::awaitable<void> SourceProcessor::emit(json value, std::uint8_t priority) {
+  Packet packet{
+      PacketKind::data, 0,
+      Message{.id = core_.next_id(), .value = std::move(value), .blobs = {}, .priority = priority}};
+  if (idle() && try_pass_on(packet)) {
+    // Passed on without an outbox; what some successor could not take yet,
+    // or what a fused one holds, waits in this node's outbox.
+    if (!idle()) co_await send_all(outbox_);
+    co_return;
+  }
+  // Each emit has its own outbox: an awaitable source may emit from several
+  // coroutines at once, and one may wait here while another emits.
   Outbox out;
-  Message message;
-  message.id = core_.next_id();
-  message.value = std::move(value);
-  message.priority = priority;
-  out.packets.push_back(Packet{PacketKind::data, 0, std::move(message)});
+  out.packets.push_back(std::move(packet));
   if (!try_send_all(out)) co_await send_all(out);
 }
 

@@ -37,6 +37,10 @@ struct StepOutcome {
   /// The worker process that ran the batch, and when (CLOCK_MONOTONIC ns), for traces.
   int worker_pid = 0;
   std::uint64_t worker_started_ns = 0, worker_finished_ns = 0;
+  /// From handing the batch to a worker to the worker finishing it (ns), 0
+  /// when not known: a direct call counts it as the node's busy time, without
+  /// reading the clock again.
+  std::uint64_t handed_to_finished_ns = 0;
   bool ok() const noexcept { return failure.empty(); }
 };
 

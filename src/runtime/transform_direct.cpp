@@ -23,7 +23,6 @@ bool TransformProcessor::try_take_now(Packet& packet) {
   } else if (counters_.received.add(); accept_data(packet, out)) {
     std::vector<Message> batch;
     batch.push_back(std::move(packet.msg));
-    const auto started_at = Clock::now();
     counters_.batches.add();
     std::unique_ptr<StartedBatch> started = runner_->start_now(batch, spec_.timeout);
     if (!started->done()) {
@@ -33,7 +32,7 @@ bool TransformProcessor::try_take_now(Packet& packet) {
       core_.spawn(finish_started(std::move(started)));
       return true;
     }
-    count_busy(started_at);
+    count_busy_ns(started->outcome.handed_to_finished_ns);
     conclude_started(*started, out);
   }
   // What it made leaves now; what cannot waits in the outbox, which the node's
@@ -60,7 +59,11 @@ asio::awaitable<void> TransformProcessor::finish_started(std::unique_ptr<Started
     const auto started_at = Clock::now();
     co_await started->wait();
     if (core_.cancelled()) throw boost::system::system_error(asio::error::operation_aborted);
-    count_busy(started_at);
+    if (const std::uint64_t ns = started->outcome.handed_to_finished_ns) {
+      count_busy_ns(ns);  // since it was handed over, before this unit began
+    } else {
+      count_busy(started_at);
+    }
     conclude_started(*started, out);
     if (!try_send_all(out)) co_await send_all(out);
   } catch (...) {

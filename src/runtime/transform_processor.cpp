@@ -384,9 +384,13 @@ void TransformProcessor::conclude(std::vector<Message>& batch, std::vector<Messa
 
 std::uint64_t TransformProcessor::count_busy(Clock::time_point started) {
   const std::uint64_t ns = elapsed_ns(started);
+  count_busy_ns(ns);
+  return ns;
+}
+
+void TransformProcessor::count_busy_ns(std::uint64_t ns) {
   counters_.busy_ns.add(ns);
   counters_.busy_buckets.observe(ns);
-  return ns;
 }
 
 void TransformProcessor::fail_messages(std::vector<Message>& batch, const StepOutcome& outcome,

@@ -82,6 +82,7 @@ class TransformProcessor final : public Processor {
   void conclude_started(StartedBatch& started, Outbox& out);
   /// Counts the time since `started` as the node's busy time; returns it (ns).
   std::uint64_t count_busy(Clock::time_point started);
+  void count_busy_ns(std::uint64_t ns);
   /// A unit's concurrency slot, given back when the unit ends (none: null).
   struct UnitSlot {
     explicit UnitSlot(TransformProcessor* holder) : node(holder) {}

@@ -59,7 +59,7 @@ class WorkerLoop {
       if (type != RecordType::request)
         throw std::runtime_error("unexpected record from the parent");
       const std::uint64_t request_id = d.u64();
-      d.u64();  // sent_ns: the parent keeps its own
+      d.u64();  // reserved (0): the parent keeps the send time
       decode_batch(d);
       segment_.header->current_request.store(request_id, std::memory_order_release);
       segment_.requests.pop();
@@ -264,12 +264,17 @@ class WorkerLoop {
   /// `limit`). False when the parent is gone.
   template <class Ready>
   bool wait(Ready ready, std::chrono::milliseconds limit = std::chrono::milliseconds(-1)) {
-    const auto started = std::chrono::steady_clock::now();
-    const auto spin_until = started + spin_;
+    // The spin is timed from its 64th round: a request that comes sooner
+    // (request/response) costs no clock read, ~30 ns in a VM.
+    std::chrono::steady_clock::time_point started, spin_until;
     for (unsigned i = 1;; ++i) {
       if (ready()) return true;
       if ((i & 63) == 0) {
         const auto now = std::chrono::steady_clock::now();
+        if (i == 64) {
+          started = now;
+          spin_until = now + spin_;
+        }
         if (now > spin_until) break;
         // When the parent shares this core (a busy machine), let it run: a
         // spin would only delay the request it is about to write. Not in the

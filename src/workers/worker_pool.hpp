@@ -167,6 +167,8 @@ class WorkerPool {
   /// The buffer of a finished request's record, for the next one to encode
   /// into: a batch answered inline would otherwise pay an allocation for it.
   std::vector<std::uint8_t> spare_record_;
+  /// The requests flush_backlog() just pushed, given their send time together.
+  std::vector<Pending*> just_sent_;
   /// From handing a batch to a worker to its result (smoothed): decides
   /// whether process() waits for the result inline.
   std::uint64_t recent_round_trip_ns_ = 0;

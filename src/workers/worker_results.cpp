@@ -102,6 +102,8 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
     p->outcome->worker_pid = w.pid;
     p->outcome->worker_started_ns = started;
     p->outcome->worker_finished_ns = finished;
+    if (p->sent_ns && finished > p->sent_ns)
+      p->outcome->handed_to_finished_ns = finished - p->sent_ns;
   }
   batches_done_.add();
   if (type == RecordType::failure) {
