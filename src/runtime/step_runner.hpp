@@ -81,12 +81,15 @@ class StepRunner {
   /// (a worker process answering within its spin): the node then runs it in
   /// its own coroutine rather than spawn one for it.
   virtual bool answers_at_once() const { return false; }
-  /// One attempt at `batch` started from a plain function (no limits but
+  /// One attempt at `batch` (its messages are taken) started from a plain function (no limits but
   /// `timeout`); null when this runner cannot (it needs a coroutine).
   virtual std::unique_ptr<StartedBatch> start_now(
       std::vector<Message>& /*batch*/, std::optional<std::chrono::milliseconds> /*timeout*/) {
     return nullptr;
   }
+  /// A batch of start_now() whose outcome and results were taken: the runner
+  /// may keep its storage for the next one.
+  virtual void recycle(std::unique_ptr<StartedBatch> /*started*/) {}
   /// Runs one attempt. A failure of the step is an outcome, not an exception;
   /// throws only when cancelled (stop(false)).
   virtual asio::awaitable<StepOutcome> run(std::vector<Message>& batch,

@@ -21,10 +21,10 @@ bool TransformProcessor::try_take_now(Packet& packet) {
     const std::uint16_t port = packet.port;
     handle_inline(std::move(packet), port);  // as if fused
   } else if (counters_.received.add(); accept_data(packet, out)) {
-    std::vector<Message> batch;
-    batch.push_back(std::move(packet.msg));
+    direct_batch_.push_back(std::move(packet.msg));
     counters_.batches.add();
-    std::unique_ptr<StartedBatch> started = runner_->start_now(batch, spec_.timeout);
+    std::unique_ptr<StartedBatch> started = runner_->start_now(direct_batch_, spec_.timeout);
+    direct_batch_.clear();  // what a runner that could not start it left
     if (!started->done()) {
       // Not answered within the spin: a unit waits for it, holding a slot.
       slots_->try_send(error_code{});  // free: no unit runs
@@ -34,6 +34,7 @@ bool TransformProcessor::try_take_now(Packet& packet) {
     }
     count_busy_ns(started->outcome.handed_to_finished_ns);
     conclude_started(*started, out);
+    runner_->recycle(std::move(started));
   }
   // What it made leaves now; what cannot waits in the outbox, which the node's
   // own coroutine sends once this wakes it.

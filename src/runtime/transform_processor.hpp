@@ -107,7 +107,8 @@ class TransformProcessor final : public Processor {
   std::size_t ends_seen_ = 0;
   std::optional<ZipJoiner> zip_;
   Batcher batcher_;
-  std::vector<Message> results_;  // the fast path's, reused
+  std::vector<Message> results_;       // the fast path's, reused
+  std::vector<Message> direct_batch_;  // try_take_now's, reused
   /// Concurrency slots: a unit takes one by sending, gives it back by receiving.
   std::optional<asio::experimental::channel<void(error_code)>> slots_;
   std::size_t units_running_ = 0;  // batches past dispatch, not yet sent on

@@ -76,8 +76,11 @@ class WorkerPool {
   /// process() without a coroutine, for a node called directly by its
   /// predecessor: the batch comes back answered when the worker answered
   /// within the spin; else StartedBatch::wait() awaits the answer.
-  std::unique_ptr<StartedBatch> start_now(std::vector<Message> batch,
+  /// Takes the messages of `batch`, which gets an empty vector (with capacity) back.
+  std::unique_ptr<StartedBatch> start_now(std::vector<Message>& batch,
                                           std::optional<std::chrono::milliseconds> timeout);
+  /// A batch of start_now() that is done with: its storage serves the next one.
+  void recycle(std::unique_ptr<StartedBatch> started);
   /// Whether process() would likely answer the next batch without suspending
   /// (nothing in flight, and the last batches came back within the spin).
   bool answers_at_once() const;
@@ -169,6 +172,9 @@ class WorkerPool {
   std::vector<std::uint8_t> spare_record_;
   /// The requests flush_backlog() just pushed, given their send time together.
   std::vector<Pending*> just_sent_;
+  /// A finished start_now() batch, kept with its vectors' capacity: a batch
+  /// answered inline would otherwise pay several allocations.
+  std::unique_ptr<Started> spare_started_;
   /// From handing a batch to a worker to its result (smoothed): decides
   /// whether process() waits for the result inline.
   std::uint64_t recent_round_trip_ns_ = 0;

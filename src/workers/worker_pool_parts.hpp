@@ -46,6 +46,21 @@ struct WorkerPool::Pending {
   bool aborted = false;  // the pool was cancelled
 };
 
+/// A batch start_now() handed to a worker: it owns what the pool points to.
+class WorkerPool::Started final : public StartedBatch {
+ public:
+  explicit Started(WorkerPool& pool) : pool_(pool) {}
+  ~Started() override { pool_.forget(pending_); }
+  bool done() const override { return !begun_ || pending_.done; }
+  asio::awaitable<void> wait() override;
+
+ private:
+  friend class WorkerPool;
+  WorkerPool& pool_;
+  Pending pending_;
+  bool begun_ = false;
+};
+
 struct WorkerPool::Worker {
   Worker(std::size_t i, const Strand& strand) : index(i), backoff(strand) {}
   std::size_t index;

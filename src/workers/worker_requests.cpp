@@ -100,27 +100,15 @@ asio::awaitable<void> WorkerPool::process(std::vector<Message>& batch,
   if (!pending.done) co_await await_result(pending);  // else answered while we spun
 }
 
-/// A batch start_now() handed to a worker: it owns what the pool points to.
-class WorkerPool::Started final : public StartedBatch {
- public:
-  explicit Started(WorkerPool& pool) : pool_(pool) {}
-  ~Started() override { pool_.forget(pending_); }
-  bool done() const override { return !begun_ || pending_.done; }
-  asio::awaitable<void> wait() override {
-    if (!done()) co_await pool_.await_result(pending_);
-  }
-
- private:
-  friend class WorkerPool;
-  WorkerPool& pool_;
-  Pending pending_;
-  bool begun_ = false;
-};
+asio::awaitable<void> WorkerPool::Started::wait() {
+  if (!done()) co_await pool_.await_result(pending_);
+}
 
 std::unique_ptr<StartedBatch> WorkerPool::start_now(
-    std::vector<Message> batch, std::optional<std::chrono::milliseconds> timeout) {
-  auto started = std::make_unique<Started>(*this);
-  started->batch = std::move(batch);
+    std::vector<Message>& batch, std::optional<std::chrono::milliseconds> timeout) {
+  std::unique_ptr<Started> started =
+      spare_started_ ? std::move(spare_started_) : std::make_unique<Started>(*this);
+  started->batch.swap(batch);
   if (cancelled_) {
     started->outcome.failure = "the pipeline is stopping";
     return started;
@@ -128,6 +116,19 @@ std::unique_ptr<StartedBatch> WorkerPool::start_now(
   started->begun_ =
       begin(started->pending_, started->batch, started->results, started->outcome, timeout);
   return started;
+}
+
+void WorkerPool::recycle(std::unique_ptr<StartedBatch> done) {
+  if (spare_started_ || !done) return;
+  // Only start_now() makes the batches this pool's runner hands back.
+  std::unique_ptr<Started> started(static_cast<Started*>(done.release()));
+  forget(started->pending_);
+  started->pending_ = Pending{};
+  started->begun_ = false;
+  started->batch.clear();
+  started->results.clear();
+  started->outcome = StepOutcome{};
+  spare_started_ = std::move(started);
 }
 
 // Waiting inline holds the strand, so only when nothing else of this node
@@ -226,7 +227,13 @@ void WorkerPool::submit(Worker& w, Pending& p) {
   // when the worker frees.
   auto at = std::find_if(w.backlog.begin(), w.backlog.end(),
                          [&](const Pending* queued) { return queued->priority < p.priority; });
-  w.backlog.insert(at, &p);
+  if (at == w.backlog.end()) {
+    // Not insert(): at an empty deque's end it pushes in front, and a deque
+    // allocates a block (and frees it on pop) each time it grows forwards.
+    w.backlog.push_back(&p);
+  } else {
+    w.backlog.insert(at, &p);
+  }
   flush_backlog(w);
 }
 

@@ -23,7 +23,10 @@ class WorkerRunner final : public StepRunner {
   bool answers_at_once() const override { return pool_.answers_at_once(); }
   std::unique_ptr<StartedBatch> start_now(
       std::vector<Message>& batch, std::optional<std::chrono::milliseconds> timeout) override {
-    return pool_.start_now(std::move(batch), timeout);
+    return pool_.start_now(batch, timeout);
+  }
+  void recycle(std::unique_ptr<StartedBatch> started) override {
+    pool_.recycle(std::move(started));
   }
   void launch() override { pool_.launch(); }
   // on_start runs in each worker, never here.
