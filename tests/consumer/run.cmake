@@ -7,13 +7,16 @@
 #            it is unpacked into WORK_DIR/root and the consumer built against it.
 #
 # cmake -DMODE=install|deb -DBUILD_DIR=... -DWORK_DIR=... -DCONSUMER_DIR=...
-#       -DVERSION=... [-DSANITIZE=address,undefined] -P run.cmake
+#       -DVERSION=... [-DSANITIZE=address,undefined [-DSANITIZE_SKIP=null,alignment]] -P run.cmake
 cmake_minimum_required(VERSION 3.25)
 
 set(flags "")
 if(SANITIZE)
   # A library built with sanitizers needs its consumers linked with them.
   set(flags "-fsanitize=${SANITIZE} -fno-omit-frame-pointer")
+  if(SANITIZE_SKIP)  # the checks the library leaves out, left out here too
+    string(APPEND flags " -fno-sanitize=${SANITIZE_SKIP}")
+  endif()
 endif()
 find_program(CCACHE ccache)
 set(launcher "")
