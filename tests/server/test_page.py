@@ -136,6 +136,10 @@ class Page(unittest.TestCase):
         self.shot("03-fixed")
         self.driver.find_element(By.ID, "run-button").click()
         self.wait(EC.text_to_be_present_in_element((By.ID, "status"), "completed"))
+        self.assertIn("2 outputs", self.driver.find_element(By.ID, "status").text)
+        # The status changes at once; lines are drawn at the next animation
+        # frame, in order: the run's last line comes after its outputs.
+        self.wait(lambda d: any("completed" in li.text for li in self.css("#outputs li.note")))
         outputs = [li.text for li in self.css("#outputs li.output")]
         self.assertEqual(len(outputs), 2, outputs)
         self.assertTrue(any('"PLUMBER"' in o for o in outputs), outputs)
