@@ -25,6 +25,7 @@ void Processor::fuse(TransformProcessor& successor) {
   }
   fused_.push_back(&successor);
   successor.fused_in_ = true;
+  chain_next_ = successors_.size() == 1 ? successors_.front().fused : nullptr;
 }
 
 namespace {
@@ -124,6 +125,13 @@ bool Processor::try_send_all_now(Outbox& out) {
 
 bool Processor::try_pass_on(Packet& packet) {
   if (core_.cancelled()) return false;
+  if (chain_next_) {  // the loop below, for one fused successor
+    if (!chain_next_->idle()) return false;
+    chain_next_->handle_inline(std::move(packet), successors_.front().index);
+    if (!chain_next_->flush_outbox()) blocked_ = true;
+    counters_.emitted.add();
+    return true;
+  }
   if (successors_.empty()) return try_deliver(packet);
   const std::size_t count = successors_.size();
   std::size_t next = 0;

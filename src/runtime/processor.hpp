@@ -131,6 +131,8 @@ class Processor {
   const CoroutineInfo& info_;
   std::vector<Successor> successors_;
   std::vector<TransformProcessor*> fused_;  // the successors this node runs inline
+  /// The one successor, when it is fused: a link of a chain (try_pass_on's fast case).
+  TransformProcessor* chain_next_ = nullptr;
   bool feeds_zip_ = false;
   bool fused_in_ = false;
   /// The last try_send_all could not send everything (maybe only further down

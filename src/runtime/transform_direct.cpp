@@ -4,7 +4,7 @@
 #include <utility>
 
 #include "runtime/pipeline_core.hpp"
-#include "runtime/transform_processor.hpp"
+#include "runtime/transform_checks.hpp"
 
 namespace plumber::detail {
 

@@ -11,6 +11,7 @@
 
 #include "runtime/attempts.hpp"
 #include "runtime/pipeline_core.hpp"
+#include "runtime/transform_checks.hpp"
 
 namespace plumber::detail {
 
@@ -133,10 +134,6 @@ asio::awaitable<void> TransformProcessor::receive_loop() {
 
 // With a zip: holds the part until every input delivered its id. True when
 // `packet` is then data to process (the combination, or a message without zip).
-bool TransformProcessor::take_part(Packet& packet, Outbox& out) {
-  return !zip_ || take_zip_part(packet, out);
-}
-
 [[gnu::noinline]] bool TransformProcessor::take_zip_part(Packet& packet, Outbox& out) {
   std::int64_t tokens = 0;
   if (!zip_->add(packet, tokens)) return false;
@@ -176,13 +173,6 @@ asio::awaitable<void> TransformProcessor::finish_input(Outbox& out) {
   release_zip_leftovers(out);
   if (!try_send_all(out)) co_await send_all(out);
   co_await send_end();
-}
-
-// Small enough to be inlined on the fused path; what it rarely has to look at
-// is in screen_data.
-bool TransformProcessor::accept_data(Packet& packet, Outbox& out) {
-  if (!when_ && packet.msg.deadline == Clock::time_point::max() && !core_.tracking()) return true;
-  return screen_data(packet, out);
 }
 
 [[gnu::noinline]] bool TransformProcessor::screen_data(Packet& packet, Outbox& out) {

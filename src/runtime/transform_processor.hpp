@@ -59,9 +59,12 @@ class TransformProcessor final : public Processor {
   bool fast_path() const noexcept { return inline_step_ != nullptr; }
   asio::awaitable<void> receive_loop();
   void pass_in_place(Packet& packet);
-  bool take_part(Packet& packet, Outbox& out);
+  /// With a zip, holds the part (take_zip_part); true when `packet` is then
+  /// data to process. Checked on every message: inline, as accept_data.
+  bool take_part(Packet& packet, Outbox& out) { return !zip_ || take_zip_part(packet, out); }
   bool take_zip_part(Packet& packet, Outbox& out);
-  bool accept_data(Packet& packet, Outbox& out);
+  /// Defined in transform_checks.hpp, inline where it is used.
+  inline bool accept_data(Packet& packet, Outbox& out);
   /// accept_data() for a message with a deadline, a `when`, or a request waiting.
   bool screen_data(Packet& packet, Outbox& out);
   void take_dropped(Packet& packet, Outbox& out);
