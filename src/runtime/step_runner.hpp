@@ -81,8 +81,9 @@ class StepRunner {
   /// (a worker process answering within its spin): the node then runs it in
   /// its own coroutine rather than spawn one for it.
   virtual bool answers_at_once() const { return false; }
-  /// One attempt at `batch` (its messages are taken) started from a plain function (no limits but
-  /// `timeout`); null when this runner cannot (it needs a coroutine).
+  /// One attempt at `batch` (its messages are taken) started from a plain
+  /// function (no limits but `timeout`); null when this runner cannot (it
+  /// needs a coroutine).
   virtual std::unique_ptr<StartedBatch> start_now(
       std::vector<Message>& /*batch*/, std::optional<std::chrono::milliseconds> /*timeout*/) {
     return nullptr;
