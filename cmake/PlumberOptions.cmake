@@ -32,9 +32,12 @@ endif()
 # runs under clang's whole UBSan, alignment included, in the fuzz preset.
 set(PLUMBER_UBSAN_SKIP "null;alignment" CACHE STRING
   "UBSan checks left out when 'undefined' is sanitized (empty: every check)")
+# The checks left out, comma-separated (empty: none); tests/CMakeLists.txt
+# builds its packaging consumer with the same.
+set(plumber_ubsan_skip "")
 if("undefined" IN_LIST PLUMBER_SANITIZE AND PLUMBER_UBSAN_SKIP)
-  list(JOIN PLUMBER_UBSAN_SKIP "," _plumber_ubsan_skip)
-  target_compile_options(plumber_sanitizers INTERFACE -fno-sanitize=${_plumber_ubsan_skip})
+  list(JOIN PLUMBER_UBSAN_SKIP "," plumber_ubsan_skip)
+  target_compile_options(plumber_sanitizers INTERFACE -fno-sanitize=${plumber_ubsan_skip})
 endif()
 
 # ccache (installed by tools/setup-deps) makes a rebuild after a small change,
