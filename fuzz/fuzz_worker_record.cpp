@@ -28,14 +28,14 @@ void decode(std::span<const std::byte> bytes) {
       (void)d.text();
       return;
     case RecordType::failure:
-      d.u64(), d.u64(), d.u64();
+      d.varint(), d.u64(), d.varint();
       (void)d.text();
       return;
     case RecordType::result: {
-      d.u64(), d.u64(), d.u64(), d.u64();
+      d.varint(), d.u64(), d.varint(), d.varint();
       const std::uint32_t count = d.count(kMinMessageBytes);
       for (std::uint32_t i = 0; i < count; ++i) {
-        d.u64();
+        d.varint();
         d.u8();
         (void)d.value();
         const std::uint32_t blobs = d.count(1 + 8 + 8);
@@ -48,10 +48,10 @@ void decode(std::span<const std::byte> bytes) {
       return;
     }
     case RecordType::request: {
-      d.u64(), d.u64();
+      d.varint();
       const std::uint32_t count = d.count(kMinMessageBytes);
       for (std::uint32_t i = 0; i < count; ++i) {
-        d.u64();
+        d.varint();
         d.u8();
         (void)d.value();
         const std::uint32_t blobs = d.count(8 + 8);

@@ -1,6 +1,7 @@
 // The shared-memory ring of worker processes, on its own: records in order,
 // across many laps of a small ring, and between two threads (which
-// ThreadSanitizer checks: the ring's publication is its only synchronisation).
+// ThreadSanitizer checks: the ring's publication is its only synchronisation);
+// and the fields of the records it carries.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -11,9 +12,12 @@
 
 #include <doctest/doctest.h>
 
+#include "workers/protocol.hpp"
 #include "workers/shm.hpp"
 
 using plumber::detail::ByteRing;
+using plumber::detail::Decoder;
+using plumber::detail::Encoder;
 using plumber::detail::RingIndices;
 
 namespace {
@@ -108,4 +112,45 @@ TEST_CASE("Workers.RingBetweenTwoThreads") {
   producer.join();
   CHECK(mismatches == 0);
   CHECK(ring.consumer.empty());
+}
+
+TEST_CASE("Workers.RecordFieldsRoundTrip") {
+  const std::vector<std::uint64_t> numbers = {0, 1, 127, 128, 16383, 16384, 1ull << 32,
+                                              ~std::uint64_t{0}};
+  // Values whose CBOR is just under, at and well over the one-byte size.
+  const std::vector<plumber::json> values = {
+      nullptr, 7, -3, 2.5, "short", std::string(120, 'a'), std::string(126, 'b'),
+      std::string(200, 'c'), std::string(20000, 'd'),
+      plumber::json{{"k", std::string(300, 'e')}, {"n", {1, 2, 3}}}};
+  std::vector<std::uint8_t> bytes;
+  Encoder e(bytes);
+  for (std::uint64_t n : numbers)
+    e.varint(n);
+  for (const plumber::json& v : values)
+    e.value(v);
+  e.text(std::string(130, 'x'));
+  e.u8(9);
+  Decoder d(std::as_bytes(std::span<const std::uint8_t>(bytes)));
+  for (std::uint64_t n : numbers)
+    CHECK(d.varint() == n);
+  for (const plumber::json& v : values)
+    CHECK(d.value() == v);
+  CHECK(d.text() == std::string(130, 'x'));
+  CHECK(d.u8() == 9);
+  CHECK(d.remaining() == 0);
+}
+
+TEST_CASE("Workers.RecordFieldsRejectWhatIsCut") {
+  std::vector<std::uint8_t> bytes;
+  const auto decoder = [&](std::vector<std::uint8_t> record) {
+    bytes = std::move(record);
+    return Decoder(std::as_bytes(std::span<const std::uint8_t>(bytes)));
+  };
+  // A varint cut short, and an 11-byte one.
+  CHECK_THROWS_WITH(decoder({0x80, 0x80}).varint(), "truncated worker record");
+  CHECK_THROWS_WITH(decoder(std::vector<std::uint8_t>(11, 0xff)).varint(),
+                    "worker record: varint longer than 10 bytes");
+  // A value whose size runs past the record, and a count larger than it can hold.
+  CHECK_THROWS_WITH(decoder({0x05, 0x01}).value(), "truncated worker record");
+  CHECK_THROWS_WITH(decoder({0x7f, 0, 0, 0, 0}).count(4), "worker record: count past its end");
 }

@@ -304,7 +304,7 @@ void TransformProcessor::compute_now(std::span<Message> batch, Outbox& out) {
   Attempts attempts(spec_, batch);
   StepOutcome outcome;
   for (;;) {
-    outcome = StepOutcome{};
+    outcome.reset();
     results_.clear();
     const auto started = timed ? Clock::now() : Clock::time_point{};
     counters_.batches.add();

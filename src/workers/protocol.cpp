@@ -39,16 +39,26 @@ bool in_shared_memory(const Blob& blob) noexcept {
 namespace plumber::detail {
 
 void Encoder::value(const json& v) {
+  // One byte for the size, which a scalar or a small object needs; a longer
+  // size makes room for its other bytes after the CBOR is written.
   const std::size_t at = out_.size();
-  u32(0);
+  out_.push_back(0);
   if (!append_cbor_scalar(v, out_)) {
     json::to_cbor(v, nlohmann::detail::output_adapter<std::uint8_t>(out_));
   }
-  patch_u32(at, static_cast<std::uint32_t>(out_.size() - at - sizeof(std::uint32_t)));
+  const std::size_t n = out_.size() - at - 1;
+  if (n < 0x80) {
+    out_[at] = static_cast<std::uint8_t>(n);
+    return;
+  }
+  std::vector<std::uint8_t> size;
+  Encoder(size).varint(n);
+  out_.insert(out_.begin() + static_cast<std::ptrdiff_t>(at) + 1, size.begin() + 1, size.end());
+  std::memcpy(&out_[at], size.data(), size.size());
 }
 
 json Decoder::value() {
-  const std::uint32_t n = u32();
+  const std::uint64_t n = varint();
   need(n);
   const auto* first = reinterpret_cast<const std::uint8_t*>(p_);
   p_ += n;
@@ -56,7 +66,7 @@ json Decoder::value() {
 }
 
 std::string Decoder::text() {
-  const std::uint32_t n = u32();
+  const std::uint64_t n = varint();
   need(n);
   std::string s(reinterpret_cast<const char*>(p_), n);
   p_ += n;

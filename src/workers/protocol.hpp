@@ -27,8 +27,9 @@ enum class RecordType : std::uint8_t {
   out_of_line = 7,   // either way: the record is in the arena (offset, size)
 };
 
-/// The least a message takes in a record: id, priority, value size, blob count.
-inline constexpr std::size_t kMinMessageBytes = 8 + 1 + 4 + 4;
+/// The least a message takes in a record: id, priority, value size, blob
+/// count (varints but the priority: a byte each at least).
+inline constexpr std::size_t kMinMessageBytes = 4;
 
 /// How a result blob is handed back.
 enum class BlobMode : std::uint8_t {
@@ -36,20 +37,32 @@ enum class BlobMode : std::uint8_t {
   transferred = 1,  // allocated in the arena by the worker: the parent owns it now
 };
 
-/// Appends fixed-size integers, CBOR values and texts to a byte buffer.
+/// Appends integers (fixed-size, or LEB128 varints), CBOR values and texts to a
+/// byte buffer.
+///
+/// Ids, counts and sizes are varints: a request or result of one small message
+/// then fits in one 64-byte ring record, one cache line for the other core to
+/// fetch (fixed-size fields made a result 80 bytes, two lines).
 class Encoder {
  public:
   explicit Encoder(std::vector<std::uint8_t>& out) : out_(out) {}
   void u8(std::uint8_t v) { out_.push_back(v); }
-  void u32(std::uint32_t v) { raw(&v, sizeof v); }
   void u64(std::uint64_t v) { raw(&v, sizeof v); }
+  void varint(std::uint64_t v) {
+    while (v >= 0x80) {
+      out_.push_back(static_cast<std::uint8_t>(v | 0x80));
+      v >>= 7;
+    }
+    out_.push_back(static_cast<std::uint8_t>(v));
+  }
+  /// A value's CBOR, after its size (a varint).
   void value(const json& v);
   void text(std::string_view s) {
-    u32(static_cast<std::uint32_t>(s.size()));
+    varint(s.size());
     raw(s.data(), s.size());
   }
-  /// Overwrites a u32 written earlier at `offset`.
-  void patch_u32(std::size_t offset, std::uint32_t v) { std::memcpy(&out_[offset], &v, sizeof v); }
+  /// Overwrites a u64 written earlier at `offset`.
+  void patch_u64(std::size_t offset, std::uint64_t v) { std::memcpy(&out_[offset], &v, sizeof v); }
   std::size_t size() const noexcept { return out_.size(); }
 
  private:
@@ -69,15 +82,20 @@ class Decoder {
     raw(&v, 1);
     return v;
   }
-  std::uint32_t u32() {
-    std::uint32_t v;
-    raw(&v, sizeof v);
-    return v;
-  }
   std::uint64_t u64() {
     std::uint64_t v;
     raw(&v, sizeof v);
     return v;
+  }
+  std::uint64_t varint() {
+    std::uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+      need(1);
+      const auto b = static_cast<std::uint8_t>(*p_++);
+      v |= std::uint64_t{b & 0x7fu} << shift;
+      if (b < 0x80) return v;
+    }
+    throw std::runtime_error("worker record: varint longer than 10 bytes");
   }
   json value();
   std::string text();
@@ -86,9 +104,9 @@ class Decoder {
   /// A count read from the record, checked against what is left: each item
   /// takes at least `min_size` bytes (a corrupt count must not allocate gigabytes).
   std::uint32_t count(std::size_t min_size) {
-    const std::uint32_t n = u32();
+    const std::uint64_t n = varint();
     if (n > remaining() / min_size) throw std::runtime_error("worker record: count past its end");
-    return n;
+    return static_cast<std::uint32_t>(n);
   }
 
  private:

@@ -119,7 +119,9 @@ std::size_t remove_stale_segments() {
 namespace {
 
 // A record: its stamp, a header (payload size, kind), then the payload, padded
-// to 16 bytes so that a header always fits before the end of the ring.
+// to a cache line. Each record starts a line, so a small one is one line for
+// the other core to fetch, its stamp included; and a header always fits
+// before the end of the ring.
 struct RecordHeader {
   std::uint64_t stamp;
   std::uint32_t size;
@@ -130,7 +132,8 @@ constexpr std::uint32_t kRecord = 0;
 constexpr std::uint32_t kWrap = 1;
 
 constexpr std::uint64_t padded(std::uint64_t n) noexcept {
-  return (n + 15) & ~std::uint64_t{15};
+  constexpr std::uint64_t line = ByteRing::kRecordAlignment;
+  return (n + (line - 1)) & ~(line - 1);
 }
 
 }  // namespace
@@ -202,6 +205,10 @@ bool ByteRing::empty() const noexcept {
 
 // --- WorkerSegment ---------------------------------------------------------------
 
+// The rings start on a cache line, as their records do.
+static_assert((sizeof(SegmentHeader) + WorkerSegment::kConfigSpace) % ByteRing::kRecordAlignment ==
+              0);
+
 std::size_t WorkerSegment::bytes_for(std::size_t ring_capacity) noexcept {
   return sizeof(SegmentHeader) + kConfigSpace + 2 * ring_capacity;
 }
@@ -211,7 +218,9 @@ WorkerSegment WorkerSegment::format(const Mapping& mapping, std::size_t ring_cap
   if (config.size() > kConfigSpace) {
     throw std::length_error("worker configuration (params) larger than 64 KiB");
   }
-  if (ring_capacity % 16 != 0) throw std::invalid_argument("ring capacity not a multiple of 16");
+  if (ring_capacity % ByteRing::kRecordAlignment != 0) {
+    throw std::invalid_argument("ring capacity not a multiple of 64");
+  }
   auto* header = new (mapping.data()) SegmentHeader;
   header->ring_capacity = ring_capacity;
   std::random_device random;
@@ -233,7 +242,7 @@ WorkerSegment WorkerSegment::format(const Mapping& mapping, std::size_t ring_cap
 WorkerSegment WorkerSegment::open(const Mapping& mapping) {
   auto* header = reinterpret_cast<SegmentHeader*>(mapping.data());
   if (mapping.size() < sizeof(SegmentHeader) || header->magic != SegmentHeader::kMagic ||
-      header->ring_capacity == 0 || header->ring_capacity % 16 != 0 ||
+      header->ring_capacity == 0 || header->ring_capacity % ByteRing::kRecordAlignment != 0 ||
       mapping.size() < bytes_for(header->ring_capacity)) {
     throw std::runtime_error("not a Plumber worker segment");
   }

@@ -102,8 +102,10 @@ class ByteRing {
   ByteRing(RingIndices* indices, std::byte* data, std::size_t capacity) noexcept
       : indices_(indices), data_(data), capacity_(capacity), key_(indices->key) {}
 
+  /// Records start on cache lines (of this many bytes), and so does the ring.
+  static constexpr std::size_t kRecordAlignment = 64;
   /// The largest record that always fits (larger ones go out of line).
-  std::size_t max_record() const noexcept { return capacity_ / 2 - 32; }
+  std::size_t max_record() const noexcept { return capacity_ / 2 - kRecordAlignment; }
 
   /// Producer: copies `record` in and publishes it; false when full.
   bool try_push(std::span<const std::byte> record) noexcept;
@@ -125,7 +127,7 @@ class ByteRing {
 
   RingIndices* indices_ = nullptr;
   std::byte* data_ = nullptr;
-  std::size_t capacity_ = 0;  // a multiple of 16
+  std::size_t capacity_ = 0;  // a multiple of kRecordAlignment
   std::uint64_t key_ = 0;
   std::uint64_t peeked_end_ = 0;
   std::uint64_t known_head_ = 0;  // producer: the consumer's head, as last read

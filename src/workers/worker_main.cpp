@@ -58,8 +58,7 @@ class WorkerLoop {
       }
       if (type != RecordType::request)
         throw std::runtime_error("unexpected record from the parent");
-      const std::uint64_t request_id = d.u64();
-      d.u64();  // reserved (0): the parent keeps the send time
+      const std::uint64_t request_id = d.varint();
       decode_batch(d);
       segment_.header->current_request.store(request_id, std::memory_order_release);
       segment_.requests.pop();
@@ -131,10 +130,10 @@ class WorkerLoop {
     batch_.clear();
     batch_.resize(count);
     for (Message& m : batch_) {
-      m.id = d.u64();
+      m.id = d.varint();
       m.priority = d.u8();
       m.value = d.value();
-      const std::uint32_t blobs = d.u32();
+      const std::uint32_t blobs = d.count(8 + 8);
       m.blobs.reserve(blobs);
       for (std::uint32_t i = 0; i < blobs; ++i) {
         const std::uint64_t offset = d.u64();
@@ -179,9 +178,9 @@ class WorkerLoop {
     }
     if (!failure.empty()) {
       e.u8(static_cast<std::uint8_t>(RecordType::failure));
-      e.u64(request_id);
+      e.varint(request_id);
       e.u64(started);
-      e.u64(finished);
+      e.varint(finished - started);
       e.text(failure);
     }
     push(record_);
@@ -204,19 +203,8 @@ class WorkerLoop {
   void encode_results(Encoder& e, std::uint64_t request_id, std::uint64_t started,
                       std::uint64_t finished, std::vector<Message>& out) {
     auto& arena = Arena::instance();
-    e.u8(static_cast<std::uint8_t>(RecordType::result));
-    e.u64(request_id);
-    e.u64(started);
-    e.u64(finished);
-    const std::size_t copied_at = e.size();
-    e.u64(0);
     std::uint64_t copied = 0;
-    e.u32(static_cast<std::uint32_t>(out.size()));
     for (Message& m : out) {
-      e.u64(m.id);
-      e.u8(m.priority);
-      e.value(m.value);
-      e.u32(static_cast<std::uint32_t>(m.blobs.size()));
       for (Blob& blob : m.blobs) {
         if (!arena.contains(blob.data(), blob.size())) {
           // Made in private memory: into the arena once, then handed over.
@@ -225,6 +213,20 @@ class WorkerLoop {
           copied += blob.size();
           blob = std::move(bytes).freeze();
         }
+      }
+    }
+    e.u8(static_cast<std::uint8_t>(RecordType::result));
+    e.varint(request_id);
+    e.u64(started);
+    e.varint(finished - started);
+    e.varint(copied);
+    e.varint(out.size());
+    for (Message& m : out) {
+      e.varint(m.id);
+      e.u8(m.priority);
+      e.value(m.value);
+      e.varint(m.blobs.size());
+      for (Blob& blob : m.blobs) {
         ArenaAllocation* allocation = find_allocation(blob.data(), blob.size());
         if (allocation) {
           allocation->handed_over = true;
@@ -240,7 +242,6 @@ class WorkerLoop {
         }
       }
     }
-    std::memcpy(&record_[copied_at], &copied, sizeof copied);
   }
 
   /// The next request, spinning briefly before sleeping; empty when the parent died.

@@ -137,7 +137,9 @@ class WorkerPool {
   /// Ends a batch: its caller is told, the worker's next batch goes. The
   /// round trip is counted to `finished_ns` when the worker says when it
   /// finished (the same clock), else to now.
-  void complete(Worker& w, Pending& p, std::uint64_t finished_ns = 0);
+  /// `answered`: by a result or failure record (else timed out, aborted or lost).
+  void complete(Worker& w, Pending& p, bool answered = false);
+  void note_busy(std::uint64_t ns) noexcept;
   void fail_backlog(Worker& w, const std::string& why);
   void kick(Worker& w);
   asio::awaitable<void> kill_stuck_workers(std::chrono::milliseconds limit);
@@ -175,9 +177,12 @@ class WorkerPool {
   /// A finished start_now() batch, kept with its vectors' capacity: a batch
   /// answered inline would otherwise pay several allocations.
   std::unique_ptr<Started> spare_started_;
-  /// From handing a batch to a worker to its result (smoothed): decides
-  /// whether process() waits for the result inline.
-  std::uint64_t recent_round_trip_ns_ = 0;
+  /// How long the worker ran the last batches (smoothed): decides whether
+  /// process() waits for the result inline. Not the round trip, which counts
+  /// a sleeping worker's wake-up: after one stall, every batch went the slow
+  /// way, waking a worker asleep each time (15 us here), and so kept the
+  /// average up for hundreds of batches.
+  std::uint64_t recent_busy_ns_ = 0;
   std::optional<asio::steady_timer> watchdog_;  // kill_stuck_workers ticks on it
   bool closing_ = false;
   bool cancelled_ = false;  // stop(false): the supervisors are gone

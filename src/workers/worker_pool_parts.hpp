@@ -44,6 +44,22 @@ struct WorkerPool::Pending {
   bool sent = false;  // in the worker's ring (else in its backlog)
   bool done = false;
   bool aborted = false;  // the pool was cancelled
+  /// As if new, keeping the record's storage (see StepOutcome::reset).
+  void reset() noexcept {
+    request_id = 0;
+    priority = 0;
+    record.clear();
+    batch = results = nullptr;
+    failure = nullptr;
+    code = nullptr;
+    outcome = nullptr;
+    timeout.reset();
+    timer.reset();
+    signal = nullptr;
+    worker = nullptr;
+    sent_ns = 0;
+    sent = done = aborted = false;
+  }
 };
 
 /// A batch start_now() handed to a worker: it owns what the pool points to.

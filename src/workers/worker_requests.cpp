@@ -123,11 +123,11 @@ void WorkerPool::recycle(std::unique_ptr<StartedBatch> done) {
   // Only start_now() makes the batches this pool's runner hands back.
   std::unique_ptr<Started> started(static_cast<Started*>(done.release()));
   forget(started->pending_);
-  started->pending_ = Pending{};
+  started->pending_.reset();
   started->begun_ = false;
   started->batch.clear();
   started->results.clear();
-  started->outcome = StepOutcome{};
+  started->outcome.reset();
   spare_started_ = std::move(started);
 }
 
@@ -140,7 +140,7 @@ void WorkerPool::recycle(std::unique_ptr<StartedBatch> done) {
 // more from overlapping the next batch's making with the worker's run, and
 // their results come through the supervisor as before.
 bool WorkerPool::quick_round_trips() const {
-  return parent_spin_ns_ > 0 && recent_round_trip_ns_ < parent_spin_ns_ / 5;
+  return parent_spin_ns_ > 0 && recent_busy_ns_ < parent_spin_ns_ / 5;
 }
 
 bool WorkerPool::should_wait_inline(const Worker& w) const {
@@ -182,14 +182,13 @@ void WorkerPool::encode_request(Pending& p) {
   p.record.clear();
   Encoder e(p.record);
   e.u8(static_cast<std::uint8_t>(RecordType::request));
-  e.u64(p.request_id);
-  e.u64(0);  // reserved: the parent keeps the send time itself
-  e.u32(static_cast<std::uint32_t>(p.batch->size()));
+  e.varint(p.request_id);
+  e.varint(p.batch->size());
   for (Message& m : *p.batch) {
-    e.u64(m.id);
+    e.varint(m.id);
     e.u8(m.priority);
     e.value(m.value);
-    e.u32(static_cast<std::uint32_t>(m.blobs.size()));
+    e.varint(m.blobs.size());
     for (Blob& blob : m.blobs) {
       if (arena.contains(blob.data(), blob.size())) {
         shared_.add(blob.size());
@@ -292,14 +291,15 @@ void WorkerPool::forget(Pending& p) noexcept {
   }
 }
 
-void WorkerPool::complete(Worker& w, Pending& p, std::uint64_t finished_ns) {
+void WorkerPool::note_busy(std::uint64_t ns) noexcept {
+  // Smoothed over the last few batches (1/8 weight to the newest).
+  recent_busy_ns_ = recent_busy_ns_ - recent_busy_ns_ / 8 + ns / 8;
+}
+
+void WorkerPool::complete(Worker& w, Pending& p, bool answered) {
   p.done = true;
-  if (p.sent_ns) {
-    // Smoothed over the last few batches (1/8 weight to the newest).
-    if (finished_ns <= p.sent_ns) finished_ns = monotonic_ns();
-    const std::uint64_t took = finished_ns - p.sent_ns;
-    recent_round_trip_ns_ = recent_round_trip_ns_ - recent_round_trip_ns_ / 8 + took / 8;
-  }
+  // Not answered (timed out, its worker died): it ran at least this long.
+  if (!answered && p.sent_ns) note_busy(monotonic_ns() - p.sent_ns);
   if (p.timer) p.timer->cancel();
   w.in_flight.erase(p.request_id);
   in_flight_.sub(p.batch->size());

@@ -90,14 +90,15 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
     default:
       throw std::runtime_error("unexpected record type " + std::to_string(static_cast<int>(type)));
   }
-  const std::uint64_t request_id = d.u64();
+  const std::uint64_t request_id = d.varint();
   const std::uint64_t started = d.u64();
-  const std::uint64_t finished = d.u64();
+  const std::uint64_t finished = started + d.varint();
   w.last_finished = request_id;
   auto found = w.in_flight.find(request_id);
   Pending* p = found == w.in_flight.end() ? nullptr : found->second;
   if (p && p->sent_ns && started > p->sent_ns) queue_ns_.add(started - p->sent_ns);
   if (finished > started) worker_ns_.add(finished - started);
+  note_busy(finished > started ? finished - started : 0);
   if (p) {  // for traces: which worker ran it, and when
     p->outcome->worker_pid = w.pid;
     p->outcome->worker_started_ns = started;
@@ -112,10 +113,10 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
     tasks_done_.add(p->batch->size());
     w.tasks.add(p->batch->size());
     *p->failure = std::move(text);
-    complete(w, *p, finished);
+    complete(w, *p, true);
     return;
   }
-  copied_.add(d.u64());
+  copied_.add(d.varint());
   const std::uint32_t count = d.count(kMinMessageBytes);
   // Straight into the caller's results; an abandoned batch's (timed out) are
   // decoded all the same, and their transferred blobs freed with them.
@@ -136,7 +137,7 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
     out.resize(first);
     *p->failure = problem;
   }
-  complete(w, *p, finished);
+  complete(w, *p, true);
 }
 
 void WorkerPool::decode_results(Decoder& d, std::uint32_t count, const Pending* p,
@@ -146,10 +147,10 @@ void WorkerPool::decode_results(Decoder& d, std::uint32_t count, const Pending* 
   out.reserve(out.size() + count);
   for (std::uint32_t k = 0; k < count; ++k) {
     Message& m = out.emplace_back();
-    m.id = d.u64();
+    m.id = d.varint();
     m.priority = d.u8();
     m.value = d.value();
-    const std::uint32_t blobs = d.u32();
+    const std::uint32_t blobs = d.count(1 + 8 + 8);
     for (std::uint32_t i = 0; i < blobs; ++i) {
       const auto mode = static_cast<BlobMode>(d.u8());
       const std::uint64_t offset = d.u64();
