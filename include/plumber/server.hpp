@@ -59,6 +59,11 @@ struct ServerOptions {
   /// Bytes queued for all WebSocket clients together: past it, the clients
   /// with the most queued are closed first.
   std::size_t max_total_send_queue = std::size_t{256} << 20;
+  /// SO_SNDBUF of each accepted connection (0: the kernel's, which Linux grows
+  /// to a few MB for a client that does not read). Bytes in it are not in the
+  /// send queue: a small buffer makes a slow client's back pressure reach the
+  /// queue sooner, and bounds the kernel memory each one holds.
+  std::size_t socket_send_buffer = 0;
 };
 
 /// The socket server: HTTP and WebSocket on one port, on the executor it is

@@ -336,6 +336,12 @@ int main(int argc, char** argv) {
                    "the most is closed")
       ->check(CLI::Range(std::size_t{4096}, std::size_t{1} << 40))
       ->capture_default_str();
+  serve_command
+      ->add_option("--socket-send-buffer", serve_options.socket_send_buffer,
+                   "SO_SNDBUF of each connection in bytes (0: the kernel's, a few MB for a "
+                   "client that does not read)")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{1} << 30))
+      ->capture_default_str();
   add_plugin_option(serve_command);
 
   server::SubmitOptions submit_options;

@@ -219,7 +219,7 @@ class Connections(unittest.TestCase):
                 self.assertEqual(s.recv(1), b"")  # closed by the server, not by us
 
     def test_a_client_that_never_reads_holds_its_run_and_others_are_served(self):
-        with Server("--max-send-queue", "65536") as server:
+        with Server("--max-send-queue", "65536", "--socket-send-buffer", "16384") as server:
             async def go():
                 # No keepalive pings from this client: it reads nothing for a
                 # while, so it could not see their answers (slow under TSan).

@@ -112,7 +112,10 @@ class Totals(unittest.TestCase):
 
     def test_the_total_send_queue_closes_the_slowest_client_first(self):
         # 50 clients that never read pushed memory past 368 MB and rising.
-        with Server("--max-send-queue", "1000000", "--max-total-send-queue", "600000") as server:
+        # A small kernel send buffer per connection: the queues grow after
+        # 3 x 32 kB, not after 3 x the ~2 MB Linux would give each (37 s -> s under ASan).
+        with Server("--max-send-queue", "1000000", "--max-total-send-queue", "600000",
+                    "--socket-send-buffer", "16384") as server:
             async def go():
                 slow = [await connect_non_reader(server) for _ in range(3)]
                 for ws in slow:
@@ -135,7 +138,8 @@ class Totals(unittest.TestCase):
 class Shutdown(unittest.TestCase):
     def test_shutdown_does_not_wait_for_a_client_that_never_reads(self):
         # It held shutdown until --idle-timeout (here an hour: past the test's hang guard).
-        server = Server("--idle-timeout", "3600", "--grace-ms", "100").start()
+        server = Server("--idle-timeout", "3600", "--grace-ms", "100",
+                        "--socket-send-buffer", "16384").start()
 
         async def go():
             ws = await connect_non_reader(server)
