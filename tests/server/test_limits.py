@@ -113,7 +113,8 @@ class Totals(unittest.TestCase):
     def test_the_total_send_queue_closes_the_slowest_client_first(self):
         # 50 clients that never read pushed memory past 368 MB and rising.
         # A small kernel send buffer per connection: the queues grow after
-        # 3 x 32 kB, not after 3 x the ~2 MB Linux would give each (37 s -> s under ASan).
+        # 3 x 32 kB, not after 3 x the ~2 MB Linux would give each (this file:
+        # 79 -> 20 s under ASan).
         with Server("--max-send-queue", "1000000", "--max-total-send-queue", "600000",
                     "--socket-send-buffer", "16384") as server:
             async def go():
