@@ -187,9 +187,9 @@ asio::awaitable<void> ServerCore::accept() {
     error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
     if (options.socket_send_buffer > 0) {
-      socket.set_option(asio::socket_base::send_buffer_size(
-                            static_cast<int>(options.socket_send_buffer)),
-                        ignored);
+      socket.set_option(
+          asio::socket_base::send_buffer_size(static_cast<int>(options.socket_send_buffer)),
+          ignored);
     }
     start_http_session(self, std::move(socket));
   }
