@@ -1,7 +1,8 @@
 // The shared-memory ring of worker processes, on its own: records in order,
 // across many laps of a small ring, and between two threads (which
 // ThreadSanitizer checks: the ring's publication is its only synchronisation);
-// and the fields of the records it carries.
+// the fields of the records it carries; and the clock a worker times batches with.
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -12,9 +13,11 @@
 
 #include <doctest/doctest.h>
 
+#include "workers/busy_clock.hpp"
 #include "workers/protocol.hpp"
 #include "workers/shm.hpp"
 
+using plumber::detail::BusyClock;
 using plumber::detail::ByteRing;
 using plumber::detail::Decoder;
 using plumber::detail::Encoder;
@@ -115,12 +118,19 @@ TEST_CASE("Workers.RingBetweenTwoThreads") {
 }
 
 TEST_CASE("Workers.RecordFieldsRoundTrip") {
-  const std::vector<std::uint64_t> numbers = {0, 1, 127, 128, 16383, 16384, 1ull << 32,
-                                              ~std::uint64_t{0}};
+  const std::vector<std::uint64_t> numbers = {0,     1,     127,        128,
+                                              16383, 16384, 1ull << 32, ~std::uint64_t{0}};
   // Values whose CBOR is just under, at and well over the one-byte size.
   const std::vector<plumber::json> values = {
-      nullptr, 7, -3, 2.5, "short", std::string(120, 'a'), std::string(126, 'b'),
-      std::string(200, 'c'), std::string(20000, 'd'),
+      nullptr,
+      7,
+      -3,
+      2.5,
+      "short",
+      std::string(120, 'a'),
+      std::string(126, 'b'),
+      std::string(200, 'c'),
+      std::string(20000, 'd'),
       plumber::json{{"k", std::string(300, 'e')}, {"n", {1, 2, 3}}}};
   std::vector<std::uint8_t> bytes;
   Encoder e(bytes);
@@ -153,4 +163,29 @@ TEST_CASE("Workers.RecordFieldsRejectWhatIsCut") {
   // A value whose size runs past the record, and a count larger than it can hold.
   CHECK_THROWS_WITH(decoder({0x05, 0x01}).value(), "truncated worker record");
   CHECK_THROWS_WITH(decoder({0x7f, 0, 0, 0, 0}).count(4), "worker record: count past its end");
+}
+
+TEST_CASE("Workers.BusyClockReadsTheMonotonicClock") {
+  BusyClock clock;
+  // Uncalibrated, it is the clock itself.
+  const std::uint64_t before = plumber::detail::monotonic_ns();
+  const std::uint64_t first = clock.now();
+  CHECK(first >= before);
+  CHECK(first <= plumber::detail::monotonic_ns());
+  // Calibrated over a few milliseconds (where there is a counter), it still
+  // tells the clock's time: within 1 ms here, a bound on the conversion, not on
+  // how long anything takes.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  clock.calibrate();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const std::uint64_t truth = plumber::detail::monotonic_ns();
+  const std::uint64_t told = clock.now();
+  const std::uint64_t gap = told > truth ? told - truth : truth - told;
+  CHECK(gap < 1'000'000);
+  std::uint64_t last = told;
+  for (int i = 0; i < 1000; ++i) {  // and it never goes back
+    const std::uint64_t next = clock.now();
+    CHECK(next >= last);
+    last = next;
+  }
 }

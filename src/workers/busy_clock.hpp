@@ -28,8 +28,8 @@ class BusyClock {
     if (ns_per_tick_ > 0) {
       const std::uint64_t ticks = __rdtsc();
       if (ticks >= anchor_.ticks) {
-        return anchor_.ns +
-               static_cast<std::uint64_t>(static_cast<double>(ticks - anchor_.ticks) * ns_per_tick_);
+        return anchor_.ns + static_cast<std::uint64_t>(static_cast<double>(ticks - anchor_.ticks) *
+                                                       ns_per_tick_);
       }
     }
 #endif
@@ -55,7 +55,9 @@ class BusyClock {
   }
 
   /// Whether now() reads the counter (else the clock).
-  bool calibrated() const noexcept { return ns_per_tick_ > 0; }
+  bool calibrated() const noexcept {
+    return ns_per_tick_ > 0;
+  }
 
  private:
   struct Reading {
