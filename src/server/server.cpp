@@ -3,6 +3,7 @@
 // HTTP connections: http_session.cpp; /v1 process requests: v1_process.cpp;
 // WebSocket: ws_session.cpp; the catalog of graphs: catalog.cpp.
 #include <algorithm>
+#include <climits>
 #include <filesystem>
 
 #include <spdlog/spdlog.h>
@@ -187,9 +188,8 @@ asio::awaitable<void> ServerCore::accept() {
     error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
     if (options.socket_send_buffer > 0) {
-      socket.set_option(
-          asio::socket_base::send_buffer_size(static_cast<int>(options.socket_send_buffer)),
-          ignored);
+      const std::size_t bytes = std::min<std::size_t>(options.socket_send_buffer, INT_MAX / 2);
+      socket.set_option(asio::socket_base::send_buffer_size(static_cast<int>(bytes)), ignored);
     }
     start_http_session(self, std::move(socket));
   }

@@ -61,8 +61,6 @@ class Encoder {
     varint(s.size());
     raw(s.data(), s.size());
   }
-  /// Overwrites a u64 written earlier at `offset`.
-  void patch_u64(std::size_t offset, std::uint64_t v) { std::memcpy(&out_[offset], &v, sizeof v); }
   std::size_t size() const noexcept { return out_.size(); }
 
  private:
