@@ -44,10 +44,14 @@ endif()
 # or a second preset of the same sources, cheap on a 2-core machine.
 find_program(PLUMBER_CCACHE ccache)
 if(PLUMBER_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
-  # With precompiled headers (PLUMBER_PCH), ccache caches only when told to
-  # ignore the header's macros and timestamps; CMake rebuilds the header
-  # whenever what it includes changes.
-  set(CMAKE_CXX_COMPILER_LAUNCHER ${CMAKE_COMMAND} -E env
-      CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
-      ${PLUMBER_CCACHE})
+  if(PLUMBER_PCH)
+    # With precompiled headers, ccache caches only when told to ignore the
+    # header's macros and timestamps; CMake rebuilds the header whenever what
+    # it includes changes.
+    set(CMAKE_CXX_COMPILER_LAUNCHER ${CMAKE_COMMAND} -E env
+        CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+        ${PLUMBER_CCACHE})
+  else()
+    set(CMAKE_CXX_COMPILER_LAUNCHER ${PLUMBER_CCACHE})
+  endif()
 endif()
