@@ -51,10 +51,10 @@ void Encoder::value(const json& v) {
     out_[at] = static_cast<std::uint8_t>(n);
     return;
   }
-  std::vector<std::uint8_t> size;
-  Encoder(size).varint(n);
-  out_.insert(out_.begin() + static_cast<std::ptrdiff_t>(at) + 1, size.begin() + 1, size.end());
-  std::memcpy(&out_[at], size.data(), size.size());
+  std::uint8_t size[kMaxVarint];
+  const std::size_t length = varint_bytes(n, size);
+  out_.insert(out_.begin() + static_cast<std::ptrdiff_t>(at) + 1, size + 1, size + length);
+  std::memcpy(&out_[at], size, length);
 }
 
 json Decoder::value() {

@@ -48,12 +48,20 @@ class Encoder {
   explicit Encoder(std::vector<std::uint8_t>& out) : out_(out) {}
   void u8(std::uint8_t v) { out_.push_back(v); }
   void u64(std::uint64_t v) { raw(&v, sizeof v); }
+  static constexpr std::size_t kMaxVarint = 10;
+  /// Writes `v` as a varint at `out` (room for kMaxVarint); returns its length.
+  static std::size_t varint_bytes(std::uint64_t v, std::uint8_t* out) noexcept {
+    std::size_t n = 0;
+    for (; v >= 0x80; v >>= 7)
+      out[n++] = static_cast<std::uint8_t>(v | 0x80);
+    out[n++] = static_cast<std::uint8_t>(v);
+    return n;
+  }
   void varint(std::uint64_t v) {
-    while (v >= 0x80) {
-      out_.push_back(static_cast<std::uint8_t>(v | 0x80));
-      v >>= 7;
-    }
-    out_.push_back(static_cast<std::uint8_t>(v));
+    std::uint8_t bytes[kMaxVarint];
+    const std::size_t n = varint_bytes(v, bytes);
+    for (std::size_t i = 0; i < n; ++i)
+      out_.push_back(bytes[i]);
   }
   /// A value's CBOR, after its size (a varint).
   void value(const json& v);

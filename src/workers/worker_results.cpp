@@ -92,13 +92,14 @@ void WorkerPool::handle_record(Worker& w, std::span<const std::byte> bytes) {
   }
   const std::uint64_t request_id = d.varint();
   const std::uint64_t started = d.u64();
-  const std::uint64_t finished = started + d.varint();
+  const std::uint64_t busy = d.varint();
+  const std::uint64_t finished = started + busy;
   w.last_finished = request_id;
   auto found = w.in_flight.find(request_id);
   Pending* p = found == w.in_flight.end() ? nullptr : found->second;
   if (p && p->sent_ns && started > p->sent_ns) queue_ns_.add(started - p->sent_ns);
-  if (finished > started) worker_ns_.add(finished - started);
-  note_busy(finished > started ? finished - started : 0);
+  worker_ns_.add(busy);
+  note_busy(busy);
   if (p) {  // for traces: which worker ran it, and when
     p->outcome->worker_pid = w.pid;
     p->outcome->worker_started_ns = started;
