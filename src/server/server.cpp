@@ -1,7 +1,8 @@
 // `plumber serve`: the server's life: constructing it (its pipeline threads),
 // listening, accepting connections, counting what they hold, shutting down.
 // HTTP connections: http_session.cpp; /v1 process requests: v1_process.cpp;
-// WebSocket: ws_session.cpp; the catalog of graphs: catalog.cpp.
+// WebSocket: ws_session.cpp, a client's runs: client_runs.cpp; the catalog of
+// graphs: catalog.cpp.
 #include <algorithm>
 #include <climits>
 #include <filesystem>

@@ -1,10 +1,10 @@
 // The WebSocket protocol of `plumber serve` (docs/protocol.md): one session per
-// connection, on the connection's strand. A reader coroutine handles client
-// frames in order; a writer coroutine drains the outbox. Pipelines run on their
-// own strands and post their output frames here.
-#include <algorithm>
+// connection, on the connection's strand. A reader coroutine hands client
+// frames, in order, to the client's runs (client_runs.cpp); a writer coroutine
+// drains the outbox, where the runs queue their frames.
 #include <deque>
-#include <sstream>
+#include <optional>
+#include <string>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
@@ -12,12 +12,13 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/websocket/stream.hpp>
 
-#include "plumber/plumber.hpp"
+#include "server/client_runs.hpp"
 #include "server/protocol.hpp"
 #include "server/server_impl.hpp"
 
@@ -26,47 +27,10 @@ namespace {
 
 namespace websocket = beast::websocket;
 constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
-/// Events a served run's trace keeps (docs/protocol.md): its frame must fit
-/// the client's send queue.
-constexpr std::size_t kTraceEvents = 10'000;
 
-/// What a run shares with its pipeline's handlers (which run on the pipeline's
-/// strand and must not own the session).
-struct RunShared {
-  std::atomic<std::uint64_t> outputs{0};
-  std::atomic<std::uint64_t> failed{0};
-  std::atomic<std::uint64_t> cancelled{0};
-  std::atomic<bool> cancel_requested{false};
-};
-
-/// One run of a graph for a client.
-struct Run {
-  std::uint64_t id = 0;
-  std::shared_ptr<Pipeline> pipeline;
-  std::shared_ptr<RunShared> shared = std::make_shared<RunShared>();
-  std::uint64_t metrics_key = 0;
-  std::uint64_t board_key = 0;  ///< in ServerCore::runs
-  bool has_input = false;
-  bool input_ended = false;
-  bool finished = false;
-  std::string cancel_reason;
-  std::uint32_t stats_ms = 0;
-  bool traced = false;  ///< a "trace" frame goes before "done"
-  std::unique_ptr<asio::steady_timer> stats_timer;
-  std::unique_ptr<asio::steady_timer> budget;      ///< --max-run-ms
-  std::unique_ptr<asio::steady_timer> step_watch;  ///< --max-step-ms
-  std::unique_ptr<asio::steady_timer> ending;      ///< see WsSession::give_up
-};
-
-/// Worker processes a graph starts (for --max-total-procs).
-std::size_t procs_of(const GraphSpec& spec) {
-  std::size_t procs = 0;
-  for (const NodeSpec& node : spec.nodes)
-    procs += node.procs;
-  return procs;
-}
-
-class WsSession : public Connection, public std::enable_shared_from_this<WsSession> {
+class WsSession : public Connection,
+                  public RunsHost,
+                  public std::enable_shared_from_this<WsSession> {
  public:
   WsSession(std::shared_ptr<ServerCore> server, beast::tcp_stream stream, ConnectionSlot slot,
             std::uint64_t id)
@@ -78,13 +42,11 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         reader_wake_(ws_.get_executor()),
         hard_close_(ws_.get_executor()),
         room_(ws_.get_executor(), asio::steady_timer::time_point::max()),
-        watch_timer_(ws_.get_executor()) {
+        runs_(server_, *this, id_, ws_.get_executor()) {
     ++server_->metrics.websockets;
   }
 
   ~WsSession() override {
-    for (auto& [id, run] : runs_)
-      server_->runs.remove(run->board_key);
     --server_->metrics.websockets;
     server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(queued_bytes_);
   }
@@ -107,9 +69,9 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     asio::co_spawn(ws_.get_executor(), write_loop(shared_from_this()), asio::detached);
     co_await read_loop();
     // The client is gone (or the connection failed): nobody reads the runs any more.
-    cancel_runs("the connection closed");
+    runs_.cancel_runs("the connection closed");
     closing_ = true;
-    watch_timer_.cancel();
+    runs_.stop_watching();
     writer_wake_.cancel();
     room_.cancel();
     server_->remove_connection(id_);
@@ -129,7 +91,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     asio::post(ws_.get_executor(), [self = shared_from_this(), reason = std::move(reason)] {
       self->shutting_down_ = true;
       if (self->shutdown_reason_.empty()) self->shutdown_reason_ = reason;
-      self->cancel_runs(reason);
+      self->runs_.cancel_runs(reason);
       if (self->runs_.empty()) self->close(websocket::close_code::going_away, reason);
       // Shutdown does not wait for a client that does not read its last frames.
       self->drop_after(std::chrono::seconds(1));
@@ -152,7 +114,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     for (;;) {
       // Back pressure: while the client does not read what is queued for it,
       // its frames (inputs, new runs) wait in its socket.
-      while (queued_bytes_ > server_->options.max_send_queue / 2 && !closing_) {
+      while (behind() && !closing_) {
         reader_wake_.expires_at(asio::steady_timer::time_point::max());
         co_await reader_wake_.async_wait(tuple_awaitable);
       }
@@ -183,393 +145,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
       }
       if (shutting_down_ && closing_) continue;
       std::string text = beast::buffers_to_string(buffer.data());
-      co_await handle(text);
-    }
-  }
-
-  asio::awaitable<void> handle(const std::string& text) {
-    auto parsed = parse_request(text);
-    if (auto* error = std::get_if<ProtocolError>(&parsed)) {
-      send_error(*error);
-      co_return;
-    }
-    Command request = std::move(std::get<Command>(parsed));
-    switch (request.op) {
-      case Op::submit:
-        submit(request);
-        break;
-      case Op::input:
-        co_await input(request);
-        break;
-      case Op::end:
-        end(request);
-        break;
-      case Op::cancel:
-        cancel_run(request);
-        break;
-      case Op::stop:
-        if (Run* run = find_run(request)) {
-          run->input_ended = true;
-          run->pipeline->stop(true);
-        }
-        break;
-      case Op::stats:
-        if (Run* run = find_run(request)) {
-          send(stats_frame(run->id, run->pipeline->stats()));
-        }
-        break;
-      case Op::watch:
-        watch_ms_ = request.stats_ms > 0 ? request.stats_ms : 1000;
-        if (!watching_) {
-          watching_ = true;
-          asio::co_spawn(ws_.get_executor(), push_watch(shared_from_this()), asio::detached);
-        }
-        break;
-      case Op::unwatch:
-        watch_ms_ = 0;
-        watch_timer_.cancel();
-        break;
-    }
-  }
-
-  /// Sends the server-wide view every watch_ms_ until unwatch; skips a frame
-  /// while the client is behind (the next one says it all again).
-  static asio::awaitable<void> push_watch(std::shared_ptr<WsSession> self) {
-    while (self->watch_ms_ > 0 && !self->closing_) {
-      if (self->queued_bytes_ <= self->server_->options.max_send_queue / 2) {
-        self->send(watch_frame(self->id_, self->server_->runs.runs_json(),
-                               self->server_->services_json()));
-      }
-      self->watch_timer_.expires_after(std::chrono::milliseconds(self->watch_ms_));
-      co_await self->watch_timer_.async_wait(tuple_awaitable);
-    }
-    self->watching_ = false;
-  }
-
-  Run* find_run(const Command& request) {
-    auto it = runs_.find(request.run);
-    if (it != runs_.end()) return it->second.get();
-    ProtocolError error;
-    error.code = "run.unknown";
-    error.pointer = "/run";
-    error.message = "no run " + std::to_string(request.run) + " on this connection";
-    error.hint = request.run <= last_run_ ? "it has finished (its \"done\" frame was sent)"
-                                          : "run ids come from \"accepted\" frames";
-    send_error(error, request.run, request.ref);
-    return nullptr;
-  }
-
-  void submit(const Command& request) {
-    ProtocolError error;
-    if (shutting_down_) {
-      error.code = "server.shutting_down";
-      error.message = "the server is shutting down (" + shutdown_reason_ + "): no new runs";
-      send_error(error, 0, request.ref);
-      return;
-    }
-    if (runs_.size() >= server_->options.max_runs) {
-      error.code = "run.limit";
-      error.message = "this connection already has " + std::to_string(runs_.size()) +
-                      " runs going on, the most this server allows";
-      error.hint = "wait for a \"done\", or open another connection";
-      send_error(error, 0, request.ref);
-      return;
-    }
-    GraphSpec spec;
-    std::string name;
-    try {
-      if (!request.name.empty() || request.graph.is_null()) {
-        const auto entry = server_->find_graph(request.name);
-        if (!entry) {
-          error.code = "graph.unknown_name";
-          error.pointer = "/name";
-          error.message = "no graph named \"" + request.name + "\"";
-          error.hint = server_->nearest_graph(request.name);
-          send_error(error, 0, request.ref);
-          return;
-        }
-        spec = entry->spec;
-        name = entry->name;
-      } else {
-        spec = server_->load_submitted(request.graph);
-        name = spec.name.empty() ? "inline" : "inline:" + spec.name;
-      }
-    } catch (const GraphError& e) {
-      send_error(graph_error(e), 0, request.ref);
-      return;
-    } catch (const std::exception& e) {
-      error.code = "graph.invalid";
-      error.message = e.what();
-      send_error(error, 0, request.ref);
-      return;
-    }
-
-    json accepted = accepted_frame(0, request.ref, name, spec);
-    const std::size_t procs = procs_of(spec);
-    if (auto refused = server_->reserve_run(procs)) {
-      error.code = refused->first;
-      error.message = refused->second;
-      send_error(error, 0, request.ref);
-      return;
-    }
-    auto run = std::make_shared<Run>();
-    try {
-      run->pipeline = std::make_shared<Pipeline>(
-          Plumber(server_->registry)
-              .build(spec, server_->executor(),
-                     {.collect_timings = true,
-                      .trace = {.enabled = request.trace, .max_events = kTraceEvents},
-                      .watch_steps = watch_steps()}));
-    } catch (const GraphError& e) {
-      server_->release_run(procs);
-      send_error(graph_error(e), 0, request.ref);
-      return;
-    }
-    run->id = ++last_run_;
-    run->has_input = spec.host_fed_input().has_value();
-    run->stats_ms = request.stats_ms;
-    run->traced = request.trace;
-    // The outputs come to this connection as a bounded stream: when the client
-    // reads slowly, delivery waits, the stream fills, and the graph holds still.
-    run->pipeline->stream_outputs({.capacity = 256, .overflow = OutputOverflow::block});
-
-    // Every handler is set before start(): with several threads the pipeline
-    // may finish before start() returns.
-    run->metrics_key = server_->metrics.track(name, run->pipeline);
-    ++server_->metrics.runs;
-    Metrics* metrics = &server_->metrics;
-    const std::uint64_t key = run->metrics_key;
-    auto shared = run->shared;
-    run->pipeline->on_done([shared, metrics, key, server = server_, procs] {
-      metrics->finished(key, shared->cancel_requested ? "cancelled" : "completed");
-      --metrics->runs;
-      server->release_run(procs);
-    });
-    try {
-      run->pipeline->start();
-    } catch (const std::exception& e) {
-      // It never ran, so it never ends: nothing will call on_done.
-      metrics->finished(key, "start_failed");
-      --metrics->runs;
-      server_->release_run(procs);
-      error.code = "run.start_failed";
-      error.message = e.what();
-      send_error(error, 0, request.ref);
-      return;
-    }
-    accepted["run"] = run->id;
-    send(accepted);
-    run->board_key = server_->runs.add(id_, run->id, name, run->pipeline);
-    runs_.emplace(run->id, run);
-    asio::co_spawn(ws_.get_executor(), deliver_outputs(shared_from_this(), run), asio::detached);
-    if (run->stats_ms > 0) {
-      run->stats_timer = std::make_unique<asio::steady_timer>(ws_.get_executor());
-      asio::co_spawn(ws_.get_executor(), push_stats(shared_from_this(), run), asio::detached);
-    }
-    if (server_->options.max_run.count() > 0) {
-      run->budget =
-          std::make_unique<asio::steady_timer>(ws_.get_executor(), server_->options.max_run);
-      run->budget->async_wait([self = shared_from_this(), run](error_code ec) {
-        if (ec || run->finished) return;
-        self->give_up(run, "the run took longer than this server allows (--max-run-ms " +
-                               std::to_string(self->server_->options.max_run.count()) + ")");
-      });
-    }
-    if (watch_steps()) {
-      run->step_watch = std::make_unique<asio::steady_timer>(ws_.get_executor());
-      asio::co_spawn(ws_.get_executor(), watch_steps(shared_from_this(), run), asio::detached);
-    }
-  }
-
-  bool watch_steps() const noexcept { return server_->options.max_step.count() > 0; }
-
-  /// Cancels a run for `reason`. A synchronous step cannot be interrupted: if
-  /// the run has not ended a second later, the client gets its "done" then and
-  /// the run ends in the background, whenever its step returns.
-  void give_up(const std::shared_ptr<Run>& run, const std::string& reason) {
-    cancel_one(*run, reason);
-    if (run->ending) return;
-    run->ending = std::make_unique<asio::steady_timer>(ws_.get_executor(), std::chrono::seconds(1));
-    run->ending->async_wait([self = shared_from_this(), run](error_code ec) {
-      if (!ec && !run->finished) self->finish_run(run->id);
-    });
-  }
-
-  /// --max-step-ms: looks at the run's longest step invocation under way a few
-  /// times per limit; past the limit, the run is given up.
-  static asio::awaitable<void> watch_steps(std::shared_ptr<WsSession> self,
-                                           std::shared_ptr<Run> run) {
-    using std::chrono::milliseconds;
-    const milliseconds limit = self->server_->options.max_step;
-    const milliseconds period = std::clamp(limit / 4, milliseconds(5), milliseconds(1000));
-    while (!run->finished) {
-      run->step_watch->expires_after(period);
-      co_await run->step_watch->async_wait(tuple_awaitable);
-      if (run->finished) break;
-      // No `continue` past a live local in a coroutine: g++ 12 destroys it twice.
-      if (step_overran(*self, run, limit)) break;
-    }
-  }
-
-  /// True when the run's longest step invocation under way is past `limit`:
-  /// the run is then given up.
-  static bool step_overran(WsSession& self, const std::shared_ptr<Run>& run,
-                           std::chrono::milliseconds limit) {
-    const std::optional<RunningStep> step = run->pipeline->longest_running_step();
-    if (!step || step->elapsed <= limit) return false;
-    const std::string node(step->node);
-    spdlog::info("websocket connection {}: run {}: the step in node \"{}\" ran longer than {} ms",
-                 self.id_, run->id, node, limit.count());
-    // Its thread is lost until the step returns: the other runs get another.
-    if (step->holds_thread) self.server_->replace_stuck_pipeline_thread();
-    self.give_up(run, "the step in node \"" + node + "\" ran longer than " +
-                          std::to_string(limit.count()) + " ms (--max-step-ms " +
-                          std::to_string(limit.count()) + ")");
-    return true;
-  }
-
-  /// Sends a run's outputs to the client as it reads them, then its "done":
-  /// every output is delivered before "done", whatever the speed of the client.
-  static asio::awaitable<void> deliver_outputs(std::shared_ptr<WsSession> self,
-                                               std::shared_ptr<Run> run) {
-    RunShared& counts = *run->shared;
-    for (;;) {
-      // The client is behind: wait until the writer has sent some of its queue.
-      while (self->queued_bytes_ > self->server_->options.max_send_queue / 2 && !self->closing_) {
-        co_await self->room_.async_wait(tuple_awaitable);
-      }
-      std::tuple<error_code, OutputRecord> next =
-          co_await run->pipeline->async_receive_output(tuple_awaitable);
-      if (std::get<0>(next)) break;  // eof: the pipeline is done
-      const OutputRecord& record = std::get<1>(next);
-      switch (record.kind) {
-        case OutputRecord::Kind::value:
-          ++counts.outputs;
-          break;
-        case OutputRecord::Kind::error:
-          ++counts.failed;
-          break;
-        case OutputRecord::Kind::cancelled:
-          ++counts.cancelled;
-          break;
-      }
-      self->send(record_frame(run->id, record));
-    }
-    if (run->traced && !self->closing_) {
-      while (self->queued_bytes_ > self->server_->options.max_send_queue / 2 && !self->closing_) {
-        co_await self->room_.async_wait(tuple_awaitable);
-      }
-      std::ostringstream trace;
-      run->pipeline->write_trace(trace);
-      self->push(R"({"type":"trace","run":)" + std::to_string(run->id) + R"(,"trace":)" +
-                 std::move(trace).str() + "}");
-    }
-    self->finish_run(run->id);
-  }
-
-  /// Sends a run's counters every stats_ms until it finishes.
-  static asio::awaitable<void> push_stats(std::shared_ptr<WsSession> self,
-                                          std::shared_ptr<Run> run) {
-    while (!run->finished && !self->closing_) {
-      run->stats_timer->expires_after(std::chrono::milliseconds(run->stats_ms));
-      co_await run->stats_timer->async_wait(tuple_awaitable);
-      if (run->finished || self->closing_) break;
-      self->send(stats_frame(run->id, run->pipeline->stats()));
-    }
-  }
-
-  asio::awaitable<void> input(const Command& request) {
-    auto it = runs_.find(request.run);
-    if (it == runs_.end()) {
-      find_run(request);  // reports it
-      co_return;
-    }
-    std::shared_ptr<Run> run = it->second;
-    ProtocolError error;
-    if (!run->has_input) {
-      error.code = "run.no_input";
-      error.message = "run " + std::to_string(run->id) + "'s graph has no `input` source";
-      send_error(error, run->id, request.ref);
-      co_return;
-    }
-    if (run->input_ended) {
-      error.code = "run.input_closed";
-      error.message = "run " + std::to_string(run->id) + " takes no more input: it was ended";
-      send_error(error, run->id, request.ref);
-      co_return;
-    }
-    for (const json& value : request.values) {
-      bool stopped = false;
-      try {
-        json item = value;
-        co_await run->pipeline->async_feed(std::move(item));
-      } catch (const std::exception&) {
-        stopped = true;
-      }
-      if (stopped) {
-        error.code = "run.stopped";
-        error.message = "run " + std::to_string(run->id) + " is stopping and takes no more input";
-        send_error(error, run->id, request.ref);
-        co_return;
-      }
-    }
-  }
-
-  void end(const Command& request) {
-    Run* run = find_run(request);
-    if (!run) return;
-    ProtocolError error;
-    if (!run->has_input) {
-      error.code = "run.no_input";
-      error.message = "run " + std::to_string(run->id) + "'s graph has no `input` source";
-      send_error(error, run->id, request.ref);
-      return;
-    }
-    if (run->input_ended) {
-      error.code = "run.input_closed";
-      error.message = "run " + std::to_string(run->id) + " was already ended";
-      send_error(error, run->id, request.ref);
-      return;
-    }
-    run->input_ended = true;
-    run->pipeline->end_input();
-  }
-
-  void cancel_run(const Command& request) {
-    if (Run* run = find_run(request)) cancel_one(*run, "cancelled by the client");
-  }
-
-  void cancel_one(Run& run, const std::string& reason) {
-    if (run.shared->cancel_requested.exchange(true)) return;
-    run.cancel_reason = reason;
-    run.pipeline->stop(false);
-  }
-
-  void cancel_runs(const std::string& reason) {
-    for (auto& [id, run] : runs_)
-      cancel_one(*run, reason);
-  }
-
-  void finish_run(std::uint64_t id) {
-    auto it = runs_.find(id);
-    if (it == runs_.end()) return;
-    std::shared_ptr<Run> run = std::move(it->second);
-    runs_.erase(it);
-    server_->runs.remove(run->board_key);
-    run->finished = true;
-    if (run->stats_timer) run->stats_timer->cancel();
-    if (run->budget) run->budget->cancel();
-    if (run->step_watch) run->step_watch->cancel();
-    if (run->ending) run->ending->cancel();
-    RunSummary summary;
-    summary.status = run->shared->cancel_requested ? "cancelled" : "completed";
-    summary.reason = run->cancel_reason;
-    summary.outputs = run->shared->outputs;
-    summary.failed = run->shared->failed;
-    summary.cancelled = run->shared->cancelled;
-    send(done_frame(id, summary, run->pipeline->stats()));
-    if (shutting_down_ && runs_.empty()) {
-      close(websocket::close_code::going_away, shutdown_reason_);
+      co_await runs_.handle(text);
     }
   }
 
@@ -583,7 +159,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   /// Queues a frame made on this strand.
   void send(const json& frame) { push(dump(frame)); }
 
-  void push(std::string frame) {
+  void push(std::string frame) override {
     if (closing_) return;
     if (queued_bytes_ + frame.size() > server_->options.max_send_queue) {
       overflow();
@@ -603,7 +179,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     queued_bytes_ -= bytes;
     queued_mirror_ = queued_bytes_;
     server_->metrics.send_queue_bytes -= static_cast<std::int64_t>(bytes);
-    if (queued_bytes_ <= server_->options.max_send_queue / 2) {
+    if (!behind()) {
       reader_wake_.cancel();
       room_.cancel();
     }
@@ -629,7 +205,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     if (overflowed_) return;
     overflowed_ = true;
     spdlog::info("websocket connection {}: {}", id_, reason);
-    cancel_runs(reason);
+    runs_.cancel_runs(reason);
     // Drop what it would never read, tell it why, and close.
     std::size_t dropped = 0;
     for (auto& frame : outbox_)
@@ -659,7 +235,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     close_ = websocket::close_reason(code, reason.substr(0, 120));
     close_kind_ = std::move(kind);
     closing_ = true;
-    watch_timer_.cancel();
+    runs_.stop_watching();
     writer_wake_.cancel();
     reader_wake_.cancel();
     room_.cancel();
@@ -695,6 +271,29 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     }
   }
 
+  // --- for the runs (RunsHost) -------------------------------------------------
+
+  bool behind() const override { return queued_bytes_ > server_->options.max_send_queue / 2; }
+
+  asio::awaitable<void> wait_for_room() override {
+    while (behind() && !closing_) {
+      co_await room_.async_wait(tuple_awaitable);
+    }
+  }
+
+  bool closing() const override { return closing_; }
+
+  std::optional<std::string> shutting_down() const override {
+    if (!shutting_down_) return std::nullopt;
+    return shutdown_reason_;
+  }
+
+  void no_runs_left() override {
+    if (shutting_down_) close(websocket::close_code::going_away, shutdown_reason_);
+  }
+
+  std::shared_ptr<void> hold() override { return shared_from_this(); }
+
   std::shared_ptr<ServerCore> server_;
   websocket::stream<beast::tcp_stream> ws_;
   ConnectionSlot slot_;
@@ -705,20 +304,16 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   /// Woken (cancel(), never re-armed) when the send queue has room again: the
   /// runs' output delivery waits on it.
   asio::steady_timer room_;
-  asio::steady_timer watch_timer_;
-  std::uint32_t watch_ms_ = 0;  ///< `watch`: push every this many ms (0: not watching)
-  bool watching_ = false;       ///< push_watch runs
   std::deque<std::string> outbox_;
   std::size_t queued_bytes_ = 0;               ///< in the outbox or being written
   std::atomic<std::size_t> queued_mirror_{0};  ///< queued_bytes_, for other threads
   bool overflowed_ = false;
-  std::map<std::uint64_t, std::shared_ptr<Run>> runs_;
-  std::uint64_t last_run_ = 0;
   bool shutting_down_ = false;
   bool closing_ = false;
   std::string shutdown_reason_;
   std::optional<websocket::close_reason> close_;
   std::string close_kind_ = "server";
+  ClientRuns runs_;
 };
 
 }  // namespace
