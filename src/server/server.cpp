@@ -14,7 +14,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "server/server_impl.hpp"
+#include "server/server_core.hpp"
 
 namespace plumber::server {
 namespace {

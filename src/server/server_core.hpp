@@ -283,4 +283,8 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   friend class plumber::Server;
 };
 
+/// Serves HTTP requests on an accepted `socket` (its executor is the
+/// connection's strand) until the connection ends or upgrades to a WebSocket.
+void start_http_session(std::shared_ptr<ServerCore> server, tcp::socket socket);
+
 }  // namespace plumber::server

@@ -1,9 +1,9 @@
 #pragma once
-/// Internals of `plumber serve` shared by server.cpp (listening, accepting,
-/// shutdown), http_session.cpp (HTTP requests: reading, admitting, routing),
-/// v1_process.cpp (/v1 process requests), catalog.cpp (the graphs) and
-/// ws_session.cpp (the WebSocket protocol). Beast-heavy: include it only
-/// from src/server/. ServerCore itself is in server_core.hpp, without Beast.
+/// Internals of `plumber serve` that need Beast, shared by http_session.cpp
+/// (HTTP requests: reading, admitting, routing), v1_process.cpp (/v1 process
+/// requests), catalog.cpp (the graphs) and ws_session.cpp (the WebSocket
+/// protocol). Include it only from src/server/. ServerCore itself, and what
+/// server.cpp needs, is in server_core.hpp, without Beast.
 #include <memory>
 #include <string>
 #include <string_view>
@@ -41,10 +41,6 @@ struct ServerCore::Upload {
   SharedBytes bytes;  ///< Content-Length bytes in the shared-memory arena
   HeldBytes held;     ///< counts them in plumber_upload_bytes_held while they live
 };
-
-/// Serves HTTP requests on an accepted `socket` (its executor is the
-/// connection's strand) until the connection ends or upgrades to a WebSocket.
-void start_http_session(std::shared_ptr<ServerCore> server, tcp::socket socket);
 
 /// Runs a WebSocket session on `stream` (its executor is the connection's
 /// strand) after the HTTP upgrade `request`; `id` is its connection id.
