@@ -89,8 +89,9 @@ class StepRunner {
   /// with no coroutine frame per message (its fast path). Null for the others.
   virtual Transform* inline_step() noexcept { return nullptr; }
   /// Whether run() would likely complete the next batch without suspending
-  /// (a worker process answering within its spin): the node then runs it in
-  /// its own coroutine rather than spawn one for it.
+  /// (a worker process answering within its spin), and whether that is worth
+  /// more than overlapping it with the next batches that wait in the node's
+  /// input: the node then runs it in its own coroutine rather than spawn one.
   virtual bool answers_at_once() const { return false; }
   /// One attempt at `batch` (its messages are taken) started from a plain
   /// function (no limits but `timeout`); null when this runner cannot (it

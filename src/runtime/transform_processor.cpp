@@ -260,10 +260,11 @@ asio::awaitable<void> TransformProcessor::dispatch_batch() {
   // Wait for a free slot while the batch is still the batcher's: cancelled
   // here, the batch is reported from there.
   batcher_.cancel_timer();
-  if (slots_ && input_.depth() == 0 && runner_->answers_at_once()) {
-    // Nothing else to overlap it with, and its answer is due within
-    // microseconds: run it here. A unit of its own would cost a scheduler pass
-    // (co_spawn) or two (the slot) for a round trip that takes less.
+  if (slots_ && runner_->answers_at_once()) {
+    // Its answer is due within microseconds, and nothing else to overlap it
+    // with is worth a unit (the runner weighs what waits in the input): run
+    // it here. A unit of its own would cost a scheduler pass (co_spawn) or two
+    // (the slot) for a round trip that takes less.
     ++units_running_;
     struct Done {
       std::size_t& running;

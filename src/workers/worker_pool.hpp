@@ -82,7 +82,8 @@ class WorkerPool {
   /// A batch of start_now() that is done with: its storage serves the next one.
   void recycle(std::unique_ptr<StartedBatch> started);
   /// Whether process() would likely answer the next batch without suspending
-  /// (nothing in flight, and the last batches came back within the spin).
+  /// (nothing in flight, the last batches came back within the spin, and the
+  /// node's input is empty or the worker's batches are tiny).
   bool answers_at_once() const;
   /// No more batches: workers exit when idle.
   void close();
@@ -119,6 +120,10 @@ class WorkerPool {
              StepOutcome& outcome, std::optional<std::chrono::milliseconds> timeout);
   asio::awaitable<void> await_result(Pending& p);
   bool quick_round_trips() const;
+  /// The worker's recent batches took under kTinyBusyNs: waiting inline pays
+  /// even with messages waiting (worker_requests.cpp, quick_round_trips).
+  bool tiny_round_trips() const;
+  static constexpr std::uint64_t kTinyBusyNs = 2'000;
   bool should_wait_inline(const Worker& w) const;
   /// Spins on `w`'s results, up to parent_spin_ns_, until `p` is answered.
   void wait_inline(Worker& w, Pending& p);
