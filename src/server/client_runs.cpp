@@ -367,19 +367,8 @@ asio::awaitable<void> ClientRuns::input(const Command& request) {
     co_return;
   }
   std::shared_ptr<Run> run = it->second;
+  if (input_refused(*run, request, " takes no more input: it was ended")) co_return;
   ProtocolError error;
-  if (!run->has_input) {
-    error.code = "run.no_input";
-    error.message = "run " + std::to_string(run->id) + "'s graph has no `input` source";
-    send_error(error, run->id, request.ref);
-    co_return;
-  }
-  if (run->input_ended) {
-    error.code = "run.input_closed";
-    error.message = "run " + std::to_string(run->id) + " takes no more input: it was ended";
-    send_error(error, run->id, request.ref);
-    co_return;
-  }
   for (const json& value : request.values) {
     bool stopped = false;
     try {
@@ -397,22 +386,24 @@ asio::awaitable<void> ClientRuns::input(const Command& request) {
   }
 }
 
+bool ClientRuns::input_refused(const Run& run, const Command& request, const char* ended) {
+  ProtocolError error;
+  if (!run.has_input) {
+    error.code = "run.no_input";
+    error.message = "run " + std::to_string(run.id) + "'s graph has no `input` source";
+  } else if (run.input_ended) {
+    error.code = "run.input_closed";
+    error.message = "run " + std::to_string(run.id) + ended;
+  } else {
+    return false;
+  }
+  send_error(error, run.id, request.ref);
+  return true;
+}
+
 void ClientRuns::end(const Command& request) {
   Run* run = find_run(request);
-  if (!run) return;
-  ProtocolError error;
-  if (!run->has_input) {
-    error.code = "run.no_input";
-    error.message = "run " + std::to_string(run->id) + "'s graph has no `input` source";
-    send_error(error, run->id, request.ref);
-    return;
-  }
-  if (run->input_ended) {
-    error.code = "run.input_closed";
-    error.message = "run " + std::to_string(run->id) + " was already ended";
-    send_error(error, run->id, request.ref);
-    return;
-  }
+  if (!run || input_refused(*run, request, " was already ended")) return;
   run->input_ended = true;
   run->pipeline->end_input();
 }

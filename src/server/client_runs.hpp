@@ -82,6 +82,9 @@ class ClientRuns {
   static asio::awaitable<void> push_stats(std::shared_ptr<ClientRuns> self,
                                           std::shared_ptr<Run> run);
   asio::awaitable<void> input(const Command& request);
+  /// Whether `run` takes no input (the error is sent): it has no `input`
+  /// source, or it was ended (`ended` ends the message then).
+  bool input_refused(const Run& run, const Command& request, const char* ended);
   void end(const Command& request);
   void cancel_run(const Command& request);
   void cancel_one(Run& run, const std::string& reason);
