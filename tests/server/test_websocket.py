@@ -116,6 +116,22 @@ class WebSocket(unittest.TestCase):
                 self.assertEqual([f["value"] for f in frames if f["type"] == "output"], [1])
         run_async(go())
 
+    def test_input_to_a_run_without_input_is_refused(self):
+        async def go():
+            async with connect(self.server) as ws:
+                slow = graph(("n", "range", {"stop": 2}), ("s", "sleep", {"ms": 200}),
+                             edges=[("n", "s")])
+                run = (await submit(ws, graph=slow))["run"]
+                await send(ws, {"op": "input", "run": run, "value": 1, "ref": 3})
+                await send(ws, {"op": "end", "run": run})
+                frames = await recv_until(ws, "done", run)
+                errors = [f for f in frames if f["type"] == "error"]
+                self.assertEqual([e["code"] for e in errors], ["run.no_input", "run.no_input"])
+                self.assertEqual(errors[0]["ref"], 3)
+                self.assertIn("has no `input` source", errors[0]["message"])
+                self.assertEqual(sorted(f["value"] for f in frames if f["type"] == "output"), [0, 1])
+        run_async(go())
+
     def test_several_runs_on_one_connection_and_cancel(self):
         async def go():
             async with connect(self.server) as ws:
