@@ -44,14 +44,16 @@ endif()
 # or a second preset of the same sources, cheap on a 2-core machine.
 find_program(PLUMBER_CCACHE ccache)
 if(PLUMBER_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+  # CCACHE_BASEDIR and CCACHE_NOHASHDIR: paths under the source tree are
+  # hashed relative to the build directory, so a clone at another path (a CI
+  # checkout) hits the cache too; debug info then names the first clone's files.
+  set(plumber_ccache_env CCACHE_BASEDIR=${PROJECT_SOURCE_DIR} CCACHE_NOHASHDIR=1)
   if(PLUMBER_PCH)
     # With precompiled headers, ccache caches only when told to ignore the
     # header's macros and timestamps; CMake rebuilds the header whenever what
     # it includes changes.
-    set(CMAKE_CXX_COMPILER_LAUNCHER ${CMAKE_COMMAND} -E env
-        CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
-        ${PLUMBER_CCACHE})
-  else()
-    set(CMAKE_CXX_COMPILER_LAUNCHER ${PLUMBER_CCACHE})
+    list(APPEND plumber_ccache_env
+        CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime)
   endif()
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${CMAKE_COMMAND} -E env ${plumber_ccache_env} ${PLUMBER_CCACHE})
 endif()

@@ -1,5 +1,5 @@
 // End-to-end tests of the command line: each runs the real `plumber` binary
-// (PLUMBER_EXE) and checks its stdout, stderr and exit status.
+// (plumber::test::paths::exe) and checks its stdout, stderr and exit status.
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.hpp"
+#include "test_paths.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -31,13 +32,13 @@ using plumber::test::split_lines;
 
 namespace {
 
-const std::string kSource = PLUMBER_SOURCE_DIR;
+const std::string kSource = plumber::test::paths::source_dir;
 const std::string kGraphs = kSource + "/graphs";
 const std::string kData = kSource + "/tests/data";
 
 ProcessResult plumber_cli(std::vector<std::string> args,
                           const std::string& stdin_path = "/dev/null") {
-  args.insert(args.begin(), PLUMBER_EXE);
+  args.insert(args.begin(), plumber::test::paths::exe);
   return plumber::test::run_process(args, stdin_path);
 }
 
@@ -571,7 +572,7 @@ TEST_CASE("Cli.KilledParentLeavesNothing") {
   // `plumber run` with 2 workers, killed with SIGKILL mid-run: its workers see
   // their lifeline close and exit, and no shared-memory segment is left.
   const std::string graph = kData + "/endless_workers.json";
-  std::vector<std::string> args{PLUMBER_EXE, "run", graph};
+  std::vector<std::string> args{plumber::test::paths::exe, "run", graph};
   std::vector<char*> argv;
   for (auto& a : args)
     argv.push_back(a.data());
@@ -609,8 +610,8 @@ TEST_CASE("Cli.KilledParentLeavesNothing") {
 }
 
 TEST_CASE("Cli.PluginCoroutineInWorkers") {
-  const ProcessResult result =
-      plumber_cli({"run", kData + "/plugin_shout_workers.json", "--plugin", PLUMBER_TEST_PLUGIN});
+  const ProcessResult result = plumber_cli(
+      {"run", kData + "/plugin_shout_workers.json", "--plugin", plumber::test::paths::test_plugin});
   INFO(result.err);
   CHECK(result.exit_code == 0);
   CHECK(result.err.empty());
@@ -619,12 +620,13 @@ TEST_CASE("Cli.PluginCoroutineInWorkers") {
 
 TEST_CASE("Cli.Plugin") {
   SUBCASE("adds coroutines to run and list") {
-    const ProcessResult result =
-        plumber_cli({"run", kData + "/plugin_shout.json", "--plugin", PLUMBER_TEST_PLUGIN});
+    const ProcessResult result = plumber_cli(
+        {"run", kData + "/plugin_shout.json", "--plugin", plumber::test::paths::test_plugin});
     INFO(result.err);
     CHECK(result.exit_code == 0);
     CHECK(sorted_lines(result.out) == std::vector<std::string>{"\"PLUMBER?\"", "\"hi\"", "7"});
-    const ProcessResult list = plumber_cli({"list", "--json", "--plugin", PLUMBER_TEST_PLUGIN});
+    const ProcessResult list =
+        plumber_cli({"list", "--json", "--plugin", plumber::test::paths::test_plugin});
     REQUIRE(list.exit_code == 0);
     const json listing = json::parse(list.out);
     bool found = false;

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.hpp"
+#include "test_paths.hpp"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -73,7 +74,7 @@ TEST_CASE("Cli.FilesSourceHashedInAWorker") {
       {"id": "hash", "coroutine": "sha256", "procs": 1},
       {"id": "out", "coroutine": "print"}],
     "edges": [{"from": "files", "to": "hash"}, {"from": "hash", "to": "out"}]})");
-  const auto result = run_process({PLUMBER_EXE, "run", graph, "--stats"});
+  const auto result = run_process({plumber::test::paths::exe, "run", graph, "--stats"});
   INFO(result.err);
   REQUIRE(result.exit_code == 0);
   // In name order; each digest computed in the worker equals sha256sum's.
@@ -104,8 +105,8 @@ TEST_CASE("Cli.BlobsOfOutputsAreWrittenToBlobsDir") {
     "edges": [{"from": "files", "to": "out"}]})");
 
   SUBCASE("with --blobs-dir, the bytes are in a file named in the output line") {
-    const auto result =
-        run_process({PLUMBER_EXE, "run", graph, "--blobs-dir", (s.dir / "out").string()});
+    const auto result = run_process(
+        {plumber::test::paths::exe, "run", graph, "--blobs-dir", (s.dir / "out").string()});
     INFO(result.err);
     REQUIRE(result.exit_code == 0);
     const auto lines = split_lines(result.out);
@@ -121,7 +122,7 @@ TEST_CASE("Cli.BlobsOfOutputsAreWrittenToBlobsDir") {
     CHECK(result.err.find("not written") == std::string::npos);
   }
   SUBCASE("without, the line has the blob's size and digest, and stderr says so") {
-    const auto result = run_process({PLUMBER_EXE, "run", graph, "--records"});
+    const auto result = run_process({plumber::test::paths::exe, "run", graph, "--records"});
     REQUIRE(result.exit_code == 0);
     const json line = json::parse(split_lines(result.out).at(0));
     CHECK(line["node"] == "out");
@@ -130,7 +131,7 @@ TEST_CASE("Cli.BlobsOfOutputsAreWrittenToBlobsDir") {
     CHECK(result.err.find("1 blobs of outputs were not written") != std::string::npos);
   }
   SUBCASE("--blobs-dir must be a directory") {
-    const auto result = run_process({PLUMBER_EXE, "run", graph, "--blobs-dir", a});
+    const auto result = run_process({plumber::test::paths::exe, "run", graph, "--blobs-dir", a});
     CHECK(result.exit_code != 0);
     CHECK(result.err.find("--blobs-dir") != std::string::npos);
   }
@@ -144,7 +145,7 @@ TEST_CASE("Cli.FilesSourceReportsWhatItCannotRead") {
         {"id": "files", "coroutine": "files", "params": {"path": ")" +
                                                     file + R"("}},
         {"id": "out", "coroutine": "print"}], "edges": [{"from": "files", "to": "out"}]})");
-    const auto result = run_process({PLUMBER_EXE, "run", graph});
+    const auto result = run_process({plumber::test::paths::exe, "run", graph});
     CHECK(result.exit_code != 0);
     CHECK(result.err.find(file + " is not a directory") != std::string::npos);
   }
@@ -156,7 +157,7 @@ TEST_CASE("Cli.FilesSourceReportsWhatItCannotRead") {
         {"id": "files", "coroutine": "files", "params": {"path": ")" +
                                                     (s.dir / "in").string() + R"("}},
         {"id": "out", "coroutine": "print"}], "edges": [{"from": "files", "to": "out"}]})");
-    const auto result = run_process({PLUMBER_EXE, "run", graph});
+    const auto result = run_process({plumber::test::paths::exe, "run", graph});
     INFO(result.err);
     REQUIRE(result.exit_code == 0);
     const auto lines = split_lines(result.out);

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.hpp"
+#include "test_paths.hpp"
 
 namespace fs = std::filesystem;
 extern char** environ;
@@ -27,12 +28,12 @@ using plumber::test::split_lines;
 
 namespace {
 
-const std::string kSource = PLUMBER_SOURCE_DIR;
+const std::string kSource = plumber::test::paths::source_dir;
 const std::string kGraphs = kSource + "/graphs";
 
 ProcessResult plumber_cli(std::vector<std::string> args,
                           const std::string& stdin_path = "/dev/null") {
-  args.insert(args.begin(), PLUMBER_EXE);
+  args.insert(args.begin(), plumber::test::paths::exe);
   return plumber::test::run_process(args, stdin_path);
 }
 
@@ -202,9 +203,9 @@ TEST_CASE("Cli.HostileLargeGraphValidatesInLinearTime") {
   text += "]}";
   // A generous guard (a sanitizer build on a loaded machine took 68 s): what
   // fails a quadratic validation is ctest's timeout, not this bound.
-  const ProcessResult result =
-      plumber::test::run_process({PLUMBER_EXE, "validate", scratch.write("long.json", text)},
-                                 "/dev/null", std::chrono::seconds(240));
+  const ProcessResult result = plumber::test::run_process(
+      {plumber::test::paths::exe, "validate", scratch.write("long.json", text)}, "/dev/null",
+      std::chrono::seconds(240));
   CHECK(result.exit_code == 0);
   CHECK(result.out.ends_with(": ok (200000 nodes, 199999 edges)\n"));
 }
@@ -215,7 +216,7 @@ TEST_CASE("Cli.HostileStdoutFull") {
     CAPTURE(command);
     const ProcessResult result =
         plumber::test::run_process({"/bin/sh", "-c", "exec \"$0\" \"$1\" \"$2\" >/dev/full",
-                                    PLUMBER_EXE, command, kGraphs + "/strings.json"});
+                                    plumber::test::paths::exe, command, kGraphs + "/strings.json"});
     CHECK(result.exit_code == 4);
     CHECK(result.err == "plumber: cannot write the output to stdout: No space left on device\n");
   }
@@ -229,7 +230,7 @@ TEST_CASE("Cli.HostileOrphanWorkerInAStepDiesWithItsHost") {
       {"id": "v", "coroutine": "values", "params": {"values": [90]}},
       {"id": "f", "coroutine": "fib", "procs": 1}, {"id": "out", "coroutine": "discard"}],
     "edges": [{"from": "v", "to": "f"}, {"from": "f", "to": "out"}]})");
-  std::vector<std::string> args{PLUMBER_EXE, "run", graph};
+  std::vector<std::string> args{plumber::test::paths::exe, "run", graph};
   std::vector<char*> argv;
   for (auto& a : args)
     argv.push_back(a.data());

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.hpp"
+#include "test_paths.hpp"
 
 namespace fs = std::filesystem;
 extern char** environ;
@@ -56,12 +57,13 @@ enum class Feed { input_option, stdin_file, stdin_pipe };
 ProcessResult run_on(const std::string& graph, const std::string& input, Feed feed) {
   switch (feed) {
     case Feed::input_option:
-      return plumber::test::run_process({PLUMBER_EXE, "run", graph, "--input", input});
-    case Feed::stdin_file:
-      return plumber::test::run_process({PLUMBER_EXE, "run", graph}, input);
-    case Feed::stdin_pipe:
       return plumber::test::run_process(
-          {"/bin/sh", "-c", "cat \"$1\" | exec \"$0\" run \"$2\"", PLUMBER_EXE, input, graph});
+          {plumber::test::paths::exe, "run", graph, "--input", input});
+    case Feed::stdin_file:
+      return plumber::test::run_process({plumber::test::paths::exe, "run", graph}, input);
+    case Feed::stdin_pipe:
+      return plumber::test::run_process({"/bin/sh", "-c", "cat \"$1\" | exec \"$0\" run \"$2\"",
+                                         plumber::test::paths::exe, input, graph});
   }
   return {};
 }
@@ -230,7 +232,7 @@ TEST_CASE("Cli.InputVeryLongLine") {
 TEST_CASE("Cli.InputOpenPipeEndsOnInterrupt") {
   Scratch scratch;
   const std::string graph = chain_graph(scratch, kIdentity, kPrint);
-  OpenPipeRun run({PLUMBER_EXE, "run", graph}, measured_environment());
+  OpenPipeRun run({plumber::test::paths::exe, "run", graph}, measured_environment());
   REQUIRE(run.send("\"a\"\n\"b\"\n"));
   std::vector<std::string> lines;
   REQUIRE(run.read_lines(2, &lines));  // both went through: the reader now waits in read()
@@ -251,7 +253,8 @@ TEST_CASE("Cli.InputBackPressureBoundsMemory") {
   for (int n = 0; n < 200'000; ++n)
     text += R"({"n":)" + std::to_string(n) + R"(,"pad":")" + filler + "\"}\n";
   const std::string input = scratch.write("large.jsonl", text);
-  OpenPipeRun run({PLUMBER_EXE, "run", graph, "--input", input}, measured_environment());
+  OpenPipeRun run({plumber::test::paths::exe, "run", graph, "--input", input},
+                  measured_environment());
   REQUIRE(run.read_lines(1000));
   const std::uint64_t rss_early = run.proc_field("status", "VmRSS");
   REQUIRE(run.read_lines(2000));

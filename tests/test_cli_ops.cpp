@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.hpp"
+#include "test_paths.hpp"
 
 using nlohmann::json;
 using plumber::test::ProcessResult;
@@ -21,11 +22,11 @@ using plumber::test::split_lines;
 
 namespace {
 
-const std::string kSource = PLUMBER_SOURCE_DIR;
+const std::string kSource = plumber::test::paths::source_dir;
 
 ProcessResult plumber_cli(std::vector<std::string> args,
                           const std::string& stdin_path = "/dev/null") {
-  args.insert(args.begin(), PLUMBER_EXE);
+  args.insert(args.begin(), plumber::test::paths::exe);
   return plumber::test::run_process(args, stdin_path);
 }
 
@@ -75,7 +76,7 @@ TEST_CASE("Cli.LogDefaultIsQuietForRun") {
 TEST_CASE("Cli.LogWorkerDeathAndRestart") {
   const ProcessResult r =
       plumber_cli({"--log-format", "json", "run", kSource + "/tests/data/plugin_crash_workers.json",
-                   "--plugin", PLUMBER_TEST_PLUGIN});
+                   "--plugin", plumber::test::paths::test_plugin});
   INFO(r.err);
   CHECK(r.exit_code == 3);  // the message that killed its worker failed
   auto out = split_lines(r.out);
@@ -96,7 +97,7 @@ TEST_CASE("Cli.LogWorkerDeathAndRestart") {
 
   const ProcessResult verbose = plumber_cli({"--log-format", "json", "--log-level", "info", "run",
                                              kSource + "/tests/data/plugin_crash_workers.json",
-                                             "--plugin", PLUMBER_TEST_PLUGIN});
+                                             "--plugin", plumber::test::paths::test_plugin});
   INFO(verbose.err);
   std::vector<json> info;
   for (const auto& l : json_lines(verbose.err))
@@ -139,8 +140,8 @@ TEST_CASE("Cli.ProgressCountsInputAndKeepsRecordsApart") {
 
 TEST_CASE("Cli.ProgressNeverInterleavesWithStdoutInOneFile") {
   // stdout and stderr to the same file: whole lines, each data or progress.
-  const std::string command =
-      std::string("'") + PLUMBER_EXE + "' run --progress '" + kSource + "/graphs/fib.json' 2>&1";
+  const std::string command = std::string("'") + plumber::test::paths::exe + "' run --progress '" +
+                              kSource + "/graphs/fib.json' 2>&1";
   const ProcessResult r = plumber::test::run_process({"/bin/sh", "-c", command});
   REQUIRE(r.exit_code == 0);
   INFO(r.out);
@@ -193,8 +194,8 @@ TEST_CASE("Cli.DidYouMean") {
 TEST_CASE("Cli.SubmitPluginChecksTheGraphFirst") {
   // A broken graph is reported without a server (none listens on port 1).
   const std::string file = kSource + "/tests/data/bad_unknown_coroutine.json";
-  const ProcessResult bad =
-      plumber_cli({"submit", "ws://127.0.0.1:1", file, "--plugin", PLUMBER_TEST_PLUGIN});
+  const ProcessResult bad = plumber_cli(
+      {"submit", "ws://127.0.0.1:1", file, "--plugin", plumber::test::paths::test_plugin});
   CHECK(bad.exit_code == 2);
   CHECK(
       split_lines(bad.err) ==
@@ -203,7 +204,7 @@ TEST_CASE("Cli.SubmitPluginChecksTheGraphFirst") {
   // A graph of the plugin's coroutines passes the check, and then needs the server.
   const ProcessResult good =
       plumber_cli({"submit", "ws://127.0.0.1:1", kSource + "/tests/data/plugin_shout.json",
-                   "--plugin", PLUMBER_TEST_PLUGIN});
+                   "--plugin", plumber::test::paths::test_plugin});
   CHECK(good.exit_code == 1);
 }
 
@@ -250,7 +251,7 @@ void check_trace_event(const json& e) {
 TEST_CASE("Cli.TraceIsAChromeTrace") {
   // 200 messages through a step in two worker processes: a track per node and
   // per worker, a span per step call and per worker batch, flows between nodes.
-  const std::string file = std::string(PLUMBER_TRACE_DIR) + "/workers.trace.json";
+  const std::string file = std::string(plumber::test::paths::trace_dir) + "/workers.trace.json";
   std::remove(file.c_str());
   const ProcessResult r = plumber_cli({"run", kSource + "/graphs/workers.json", "--trace", file});
   CHECK(r.exit_code == 0);

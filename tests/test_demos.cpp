@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.hpp"
+#include "test_paths.hpp"
 #include "test_support.hpp"
 
 extern char** environ;
@@ -32,7 +33,7 @@ namespace asio = boost::asio;
 
 namespace {
 
-const std::string kDemos = std::string(PLUMBER_SOURCE_DIR) + "/demos";
+const std::string kDemos = std::string(plumber::test::paths::source_dir) + "/demos";
 
 /// A running plumber_embed_demo: started with the demo graph, stopped with SIGTERM.
 class EmbedServer {
@@ -45,9 +46,10 @@ class EmbedServer {
     posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
     posix_spawn_file_actions_addclose(&actions, out[0]);
     const std::string graph = kDemos + "/embed/graph.json";
-    std::vector<char*> argv{const_cast<char*>(PLUMBER_EMBED_DEMO), const_cast<char*>(graph.c_str()),
-                            const_cast<char*>("0"), nullptr};
-    REQUIRE(posix_spawn(&pid_, PLUMBER_EMBED_DEMO, &actions, nullptr, argv.data(), environ) == 0);
+    std::vector<char*> argv{const_cast<char*>(plumber::test::paths::embed_demo),
+                            const_cast<char*>(graph.c_str()), const_cast<char*>("0"), nullptr};
+    REQUIRE(posix_spawn(&pid_, plumber::test::paths::embed_demo, &actions, nullptr, argv.data(),
+                        environ) == 0);
     posix_spawn_file_actions_destroy(&actions);
     close(out[1]);
     // Its first line tells the port: "listening on N".
@@ -96,9 +98,9 @@ class Client {
 }  // namespace
 
 TEST_CASE("Demo.PluginRunsWithPlumberRun") {
-  const ProcessResult result =
-      run_process({PLUMBER_EXE, "run", kDemos + "/plugin/words.json", "--plugin",
-                   PLUMBER_DEMO_PLUGIN, "--input", kDemos + "/plugin/sentences.jsonl"});
+  const ProcessResult result = run_process(
+      {plumber::test::paths::exe, "run", kDemos + "/plugin/words.json", "--plugin",
+       plumber::test::paths::demo_plugin, "--input", kDemos + "/plugin/sentences.jsonl"});
   INFO(result.err);
   REQUIRE(result.exit_code == 0);
   std::vector<json> outputs;
@@ -115,8 +117,9 @@ TEST_CASE("Demo.PluginRunsWithPlumberRun") {
 }
 
 TEST_CASE("Demo.PluginTwiceIsRejected") {
-  const ProcessResult result = run_process(
-      {PLUMBER_EXE, "list", "--plugin", PLUMBER_DEMO_PLUGIN, "--plugin", PLUMBER_DEMO_PLUGIN});
+  const ProcessResult result =
+      run_process({plumber::test::paths::exe, "list", "--plugin", plumber::test::paths::demo_plugin,
+                   "--plugin", plumber::test::paths::demo_plugin});
   CHECK(result.exit_code == 2);
   INFO(result.err);
   CHECK(result.err.find("word_stats") != std::string::npos);

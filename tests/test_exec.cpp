@@ -25,6 +25,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "plumber/all.hpp"
+#include "test_paths.hpp"
 #include "test_support.hpp"
 #include "worker_coroutines.hpp"
 
@@ -35,7 +36,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kPython = "/usr/bin/python3";
-const std::string kKit = std::string(PLUMBER_SOURCE_DIR) + "/python";
+const std::string kKit = std::string(plumber::test::paths::source_dir) + "/python";
 
 /// A directory of its own for a test's step files, removed at the end.
 struct TempDir {

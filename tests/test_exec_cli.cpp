@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "process.hpp"
+#include "test_paths.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -23,13 +24,13 @@ using plumber::test::split_lines;
 
 namespace {
 
-const std::string kSource = PLUMBER_SOURCE_DIR;
+const std::string kSource = plumber::test::paths::source_dir;
 
 /// `plumber ARGS...` with Debian's python3 first on PATH.
 ProcessResult plumber_with_debian_python(const std::vector<std::string>& args) {
   const char* path = std::getenv("PATH");
   std::vector<std::string> all{"/usr/bin/env", "PATH=/usr/bin:" + std::string(path ? path : ""),
-                               PLUMBER_EXE};
+                               plumber::test::paths::exe};
   all.insert(all.end(), args.begin(), args.end());
   return run_process(all);
 }
@@ -152,7 +153,7 @@ TEST_CASE("ExecCli.ValidateExecParams") {
     {"id": "out", "coroutine": "identity"}],
     "edges": [{"from": "src", "to": "x"}, {"from": "x", "to": "out"}]})");
   const ProcessResult result =
-      run_process({PLUMBER_EXE, "validate", (dir.path / "bad.json").string()});
+      run_process({plumber::test::paths::exe, "validate", (dir.path / "bad.json").string()});
   CHECK(result.exit_code == 2);
   const std::string file = (dir.path / "bad.json").string();
   const auto lines = split_lines(result.out + result.err);
@@ -193,8 +194,8 @@ TEST_CASE("ExecCli.AutoscaledPluginStep") {
     {"id": "s", "coroutine": "shout", "procs": {"min": 1, "max": 2}}],
     "edges": [{"from": "src", "to": "s"}]})");
   const ProcessResult result =
-      run_process({PLUMBER_EXE, "run", "--stats", "--plugin", PLUMBER_TEST_PLUGIN,
-                   (dir.path / "shout.json").string()});
+      run_process({plumber::test::paths::exe, "run", "--stats", "--plugin",
+                   plumber::test::paths::test_plugin, (dir.path / "shout.json").string()});
   INFO("stderr: " << result.err);
   CHECK(result.exit_code == 0);
   CHECK(sorted(split_lines(result.out)) == std::vector<std::string>{"\"A!\"", "\"B!\"", "\"C!\""});

@@ -12,6 +12,7 @@
 #include <doctest/doctest.h>
 
 #include "plumber/all.hpp"
+#include "test_paths.hpp"
 #include "test_support.hpp"
 
 using namespace plumber;
@@ -733,7 +734,8 @@ TEST_CASE("GraphSpec.LoadGraphFile") {
 
 TEST_CASE("GraphSpec.ExampleGraphsLoad") {
   std::size_t count = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(PLUMBER_SOURCE_DIR "/graphs")) {
+  for (const auto& entry : std::filesystem::directory_iterator(
+           std::string(plumber::test::paths::source_dir) + "/graphs")) {
     if (entry.path().extension() != ".json") continue;
     INFO(entry.path().string());
     CHECK_NOTHROW((void)load_graph_file(entry.path().string(), builtins()));

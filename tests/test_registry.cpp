@@ -18,6 +18,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "plumber/all.hpp"
+#include "test_paths.hpp"
 #include "test_support.hpp"
 
 using namespace plumber;
@@ -593,7 +594,7 @@ TEST_CASE("Builtins.LinesAndJsonl") {
 
 TEST_CASE("Plugin.LoadsCoroutinesAndPredicates") {
   Registry registry = Registry::with_builtins();
-  load_plugin(PLUMBER_TEST_PLUGIN, registry);
+  load_plugin(plumber::test::paths::test_plugin, registry);
   const CoroutineInfo* info = registry.find("shout");
   REQUIRE(info != nullptr);
   CHECK(info->kind == CoroutineKind::transform);
@@ -615,8 +616,9 @@ TEST_CASE("Plugin.LoadsCoroutinesAndPredicates") {
   CHECK(graph.nodes[1].params == json::parse(R"({"suffix": "!"})"));
 
   // Loading it again registers the same names again: refused, naming the library.
-  const std::string again = what_of([&] { load_plugin(PLUMBER_TEST_PLUGIN, registry); });
-  CHECK(again == std::string("plugin ") + PLUMBER_TEST_PLUGIN +
+  const std::string again =
+      what_of([&] { load_plugin(plumber::test::paths::test_plugin, registry); });
+  CHECK(again == std::string("plugin ") + plumber::test::paths::test_plugin +
                      ": coroutine \"shout\" is already registered");
 }
 
@@ -627,13 +629,15 @@ TEST_CASE("Plugin.LoadErrors") {
   CHECK(missing.starts_with("plugin /nonexistent/plugin.so: cannot load: "));
 
   const std::string no_entry =
-      what_of([&] { load_plugin(PLUMBER_TEST_PLUGIN_NO_ENTRY, registry); });
-  CHECK(no_entry == std::string("plugin ") + PLUMBER_TEST_PLUGIN_NO_ENTRY +
+      what_of([&] { load_plugin(plumber::test::paths::test_plugin_no_entry, registry); });
+  CHECK(no_entry == std::string("plugin ") + plumber::test::paths::test_plugin_no_entry +
                         ": no entry point plumber_plugin_register_v1 (define it with "
                         "PLUMBER_PLUGIN(registry) { ... })");
 
-  const std::string not_elf =
-      what_of([&] { load_plugin(PLUMBER_SOURCE_DIR "/graphs/fib.json", registry); });
-  CHECK(not_elf.starts_with("plugin " PLUMBER_SOURCE_DIR "/graphs/fib.json: cannot load: "));
+  const std::string not_elf = what_of([&] {
+    load_plugin(std::string(plumber::test::paths::source_dir) + "/graphs/fib.json", registry);
+  });
+  CHECK(not_elf.starts_with(std::string("plugin ") + plumber::test::paths::source_dir +
+                            "/graphs/fib.json: cannot load: "));
   CHECK(registry.coroutines().empty());
 }

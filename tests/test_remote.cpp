@@ -28,6 +28,7 @@
 #include "redis_fixture.hpp"
 #include "remote/remote_codec.hpp"
 #include "sanitizers.hpp"
+#include "test_paths.hpp"
 
 using nlohmann::json;
 using plumber::test::Background;
@@ -93,13 +94,14 @@ std::vector<std::string> sorted_lines(const std::string& text) {
 }
 
 ProcessResult run(std::vector<std::string> args) {
-  args.insert(args.begin(), PLUMBER_EXE);
+  args.insert(args.begin(), plumber::test::paths::exe);
   return plumber::test::run_process(args, "/dev/null", 300s);
 }
 
 std::vector<std::string> worker_args(const std::string& graph, const std::string& broker,
                                      std::vector<std::string> more = {}) {
-  std::vector<std::string> args{PLUMBER_EXE, "worker", graph, "--node", "sq", "--broker", broker};
+  std::vector<std::string> args{
+      plumber::test::paths::exe, "worker", graph, "--node", "sq", "--broker", broker};
   args.insert(args.end(), more.begin(), more.end());
   return args;
 }
@@ -181,7 +183,7 @@ struct EmbeddedHost {
   std::optional<plumber::Pipeline> pipeline;
 
   explicit EmbeddedHost(const std::string& file) {
-    plumber::load_plugin(PLUMBER_TEST_PLUGIN, registry);
+    plumber::load_plugin(plumber::test::paths::test_plugin, registry);
     graph = plumber::load_graph_file(file, registry);
     pipeline.emplace(plumber::Plumber(registry).build(graph, io.get_executor()));
     pipeline->on_output([](plumber::OutputRecord&&) {});
@@ -275,9 +277,11 @@ TEST_CASE("Remote.StepErrorsBecomeErrorRecords") {
   Scratch scratch;
   const std::string graph =
       scratch.write("g.json", values_chain(redis.url(), "shout", true, {"a", 1, "b"}));
-  Background worker(worker_args(graph, redis.url(), {"--plugin", PLUMBER_TEST_PLUGIN}),
-                    scratch.dir / "w");
-  const ProcessResult got = run({"run", graph, "--records", "--plugin", PLUMBER_TEST_PLUGIN});
+  Background worker(
+      worker_args(graph, redis.url(), {"--plugin", plumber::test::paths::test_plugin}),
+      scratch.dir / "w");
+  const ProcessResult got =
+      run({"run", graph, "--records", "--plugin", plumber::test::paths::test_plugin});
   INFO(got.err);
   CHECK(got.exit_code == 3);  // some messages failed
   int values = 0, errors = 0;
@@ -309,7 +313,7 @@ TEST_CASE("Remote.WorkerKilledMidStreamLosesAndDuplicatesNothing") {
   Background a(worker_args(graph, redis.url()), scratch.dir / "a");
   Background b(worker_args(graph, redis.url()), scratch.dir / "b");
   REQUIRE(wait_until([&] { return redis.cli({"SCARD", "plumber:rt:sq:workers"}) == "2\n"; }));
-  Background host({PLUMBER_EXE, "run", graph, "--stats"}, scratch.dir / "host");
+  Background host({plumber::test::paths::exe, "run", graph, "--stats"}, scratch.dir / "host");
   REQUIRE(wait_until([&] { return split_lines(host.out()).size() >= 50; }));
   a.signal(SIGKILL);  // with the entries it had read and not acknowledged
   REQUIRE(host.wait() == 0);
@@ -334,10 +338,11 @@ TEST_CASE("Remote.PoisonMessageIsDeadLettered") {
       scratch.write("g.json", values_chain(redis.url(), "crash", remote, {"a", "crash", "b"}));
   // One consumer, two worker processes: the pool restarts the one "crash"
   // kills, and the consumer runs the batch again, up to twice in all.
-  Background worker(
-      worker_args(graph, redis.url(), {"--procs", "2", "--plugin", PLUMBER_TEST_PLUGIN}),
-      scratch.dir / "w");
-  const ProcessResult got = run({"run", graph, "--records", "--plugin", PLUMBER_TEST_PLUGIN});
+  Background worker(worker_args(graph, redis.url(),
+                                {"--procs", "2", "--plugin", plumber::test::paths::test_plugin}),
+                    scratch.dir / "w");
+  const ProcessResult got =
+      run({"run", graph, "--records", "--plugin", plumber::test::paths::test_plugin});
   INFO(got.err);
   CHECK(got.exit_code == 3);
   int values = 0, errors = 0;
@@ -369,7 +374,7 @@ TEST_CASE("Remote.BrokerKilledAndRestartedLosesNothingAcknowledged") {
       scratch.write("g.json", chain(redis.url(), "sum_squares", remote, 1'000'000, 1'000'600));
   Background a(worker_args(graph, redis.url()), scratch.dir / "a");
   REQUIRE(wait_until([&] { return redis.cli({"SCARD", "plumber:rt:sq:workers"}) == "1\n"; }));
-  Background host({PLUMBER_EXE, "run", graph, "--stats"}, scratch.dir / "host");
+  Background host({plumber::test::paths::exe, "run", graph, "--stats"}, scratch.dir / "host");
   REQUIRE(wait_until([&] { return split_lines(host.out()).size() >= 50; }));
   redis.kill9();
   redis.restart();
@@ -441,7 +446,7 @@ TEST_CASE("Remote.InFlightBoundsWhatTheBrokerHolds") {
       scratch.write("g.json", chain(redis.url(), "sum_squares", remote, 2'000'000, 2'000'200));
   Background worker(worker_args(graph, redis.url()), scratch.dir / "w");
   REQUIRE(wait_until([&] { return redis.cli({"SCARD", "plumber:rt:sq:workers"}) == "1\n"; }));
-  Background host({PLUMBER_EXE, "run", graph, "--stats"}, scratch.dir / "host");
+  Background host({plumber::test::paths::exe, "run", graph, "--stats"}, scratch.dir / "host");
   long most = 0;
   int samples = 0;
   while (host.running()) {
@@ -458,7 +463,8 @@ TEST_CASE("Remote.InFlightBoundsWhatTheBrokerHolds") {
 TEST_CASE("Remote.DemoScaleOutRuns") {
   // demos/scale_out/run.sh: a broker, two workers and a host as processes.
   const ProcessResult got = plumber::test::run_process(
-      {"/bin/bash", std::string(PLUMBER_SOURCE_DIR) + "/demos/scale_out/run.sh", PLUMBER_EXE},
+      {"/bin/bash", std::string(plumber::test::paths::source_dir) + "/demos/scale_out/run.sh",
+       plumber::test::paths::exe},
       "/dev/null", 300s);
   INFO(got.out << got.err);
   CHECK(got.exit_code == 0);
@@ -545,10 +551,12 @@ TEST_CASE("Remote.ProcsIsOneConsumerFeedingAWorkerPool") {
   graph_json["nodes"][1]["params"] = {{"dir", scratch.dir.string()}};
   const std::string graph = scratch.write("g.json", graph_json);
   Background worker(
-      worker_args(graph, redis.url(), {"--procs", "3", "--stats", "--plugin", PLUMBER_TEST_PLUGIN}),
+      worker_args(graph, redis.url(),
+                  {"--procs", "3", "--stats", "--plugin", plumber::test::paths::test_plugin}),
       scratch.dir / "w");
   REQUIRE(wait_until([&] { return redis.cli({"SCARD", "plumber:rt:sq:workers"}) == "1\n"; }));
-  const ProcessResult got = run({"run", graph, "--stats", "--plugin", PLUMBER_TEST_PLUGIN});
+  const ProcessResult got =
+      run({"run", graph, "--stats", "--plugin", plumber::test::paths::test_plugin});
   INFO(got.err);
   REQUIRE(got.exit_code == 0);
   CHECK(split_lines(got.out).size() == 300);
@@ -589,7 +597,7 @@ TEST_CASE("Remote.KilledPoolProcessIsRestartedAndItsBatchRunAgain") {
   Background worker(worker_args(graph, redis.url(), {"--procs", "2", "--stats"}),
                     scratch.dir / "w");
   REQUIRE(wait_until([&] { return redis.cli({"SCARD", "plumber:rt:sq:workers"}) == "1\n"; }));
-  Background host({PLUMBER_EXE, "run", graph, "--stats"}, scratch.dir / "host");
+  Background host({plumber::test::paths::exe, "run", graph, "--stats"}, scratch.dir / "host");
   REQUIRE(wait_until([&] { return split_lines(host.out()).size() >= 50; }));
   const auto pool = children_of(worker.pid());
   REQUIRE(pool.size() == 2);
@@ -623,13 +631,13 @@ TEST_CASE("Remote.PoisonMessageKillsOneConsumerThenIsDeadLettered") {
   const json remote = {{"claim_idle_ms", 200}, {"max_deliveries", 1}};
   const std::string graph =
       scratch.write("g.json", values_chain(redis.url(), "crash", remote, {"a", "b", "crash"}));
-  Background a(worker_args(graph, redis.url(), {"--plugin", PLUMBER_TEST_PLUGIN}),
+  Background a(worker_args(graph, redis.url(), {"--plugin", plumber::test::paths::test_plugin}),
                scratch.dir / "a");
-  Background b(worker_args(graph, redis.url(), {"--plugin", PLUMBER_TEST_PLUGIN}),
+  Background b(worker_args(graph, redis.url(), {"--plugin", plumber::test::paths::test_plugin}),
                scratch.dir / "b");
   REQUIRE(wait_until([&] { return redis.cli({"SCARD", "plumber:rt:sq:workers"}) == "2\n"; }));
   const ProcessResult got =
-      run({"run", graph, "--records", "--stats", "--plugin", PLUMBER_TEST_PLUGIN});
+      run({"run", graph, "--records", "--stats", "--plugin", plumber::test::paths::test_plugin});
   INFO(got.err);
   CHECK(got.exit_code == 3);
   CHECK(got.err.find("started 1 times without a result (max_deliveries 1)") != std::string::npos);
@@ -694,7 +702,8 @@ TEST_CASE("Remote.BlobsGoThereAndBackAsBinaryFields") {
   local_json["nodes"][2].erase("remote");
   const std::string local = scratch.write("local.json", local_json);
   Background sq(worker_args(graph, redis.url()), scratch.dir / "w1");
-  Background hash({PLUMBER_EXE, "worker", graph, "--node", "hash"}, scratch.dir / "w2");
+  Background hash({plumber::test::paths::exe, "worker", graph, "--node", "hash"},
+                  scratch.dir / "w2");
   fs::create_directories(scratch.dir / "blobs");
   const ProcessResult got =
       run({"run", graph, "--blobs-dir", (scratch.dir / "blobs").string(), "--records"});
@@ -732,8 +741,9 @@ TEST_CASE("Remote.HighPriorityOvertakesABacklogAtTheBroker") {
   Scratch scratch;
   const std::string graph = scratch.write("g.json", gate_graph(redis.url(), scratch.dir));
   std::ofstream(scratch.dir / "hold") << "";
-  Background worker(worker_args(graph, redis.url(), {"--plugin", PLUMBER_TEST_PLUGIN}),
-                    scratch.dir / "w");
+  Background worker(
+      worker_args(graph, redis.url(), {"--plugin", plumber::test::paths::test_plugin}),
+      scratch.dir / "w");
   EmbeddedHost host(graph);
   std::map<std::string, std::string> ended;
   auto ran = [&] { return file_lines(scratch.dir / "log"); };
@@ -780,8 +790,9 @@ TEST_CASE("Remote.DeadlinePassedAtTheBrokerIsNeverRun") {
       "g.json",
       gate_graph(redis.url(), scratch.dir, {{"batch_size", 2}, {"batch_timeout_ms", 60000}}));
   std::ofstream(scratch.dir / "hold") << "";
-  Background worker(worker_args(graph, redis.url(), {"--plugin", PLUMBER_TEST_PLUGIN}),
-                    scratch.dir / "w");
+  Background worker(
+      worker_args(graph, redis.url(), {"--plugin", plumber::test::paths::test_plugin}),
+      scratch.dir / "w");
   EmbeddedHost host(graph);
   std::map<std::string, std::string> ended;
   auto ran = [&] { return file_lines(scratch.dir / "log"); };

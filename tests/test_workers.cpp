@@ -30,6 +30,7 @@
 
 #include "plumber/all.hpp"
 #include "sanitizers.hpp"
+#include "test_paths.hpp"
 #include "test_support.hpp"
 #include "worker_coroutines.hpp"
 
@@ -612,7 +613,7 @@ TEST_CASE("Workers.BlobsMadeInWorkers") {
 
 TEST_CASE("Workers.PluginCoroutineRunsInWorker") {
   Harness h;
-  load_plugin(PLUMBER_TEST_PLUGIN, h.registry);
+  load_plugin(plumber::test::paths::test_plugin, h.registry);
   h.build(R"({"plumber": 1, "nodes": [
       {"id": "src", "coroutine": "values", "params": {"values": ["ab", "cd"]}},
       {"id": "w", "coroutine": "shout", "procs": 1, "params": {"suffix": "?"}},
