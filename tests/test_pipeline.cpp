@@ -19,6 +19,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -812,6 +813,96 @@ TEST_CASE("Processor.ThreadsRunStepOnAnotherThread") {
   REQUIRE_FALSE(step_threads.empty());
   CHECK(step_threads.size() <= 2);
   CHECK_FALSE(step_threads.contains(std::this_thread::get_id()));
+}
+
+// Many short batches in flight at once, some failing, the node's threads
+// spinning or sleeping between batches, the io_context on two threads: every
+// input ends as a zipped pair or as an error record, none twice.
+TEST_CASE("Processor.ThreadPoolUnderLoadLosesNothing") {
+  for (const char* spin_us : {"0", "50"}) {
+    CAPTURE(spin_us);
+    ::setenv("PLUMBER_THREAD_SPIN_US", spin_us, 1);
+    Harness h;
+    h.registry.add_function("negate_or_fail", [](const json& v) {
+      const int n = v.get<int>();
+      if (n % 7 == 0) throw std::runtime_error("multiple of 7: " + std::to_string(n));
+      return json(-n);
+    });
+    h.build(R"({"plumber": 1, "nodes": [
+        {"id": "src", "coroutine": "range", "params": {"stop": 3000}},
+        {"id": "a", "coroutine": "identity"},
+        {"id": "b", "coroutine": "negate_or_fail", "threads": 2, "concurrency": 8},
+        {"id": "pair", "coroutine": "identity", "join": "zip"}],
+      "edges": [{"from": "src", "to": "a"}, {"from": "src", "to": "b"},
+                {"from": "a", "to": "pair"}, {"from": "b", "to": "pair"}]})");
+    h.run(2);
+    ::unsetenv("PLUMBER_THREAD_SPIN_US");
+    const std::vector<Record> errors = h.errors();
+    const std::map<std::uint64_t, json> pairs = h.by_id("pair");
+    CHECK(h.cancelled().empty());
+    CHECK(errors.size() == 429);  // 0, 7, ..., 2996
+    std::set<std::uint64_t> failed;
+    for (const Record& e : errors) {
+      CHECK(e.node == "b");
+      CHECK(e.error.find("multiple of 7") != std::string::npos);
+      CHECK(failed.insert(e.id).second);
+      CHECK_FALSE(pairs.contains(e.id));
+    }
+    CHECK(pairs.size() == 3000 - 429);
+    for (const auto& [id, value] : pairs) {
+      INFO("id " << id << ": " << value.dump());
+      CHECK(value.at("a").get<int>() % 7 != 0);
+      CHECK(value.at("b") == -value.at("a").get<int>());
+    }
+  }
+}
+
+// The io_context destroyed while a `threads` step's result waits for the
+// strand: the pending result goes with it, and so does the pipeline its
+// coroutine holds, down to the step (a cycle that would otherwise keep it).
+TEST_CASE("Processor.ThreadPoolResultPendingAtShutdownIsFreed") {
+  struct Hold final : Transform {
+    std::atomic<bool>& entered;
+    std::atomic<bool>& release;
+    std::atomic<bool>& destroyed;
+    Hold(std::atomic<bool>& e, std::atomic<bool>& r, std::atomic<bool>& d)
+        : entered(e), release(r), destroyed(d) {}
+    ~Hold() override { destroyed = true; }
+    void process(std::span<Message> batch, std::vector<Message>& out) override {
+      entered = true;
+      while (!release)
+        std::this_thread::yield();
+      for (Message& m : batch)
+        out.push_back(std::move(m));
+    }
+  };
+  std::atomic<bool> entered{false}, release{false}, destroyed{false};
+  {
+    Harness h;
+    CoroutineInfo hold;
+    hold.name = "hold";
+    hold.make_transform = [&](const json&) {
+      return std::make_unique<Hold>(entered, release, destroyed);
+    };
+    h.registry.add(std::move(hold));
+    h.build(R"({"plumber": 1, "nodes": [
+        {"id": "src", "coroutine": "range", "params": {"stop": 1}},
+        {"id": "w", "coroutine": "hold", "threads": 1},
+        {"id": "out", "coroutine": "identity"}],
+      "edges": [{"from": "src", "to": "w"}, {"from": "w", "to": "out"}]})");
+    h.pipeline().start();
+    while (!entered) {
+      h.io.poll();
+      std::this_thread::yield();
+    }
+    // The thread queues the result and posts it to the strand once the step
+    // returns; the io_context never runs again.
+    release = true;
+    std::this_thread::sleep_for(50ms);
+    CHECK(h.values().empty());
+    CHECK_FALSE(destroyed);
+  }
+  CHECK(destroyed);
 }
 
 TEST_CASE("Processor.ConcurrencyBoundsMessagesInFlight") {

@@ -1,17 +1,14 @@
-// The in-process step runners: inline, awaitable, thread pool. The worker
-// process runner is in workers/worker_runner.cpp.
+// The in-process step runners on the strand: inline, awaitable. The thread
+// pool runner is in thread_pool_runner.cpp, the worker process runner in
+// workers/worker_runner.cpp.
 #include <algorithm>
 #include <chrono>
 #include <exception>
 #include <utility>
 
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/cancellation_signal.hpp>
-#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "runtime/step_runner.hpp"
@@ -22,6 +19,8 @@ std::unique_ptr<StepRunner> make_worker_runner(const RunnerContext& context,
                                                std::unique_ptr<Transform> step);
 std::unique_ptr<StepRunner> make_remote_runner(const RunnerContext& context);
 std::unique_ptr<StepRunner> make_exec_runner(const RunnerContext& context);
+std::unique_ptr<StepRunner> make_thread_pool_runner(const RunnerContext& context,
+                                                    std::unique_ptr<Transform> step);
 
 std::string timeout_text(std::chrono::milliseconds limit) {
   return "timed out after " + std::to_string(limit.count()) + " ms";
@@ -100,57 +99,6 @@ class AwaitableRunner final : public InProcessRunner {
   }
 };
 
-/// A synchronous step on a thread pool of the node's own. It cannot be
-/// interrupted: a result later than timeout_ms is discarded.
-class ThreadPoolRunner final : public InProcessRunner {
- public:
-  ThreadPoolRunner(std::unique_ptr<Transform> step, std::size_t threads)
-      : InProcessRunner(std::move(step)), pool_(threads) {}
-  ~ThreadPoolRunner() override { pool_.join(); }
-  asio::awaitable<StepOutcome> run(std::vector<Message>& batch, std::vector<Message>& results,
-                                   const AttemptLimits& limits) override {
-    StepOutcome outcome;
-    // Measured on the pool thread: time queued for a thread is not the step's.
-    std::chrono::nanoseconds ran{0};
-    std::exception_ptr failure;
-    // Not cancellable (an empty slot): a synchronous step cannot be
-    // interrupted, and a cancellation that reached the pool thread while the
-    // step ran made Asio 1.81's co_spawn throw from its last step there, past
-    // every handler (std::terminate). Once the step returns, this coroutine
-    // sees the cancellation at its next co_await.
-    co_await asio::co_spawn(
-        pool_.get_executor(),
-        [&]() -> asio::awaitable<void> {
-          const auto started = Clock::now();
-          try {
-            step_->process(batch, results);
-          } catch (...) {
-            failure = std::current_exception();
-          }
-          ran = Clock::now() - started;
-          co_return;
-        },
-        asio::bind_cancellation_slot(asio::cancellation_slot(), use_awaitable));
-    if (failure) {
-      outcome.code = errc::step_failed;
-      try {
-        std::rethrow_exception(failure);
-      } catch (const std::exception& e) {
-        outcome = failed(e);
-      } catch (...) {
-        outcome.failure = "unknown exception";
-      }
-    } else if (limits.timeout && ran > *limits.timeout) {
-      outcome.code = errc::timed_out;
-      outcome.failure = timeout_text(*limits.timeout);
-    }
-    co_return outcome;
-  }
-
- private:
-  asio::thread_pool pool_;
-};
-
 }  // namespace
 
 std::unique_ptr<StepRunner> make_step_runner(const RunnerContext& context,
@@ -159,9 +107,7 @@ std::unique_ptr<StepRunner> make_step_runner(const RunnerContext& context,
   if (context.runs_programs) return make_exec_runner(context);
   if (context.node.procs > 0) return make_worker_runner(context, std::move(step));
   if (step->is_async()) return std::make_unique<AwaitableRunner>(std::move(step));
-  if (context.node.threads > 0) {
-    return std::make_unique<ThreadPoolRunner>(std::move(step), context.node.threads);
-  }
+  if (context.node.threads > 0) return make_thread_pool_runner(context, std::move(step));
   return std::make_unique<InlineRunner>(std::move(step));
 }
 
