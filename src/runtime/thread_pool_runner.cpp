@@ -21,6 +21,9 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -84,21 +87,16 @@ class ThreadPoolRunner final : public StepRunner {
   ThreadPoolRunner(std::unique_ptr<Transform> step, std::size_t threads, const Strand& strand)
       : step_(std::move(step)), handoff_(std::make_shared<Handoff>(strand, spin_from_env())) {
     threads_.reserve(threads);
-    for (std::size_t i = 0; i < threads; ++i)
-      threads_.emplace_back([this] { serve(); });
+    try {
+      for (std::size_t i = 0; i < threads; ++i)
+        threads_.emplace_back([this] { serve(); });
+    } catch (...) {  // no thread to be had (RLIMIT_NPROC): a loading error, not terminate()
+      stop_threads();
+      throw;
+    }
   }
 
-  ~ThreadPoolRunner() override {
-    {
-      const std::lock_guard lock(handoff_->mutex);
-      handoff_->stopping = true;
-    }
-    handoff_->work_ready.notify_all();
-    // The threads run what is queued first (the step is still alive), as
-    // asio::thread_pool's join() did.
-    for (std::thread& t : threads_)
-      t.join();
-  }
+  ~ThreadPoolRunner() override { stop_threads(); }
 
   void on_start() override { step_->on_start(); }
 
@@ -127,6 +125,18 @@ class ThreadPoolRunner final : public StepRunner {
   }
 
  private:
+  void stop_threads() noexcept {
+    {
+      const std::lock_guard lock(handoff_->mutex);
+      handoff_->stopping = true;
+    }
+    handoff_->work_ready.notify_all();
+    // The threads run what is queued first (the step is still alive), as
+    // asio::thread_pool's join() did.
+    for (std::thread& t : threads_)
+      t.join();
+  }
+
   void submit(Job& job, asio::any_completion_handler<void()> resume) {
     Handoff& h = *handoff_;
     bool wake;
@@ -263,7 +273,13 @@ class ThreadPoolRunner final : public StepRunner {
 
 std::unique_ptr<StepRunner> make_thread_pool_runner(const RunnerContext& context,
                                                     std::unique_ptr<Transform> step) {
-  return std::make_unique<ThreadPoolRunner>(std::move(step), context.node.threads, context.strand);
+  try {
+    return std::make_unique<ThreadPoolRunner>(std::move(step), context.node.threads,
+                                              context.strand);
+  } catch (const std::system_error& e) {
+    throw std::runtime_error("node \"" + context.node.id + "\": cannot start its " +
+                             std::to_string(context.node.threads) + " threads: " + e.what());
+  }
 }
 
 }  // namespace plumber::detail
