@@ -274,7 +274,9 @@ asio::awaitable<void> TransformProcessor::dispatch_batch() {
     co_return;
   }
   if (slots_) {
-    co_await slots_->async_send(error_code{}, use_awaitable);
+    // try_send first: a free slot then costs no scheduler pass (an
+    // async_send completes through a post even when there is room).
+    if (!slots_->try_send(error_code{})) co_await slots_->async_send(error_code{}, use_awaitable);
     ++units_running_;  // given back by run_unit
   }
   std::vector<Message> batch = batcher_.take();
