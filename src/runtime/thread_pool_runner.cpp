@@ -4,7 +4,7 @@
 // thread (a futex) for nearly every batch and posted every result to the
 // strand on its own, which woke the strand's thread again. With steps of about
 // a microsecond that was two sleeps and two wake-ups a batch, 25 us on a
-// 2-vCPU VM (40 k msgs/s where oneTBB's flow graph made 320 k; 140 k now,
+// 2-vCPU VM (40 k msgs/s where oneTBB's flow graph made 320 k; 140 k with this runner,
 // docs/performance.md). Here batches go through one queue each way: a thread
 // takes the next batch without sleeping while there is one and spins a while
 // before it sleeps, a sleeping thread is woken only when no thread is awake to
