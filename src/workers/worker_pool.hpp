@@ -119,10 +119,9 @@ class WorkerPool {
   bool begin(Pending& p, std::vector<Message>& batch, std::vector<Message>& results,
              StepOutcome& outcome, std::optional<std::chrono::milliseconds> timeout);
   asio::awaitable<void> await_result(Pending& p);
-  bool quick_round_trips() const;
-  /// The worker's recent batches took under kTinyBusyNs: waiting inline pays
-  /// even with messages waiting (worker_requests.cpp, quick_round_trips).
-  bool tiny_round_trips() const;
+  /// The last batches came back quickly, and the node's input is empty or
+  /// they took the worker under kTinyBusyNs (worker_requests.cpp).
+  bool waiting_inline_pays() const;
   static constexpr std::uint64_t kTinyBusyNs = 2'000;
   bool should_wait_inline(const Worker& w) const;
   /// Spins on `w`'s results, up to parent_spin_ns_, until `p` is answered.

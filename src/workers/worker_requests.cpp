@@ -147,22 +147,18 @@ void WorkerPool::recycle(std::unique_ptr<StartedBatch> done) {
 // this, a backlog (a source faster than the step) made every batch take the
 // slow way, and the backlog never drained (trivial tasks at batch_size 1:
 // ~150 k/s, 800 k/s with it).
-bool WorkerPool::quick_round_trips() const {
-  return parent_spin_ns_ > 0 && recent_busy_ns_ < parent_spin_ns_ / 5;
-}
-
-bool WorkerPool::tiny_round_trips() const {
-  return recent_busy_ns_ < kTinyBusyNs;
+bool WorkerPool::waiting_inline_pays() const {
+  const bool quick = parent_spin_ns_ > 0 && recent_busy_ns_ < parent_spin_ns_ / 5;
+  const bool tiny = recent_busy_ns_ < kTinyBusyNs;
+  return quick && (tiny || !queued_ || queued_() == 0);
 }
 
 bool WorkerPool::should_wait_inline(const Worker& w) const {
-  return w.in_flight.size() == 1 && quick_round_trips() &&
-         (tiny_round_trips() || !queued_ || queued_() == 0);
+  return w.in_flight.size() == 1 && waiting_inline_pays();
 }
 
 bool WorkerPool::answers_at_once() const {
-  if (!quick_round_trips()) return false;
-  if (!tiny_round_trips() && queued_ && queued_() > 0) return false;
+  if (!waiting_inline_pays()) return false;
   bool ready = false;
   for (const auto& w : workers_) {
     if (!w->in_flight.empty()) return false;
