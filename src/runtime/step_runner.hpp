@@ -1,6 +1,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -119,6 +120,20 @@ class StepRunner {
   virtual void close() {}
   virtual std::optional<WorkerPoolStats> worker_stats() const { return std::nullopt; }
   virtual std::optional<RemoteStats> remote_stats() const { return std::nullopt; }
+};
+
+/// What the in-process runners (inline, awaitable, thread pool) share: they
+/// own the node's step.
+class InProcessRunner : public StepRunner {
+ public:
+  explicit InProcessRunner(std::unique_ptr<Transform> step) : step_(std::move(step)) {}
+  void on_start() override { step_->on_start(); }
+
+ protected:
+  static StepOutcome failed(const std::exception& e) {
+    return {errc::step_failed, e.what(), false};
+  }
+  std::unique_ptr<Transform> step_;
 };
 
 /// What a runner needs to know about its node.

@@ -30,19 +30,6 @@ namespace {
 
 using asio::use_awaitable;
 
-/// What the in-process runners share: they own the node's step.
-class InProcessRunner : public StepRunner {
- public:
-  explicit InProcessRunner(std::unique_ptr<Transform> step) : step_(std::move(step)) {}
-  void on_start() override { step_->on_start(); }
-
- protected:
-  static StepOutcome failed(const std::exception& e) {
-    return {errc::step_failed, e.what(), false};
-  }
-  std::unique_ptr<Transform> step_;
-};
-
 /// A synchronous step on the strand.
 class InlineRunner final : public InProcessRunner {
  public:

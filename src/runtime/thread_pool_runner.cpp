@@ -82,10 +82,11 @@ std::uint64_t spin_from_env() {
   return (text && *text ? std::strtoull(text, nullptr, 10) : 50) * 1000;
 }
 
-class ThreadPoolRunner final : public StepRunner {
+class ThreadPoolRunner final : public InProcessRunner {
  public:
   ThreadPoolRunner(std::unique_ptr<Transform> step, std::size_t threads, const Strand& strand)
-      : step_(std::move(step)), handoff_(std::make_shared<Handoff>(strand, spin_from_env())) {
+      : InProcessRunner(std::move(step)),
+        handoff_(std::make_shared<Handoff>(strand, spin_from_env())) {
     threads_.reserve(threads);
     try {
       for (std::size_t i = 0; i < threads; ++i)
@@ -97,8 +98,6 @@ class ThreadPoolRunner final : public StepRunner {
   }
 
   ~ThreadPoolRunner() override { stop_threads(); }
-
-  void on_start() override { step_->on_start(); }
 
   /// Not cancellable: a synchronous step cannot be interrupted. Once the step
   /// returns, the coroutine sees a cancellation at its next co_await.
@@ -113,7 +112,7 @@ class ThreadPoolRunner final : public StepRunner {
       try {
         std::rethrow_exception(job.failure);
       } catch (const std::exception& e) {
-        outcome.failure = e.what();
+        outcome = failed(e);
       } catch (...) {
         outcome.failure = "unknown exception";
       }
@@ -264,7 +263,6 @@ class ThreadPoolRunner final : public StepRunner {
     }
   }
 
-  std::unique_ptr<Transform> step_;
   std::shared_ptr<Handoff> handoff_;
   std::vector<std::thread> threads_;
 };
