@@ -79,9 +79,6 @@ asio::awaitable<void> Consumer::read_entries() {
   }
 }
 
-/// Connects the reading connection, creates the group on every lane, and
-/// takes again the entries delivered to this consumer before the connection
-/// broke (those not running still).
 asio::awaitable<void> Consumer::connect_reader() {
   co_await reader_.connect();
   for (const auto& stream : keys_.tasks) {
@@ -106,8 +103,6 @@ asio::awaitable<void> Consumer::connect_reader() {
   }
 }
 
-/// Starts a coroutine per entry of an XREADGROUP reply (streams in the
-/// order asked: highest lane first).
 void Consumer::take(RedisReply& reply,
                     const std::unordered_map<std::string, std::uint64_t>& deliveries) {
   if (reply.type != RedisReply::Type::array) return;
@@ -219,8 +214,6 @@ std::string Consumer::poison_text(std::uint64_t runs) const {
          std::to_string(node_.remote->max_deliveries) + "): its workers died or hung";
 }
 
-/// Moves an entry to the dead-letter stream and answers its host with a
-/// final error (`reply` empty: a malformed entry, nobody to answer).
 asio::awaitable<void> Consumer::dead_letter(const Entry& e, RedisArgs fields,
                                             const std::string& reply, std::uint64_t request,
                                             const std::string& reason) {
@@ -249,9 +242,6 @@ asio::awaitable<void> Consumer::dead_letter(const Entry& e, RedisArgs fields,
   co_await store(answer);
 }
 
-/// Sends a command that must reach the broker, through reconnections. While
-/// stopping, it gives up after a few tries (the entry stays pending, for
-/// another consumer to claim).
 asio::awaitable<bool> Consumer::store(const RedisArgs& args) {
   auto delay = 50ms;
   for (int attempt = 1;; ++attempt) {

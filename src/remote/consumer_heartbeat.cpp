@@ -58,9 +58,6 @@ asio::awaitable<void> Consumer::register_self() {
   }
 }
 
-/// Resets the idle time of the entries this consumer is running (XCLAIM
-/// JUSTID to itself), so that a long batch is not taken over while this
-/// consumer lives; a consumer that stops beating loses them after claim_idle_ms.
 asio::awaitable<void> Consumer::keep_running_entries() {
   for (const auto& stream : keys_.tasks) {
     std::vector<std::string> ids;
@@ -85,8 +82,6 @@ asio::awaitable<void> Consumer::keep_running_entries() {
   }
 }
 
-/// Takes over entries other consumers left idle; dead-letters those
-/// delivered too often.
 asio::awaitable<void> Consumer::claim_idle() {
   const std::string idle = std::to_string(node_.remote->claim_idle.count());
   for (auto it = keys_.tasks.rbegin(); it != keys_.tasks.rend(); ++it) {
@@ -125,8 +120,6 @@ asio::awaitable<void> Consumer::claim_idle() {
   }
 }
 
-/// Removes consumers that died (no registration) with nothing pending, so
-/// that killed workers do not accumulate in the group.
 asio::awaitable<void> Consumer::forget_dead_consumers() {
   for (const auto& stream : keys_.tasks) {
     RedisArgs list{"XINFO", "CONSUMERS", stream, keys_.group};
@@ -148,8 +141,6 @@ asio::awaitable<void> Consumer::forget_dead_consumers() {
   }
 }
 
-/// Leaves the group when nothing is pending for this consumer (pending
-/// entries stay claimable by the others).
 asio::awaitable<void> Consumer::leave() {
   try {
     co_await connect_commands();
